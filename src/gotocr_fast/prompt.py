@@ -99,14 +99,11 @@ def _box_text(box: Box, image_size: tuple[int, int]) -> str:
     from .preprocess import box_to_prompt_coords
 
     w, h = image_size
-    for x in box[0::2]:
-        if x > w:
-            raise InvalidPrompt(f"box {list(box)!r} lies outside the {w}x{h} image")
-    for y in box[1::2]:
-        if y > h:
-            raise InvalidPrompt(f"box {list(box)!r} lies outside the {w}x{h} image")
-    coords = [int(c) for c in box_to_prompt_coords(box, image_size)]
-    return "[" + ", ".join(str(c) for c in coords) + "]"  # == str(list_of_ints), as GOT writes it
+    try:
+        coords = box_to_prompt_coords(list(box), w, h)
+    except ValueError as e:
+        raise InvalidPrompt(str(e)) from e
+    return "[" + ", ".join(str(int(c)) for c in coords) + "]"  # == str(list_of_ints), as GOT writes it
 
 
 def _query(mode: OcrMode, box_text: str | None) -> str:

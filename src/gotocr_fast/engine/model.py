@@ -1,0 +1,204 @@
+"""Loading GOT's two halves: the Qwen2 text GGUF into llama.cpp, the vision GGUF into VisionEncoder.
+
+Control calls (load, tokenize, pieces, KV removal) go through llama-cpp-python's low-level ctypes
+binding; the per-step hot path (token / embedding batches, logits rows) through our compiled
+``gotocr_fast._llama``. One :class:`TextModel` = one model + one context; only the scheduler
+thread decodes on it. Tokenization and token pieces only read the vocabulary and may run on any
+thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelError
+
+__all__ = ["ModelPaths", "resolve_model_paths", "TextModel", "load_llama_cpp"]
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    text: Path
+    vision: Path
+
+
+def resolve_model_paths(model: str | os.PathLike, vision: str | os.PathLike | None = None) -> ModelPaths:
+    """A model folder (``got-text-*.gguf`` + ``got-vision-*.gguf``) or the two GGUF paths."""
+    p = Path(model)
+    if p.is_dir():
+        texts = sorted(p.glob("got-text-*.gguf"))
+        visions = sorted(p.glob("got-vision-*.gguf"))
+        if vision is not None:
+            visions = [Path(vision)]
+        if len(texts) != 1 or len(visions) != 1:
+            raise ModelError(
+                f"{p}: expected exactly one got-text-*.gguf and one got-vision-*.gguf "
+                f"(found {len(texts)} and {len(visions)}); pass the two paths explicitly"
+            )
+        return ModelPaths(texts[0], visions[0])
+    if not p.is_file():
+        raise ModelError(f"model not found: {p}")
+    if vision is None:
+        candidates = sorted(p.parent.glob("got-vision-*.gguf"))
+        if len(candidates) != 1:
+            raise ModelError(f"{p}: pass vision_gguf (no single got-vision-*.gguf next to it)")
+        vision = candidates[0]
+    v = Path(vision)
+    if not v.is_file():
+        raise ModelError(f"vision model not found: {v}")
+    return ModelPaths(p, v)
+
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+def load_llama_cpp(verbose: bool = False):
+    """Import llama-cpp-python, initialise the backend once, route llama.cpp's log."""
+    global _backend_ready
+    try:
+        import llama_cpp
+        from llama_cpp import _logger
+    except ImportError as e:  # pragma: no cover - dependency missing
+        raise ModelError("llama-cpp-python==0.3.36 is required: pip install llama-cpp-python==0.3.36") from e
+    with _backend_lock:
+        if not _backend_ready:
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+        _logger.set_verbose(verbose)
+    return llama_cpp
+
+
+def _load_native():
+    try:
+        from .. import _llama
+    except ImportError as e:
+        raise ModelError(
+            "gotocr_fast._llama (the compiled llama.cpp batch path) is missing: build the package "
+            "(pip install -e . / see DEVELOPING.md)"
+        ) from e
+    return _llama
+
+
+class TextModel:
+    """The Qwen2 LM in llama.cpp with ``n_slots`` independent sequences of ``n_ctx_slot`` tokens each."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        n_slots: int = 4,
+        n_ctx_slot: int = 8192,
+        n_batch: int = 2048,
+        n_threads: int | None = None,
+        verbose: bool = False,
+    ):
+        self._ll = ll = load_llama_cpp(verbose)
+        self._native = _load_native()
+        self.path = Path(path)
+        n_threads = n_threads or max(1, os.cpu_count() or 1)
+        mparams = ll.llama_model_default_params()
+        self._model = ll.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            raise ModelError(f"llama.cpp could not load the text model {self.path}")
+        self._ctx = None
+        try:
+            self.vocab = ll.llama_model_get_vocab(self._model)
+            self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
+            self.n_embd = int(ll.llama_model_n_embd(self._model))
+            cparams = ll.llama_context_default_params()
+            cparams.n_ctx = n_ctx_slot * n_slots
+            cparams.n_seq_max = n_slots
+            cparams.n_batch = n_batch
+            cparams.n_ubatch = min(512, n_batch)
+            cparams.n_threads = n_threads
+            cparams.n_threads_batch = n_threads
+            cparams.kv_unified = False  # one KV stream per slot: a slot's n_ctx is its own
+            cparams.no_perf = True
+            self._ctx = ll.llama_init_from_model(self._model, cparams)
+            if not self._ctx:
+                raise ModelError(f"llama.cpp could not create a context ({n_slots} × {n_ctx_slot} tokens)")
+            self.n_slots = int(ll.llama_n_seq_max(self._ctx))
+            self.n_ctx_slot = int(ll.llama_n_ctx_seq(self._ctx))
+            self.n_batch = int(ll.llama_n_batch(self._ctx))
+            self._mem = ll.llama_get_memory(self._ctx)
+            self.ctx_ptr = ctypes.cast(self._ctx, ctypes.c_void_p).value
+        except BaseException:
+            self.close()
+            raise
+        self._piece_cache: dict[int, bytes] = {}
+
+    # --- vocabulary (any thread) -------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        """llama.cpp's tokenizer with special tokens parsed, after GOT's NFC normalisation."""
+        data = unicodedata.normalize("NFC", text).encode("utf-8")
+        n_max = len(data) + 16
+        buf = (self._ll.llama_token * n_max)()
+        n = self._ll.llama_tokenize(self.vocab, data, len(data), buf, n_max, False, True)
+        if n < 0:
+            n_max = -n
+            buf = (self._ll.llama_token * n_max)()
+            n = self._ll.llama_tokenize(self.vocab, data, len(data), buf, n_max, False, True)
+            if n < 0:
+                raise ModelError("llama_tokenize failed")
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for (special/control tokens render as nothing)."""
+        p = self._piece_cache.get(token)
+        if p is None:
+            buf = ctypes.create_string_buffer(64)
+            n = self._ll.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = self._ll.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+            p = buf.raw[: max(n, 0)]
+            self._piece_cache[token] = p
+        return p
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._ll.llama_vocab_is_eog(self.vocab, token))
+
+    # --- decoding (scheduler thread only) ----------------------------------------------------
+    def decode_tokens(self, tokens: np.ndarray, pos: np.ndarray, seq: np.ndarray, logits: np.ndarray) -> None:
+        rc = self._native.decode_tokens(self.ctx_ptr, tokens, pos, seq, logits)
+        if rc != 0:
+            raise ModelError(f"llama_decode (tokens) failed with status {rc}")
+
+    def decode_embeddings(self, embd: np.ndarray, pos: np.ndarray, seq: np.ndarray, logits: np.ndarray) -> None:
+        rc = self._native.decode_embeddings(self.ctx_ptr, embd, pos, seq, logits)
+        if rc != 0:
+            raise ModelError(f"llama_decode (embeddings) failed with status {rc}")
+
+    def logits(self, rows: np.ndarray) -> np.ndarray:
+        """float32 [len(rows), n_vocab]: the output rows (batch indices) of the last decode."""
+        return self._native.get_logits(self.ctx_ptr, rows, self.n_vocab)
+
+    def free_sequence(self, seq_id: int) -> None:
+        """Drop every KV cell of ``seq_id`` (the slot is reusable right after)."""
+        self._ll.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
+
+    def clear(self) -> None:
+        self._ll.llama_memory_clear(self._mem, True)
+
+    def close(self) -> None:
+        ll = self._ll
+        if self._ctx:
+            ll.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            ll.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self):  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,246 @@
+"""Continuous batching over llama.cpp sequences; one thread owns the llama context.
+
+Each step (vLLM's loop, on llama.cpp's API):
+
+1. drop cancelled sequences (``llama_memory_seq_rm``; their slot is free at once), admit waiting
+   ones into free slots;
+2. one *token* batch: every decoding sequence's last token, plus the text prefix (ChatML up to
+   ``<img>``) of newly admitted ones and the text suffix (``</img>\\nOCR: …assistant\\n``) of those
+   whose image is in; logits only for rows that are sampled;
+3. sample each decoding sequence's next token (numpy), stream the text, finish on ``<|im_end|>``,
+   the stop text or ``max_tokens``; finished sequences leave and free their KV cells;
+4. one *embedding* batch (``llama_batch.embd``) with the image rows of every sequence whose prefix
+   was just decoded. A llama_batch holds either token ids or embeddings, never both, so image
+   prefill is its own ``llama_decode`` between token steps (chunked to ``n_batch`` rows).
+
+Position bookkeeping is per sequence (``n_past``); a slot is a llama.cpp seq id.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+
+import numpy as np
+
+from ..tokens import IM_END_ID
+from .errors import EngineClosed, ModelError, Overloaded
+from .model import TextModel
+from .request import Sequence
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Scheduler"]
+
+
+class Scheduler:
+    def __init__(self, model: TextModel, *, max_queue: int = 64):
+        self.model = model
+        self.max_queue = max_queue
+        self._cv = threading.Condition()
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._running: dict[int, Sequence] = {}  # slot → sequence
+        self._free_slots = list(range(model.n_slots - 1, -1, -1))
+        self._pending_free: list[Sequence] = []  # cancelled while running: free on the thread
+        self._closing = False
+        self._stop_ids = frozenset({IM_END_ID} | {t for t in (IM_END_ID,) if model.is_eog(t)})
+        self.steps = 0
+        self._thread = threading.Thread(target=self._run, name="gotocr-scheduler", daemon=True)
+        self._thread.start()
+
+    # --- any thread ----------------------------------------------------------------------------
+    def submit(self, seqs: list[Sequence]) -> None:
+        """Queue sequences (all or none); raises Overloaded when the queue is full."""
+        with self._cv:
+            if self._closing:
+                raise EngineClosed("the engine is closed")
+            if len(self._waiting) + len(seqs) > self.max_queue:
+                raise Overloaded(f"queue full ({self.max_queue} waiting); retry later")
+            self._waiting.extend(seqs)
+            self._cv.notify()
+
+    def cancel(self, seq: Sequence) -> None:
+        """Release ``seq``: out of the queue now, or out of its slot before the next step."""
+        with self._cv:
+            if seq.state == Sequence.DONE or seq.cancelled:
+                return
+            seq.cancelled = True
+            if seq.state == Sequence.WAITING:
+                try:
+                    self._waiting.remove(seq)
+                except ValueError:
+                    pass
+                seq.state = Sequence.DONE
+            self._cv.notify()
+
+    def reserve(self, n: int) -> None:
+        """Check that ``n`` more sequences may queue (raises Overloaded), before any work."""
+        with self._cv:
+            if self._closing:
+                raise EngineClosed("the engine is closed")
+            if len(self._waiting) + n > self.max_queue:
+                raise Overloaded(f"queue full ({self.max_queue} waiting); retry later")
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def n_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def n_free_slots(self) -> int:
+        return len(self._free_slots)
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+    # --- scheduler thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    while not self._closing and not self._waiting and not self._running:
+                        self._cv.wait()
+                    if self._closing:
+                        break
+                    self._reap_cancelled()
+                    self._admit()
+                if self._running:
+                    self._step()
+        except BaseException as e:  # a scheduler crash must not leave callers hanging
+            log.exception("scheduler crashed")
+            self._fail_all(ModelError(f"scheduler crashed: {e}"))
+            return
+        self._fail_all(EngineClosed("the engine was closed"))
+
+    def _fail_all(self, err: BaseException) -> None:
+        with self._cv:
+            self._closing = True
+            seqs = list(self._waiting) + list(self._running.values())
+            self._waiting.clear()
+            self._running.clear()
+        for s in seqs:
+            if s.state != Sequence.DONE:
+                s.fail(err)
+                s.on_done(s)
+
+    def _reap_cancelled(self) -> None:
+        for slot, seq in list(self._running.items()):
+            if seq.cancelled:
+                self._release(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        del self._running[seq.slot]
+        self.model.free_sequence(seq.slot)
+        self._free_slots.append(seq.slot)
+        seq.slot = -1
+
+    def _admit(self) -> None:
+        while self._free_slots and self._waiting:
+            seq = self._waiting.popleft()
+            seq.slot = self._free_slots.pop()
+            seq.state = Sequence.PREFIX
+            seq.n_past = 0
+            seq.t_prefill_start = time.perf_counter()
+            self._running[seq.slot] = seq
+
+    def _step(self) -> None:
+        model = self.model
+        self.steps += 1
+        running = [s for s in self._running.values() if not s.cancelled]
+        # 1. the token batch
+        toks: list[np.ndarray] = []
+        poss: list[np.ndarray] = []
+        seqs: list[np.ndarray] = []
+        outs: list[np.ndarray] = []
+        laid: list[tuple[Sequence, int]] = []  # (sequence, rows it put in the batch)
+        sampled: list[tuple[Sequence, int]] = []  # (sequence, batch row of its logits)
+        n = 0
+        budget = model.n_batch
+        for s in running:
+            if s.state == Sequence.DECODE:
+                ids = np.array([s.last_token], dtype=np.int32)
+            elif s.state == Sequence.PREFIX:
+                ids = s.prefix
+            elif s.state == Sequence.SUFFIX:
+                ids = s.suffix
+            else:
+                continue
+            k = len(ids)
+            if k > budget:
+                if n == 0:
+                    self._finish_seq(s, error=ModelError(f"prompt part of {k} tokens exceeds n_batch {model.n_batch}"))
+                continue  # waits for the next step
+            budget -= k
+            toks.append(ids)
+            poss.append(np.arange(s.n_past, s.n_past + k, dtype=np.int32))
+            seqs.append(np.full(k, s.slot, dtype=np.int32))
+            o = np.zeros(k, dtype=np.int8)
+            if s.state != Sequence.PREFIX:
+                o[-1] = 1
+                sampled.append((s, n + k - 1))
+            outs.append(o)
+            laid.append((s, k))
+            n += k
+        if n:
+            try:
+                model.decode_tokens(
+                    np.concatenate(toks), np.concatenate(poss), np.concatenate(seqs), np.concatenate(outs)
+                )
+            except ModelError as e:
+                for s, _ in laid:
+                    self._finish_seq(s, error=e)
+                return
+            for s, k in laid:
+                s.n_past += k
+                if s.state == Sequence.PREFIX:
+                    s.state = Sequence.EMBED
+                elif s.state == Sequence.SUFFIX:
+                    s.state = Sequence.DECODE
+            if sampled:
+                logits = model.logits(np.array([r for _, r in sampled], dtype=np.int32))
+                for (s, _), row in zip(sampled, logits):
+                    if s.cancelled:
+                        continue
+                    if s.add_token(s.sampler.sample(row), self._stop_ids):
+                        self._finish_seq(s)
+        # 2. the embedding batch: image rows of the sequences whose prefix is in
+        group = [s for s in running if s.state == Sequence.EMBED and not s.cancelled]
+        if group:
+            self._decode_images(group)
+
+    def _decode_images(self, group: list[Sequence]) -> None:
+        """Image rows of several sequences, laid out back to back, ``n_batch`` rows per decode."""
+        model = self.model
+        embd = np.concatenate([s.embeddings for s in group]) if len(group) > 1 else group[0].embeddings
+        embd = np.ascontiguousarray(embd, dtype=np.float32)
+        pos = np.concatenate([np.arange(s.n_past, s.n_past + s.n_image_tokens, dtype=np.int32) for s in group])
+        seq = np.concatenate([np.full(s.n_image_tokens, s.slot, dtype=np.int32) for s in group])
+        out = np.zeros(embd.shape[0], dtype=np.int8)
+        try:
+            for a in range(0, embd.shape[0], model.n_batch):
+                b = a + model.n_batch
+                model.decode_embeddings(embd[a:b], pos[a:b], seq[a:b], out[a:b])
+        except ModelError as e:
+            for s in group:
+                self._finish_seq(s, error=e)
+            return
+        for s in group:
+            s.n_past += s.n_image_tokens
+            s.embeddings = None  # the KV cache holds them now
+            s.state = Sequence.SUFFIX
+
+    def _finish_seq(self, s: Sequence, error: BaseException | None = None) -> None:
+        if error is not None:
+            s.fail(error)
+        if s.slot >= 0 and self._running.get(s.slot) is s:
+            with self._cv:
+                self._release(s)
+        s.on_done(s)
