@@ -51,12 +51,16 @@ class Scheduler:
         self._thread.start()
 
     # --- any thread ----------------------------------------------------------------------------
-    def submit(self, seqs: list[Sequence]) -> None:
-        """Queue sequences (all or none); raises Overloaded when the queue is full."""
+    def submit(self, seqs: list[Sequence], *, force: bool = False) -> None:
+        """Queue sequences (all or none); raises Overloaded when the queue is full.
+
+        ``force``: the caller already reserved their places (the engine counts requests still
+        being encoded against the same bound), so work already done is never thrown away.
+        """
         with self._cv:
             if self._closing:
                 raise EngineClosed("the engine is closed")
-            if len(self._waiting) + len(seqs) > self.max_queue:
+            if not force and len(self._waiting) + len(seqs) > self.max_queue:
                 raise Overloaded(f"queue full ({self.max_queue} waiting); retry later")
             self._waiting.extend(seqs)
             self._cv.notify()

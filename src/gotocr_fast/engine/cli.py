@@ -1,0 +1,231 @@
+"""``gotocr ocr`` and ``gotocr batch`` (wired in by ``gotocr_fast.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import deque
+from pathlib import Path
+
+from .errors import InvalidRequest, OcrError
+from .pdf import DEFAULT_DPI, is_pdf, render_pdf_pages
+
+__all__ = ["ocr_main", "batch_main"]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jp2", ".ppm", ".qoi", ".avif"}
+
+
+def _box(text: str) -> list[float]:
+    parts = text.replace(" ", "").split(",")
+    try:
+        box = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--box wants x1,y1,x2,y2 in pixels; got {text!r}") from None
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError(f"--box wants 4 numbers x1,y1,x2,y2; got {text!r}")
+    return box
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=os.environ.get("GOTOCR_MODEL"),
+                   help="model folder (got-text-*.gguf + got-vision-*.gguf) or the text GGUF; env GOTOCR_MODEL")
+    p.add_argument("--vision", default=None, help="vision GGUF (when --model is a text GGUF elsewhere)")
+    p.add_argument("--type", choices=("plain", "format"), default="plain", help="output mode (default plain)")
+    p.add_argument("--color", choices=("red", "green", "blue"), default=None, help="colour-guided OCR")
+    p.add_argument("--crop", action="store_true", help="multi-crop tiling for large pages")
+    p.add_argument("--max-tokens", type=int, default=2048)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--dpi", type=int, default=DEFAULT_DPI, help=f"PDF render resolution (default {DEFAULT_DPI})")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--slots", type=int, default=4, help="concurrent sequences in llama.cpp")
+    p.add_argument("--ctx", type=int, default=8192, help="context tokens per request")
+
+
+def _engine(args):
+    if not args.model:
+        raise InvalidRequest("no model: pass --model DIR (a converted model folder) or set GOTOCR_MODEL")
+    from .api import OcrEngine
+
+    return OcrEngine(args.model, args.vision, n_threads=args.threads, n_ctx=args.ctx, max_slots=args.slots,
+                     max_queue=max(64, args.slots * 4))
+
+
+def _options(args, box=None) -> dict:
+    opts = {"type": args.type, "color": args.color, "crop": args.crop, "max_tokens": args.max_tokens,
+            "temperature": args.temperature, "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
+            "seed": args.seed}
+    if box:
+        opts["box"] = box
+    return opts
+
+
+def _expand(path: str, dpi: int):
+    """``(label, image_or_path)`` for one CLI input: an image, or every page of a PDF."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if is_pdf(p):
+        for i, img in render_pdf_pages(p, dpi=dpi):
+            yield f"{path}#page={i + 1}", img
+    else:
+        yield path, p
+
+
+def _result_json(label: str, r) -> dict:
+    return {
+        "input": label, "text": r.text, "finish_reason": r.finish_reason,
+        "usage": {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                  "total_tokens": r.total_tokens},
+        "timings": {"preprocess_ms": round(r.timings.preprocess_ms, 3), "encode_ms": round(r.timings.encode_ms, 3),
+                    "prefill_ms": round(r.timings.prefill_ms, 3), "decode_ms": round(r.timings.decode_ms, 3)},
+    }
+
+
+def ocr_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="gotocr ocr", description="OCR images or PDF pages with a converted GOT model.")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_PDF")
+    _common(p)
+    p.add_argument("--box", type=_box, action="append", default=None,
+                   help="region x1,y1,x2,y2 in pixels (repeat for several boxes)")
+    p.add_argument("--multi-page", action="store_true", help="all inputs (and PDF pages) as ONE multi-page prompt")
+    p.add_argument("--json", action="store_true", help="print JSON (one object per input, or a list)")
+    args = p.parse_args(argv)
+    items = [it for path in args.inputs for it in _expand(path, args.dpi)]
+    opts = _options(args, args.box)
+    with _engine(args) as engine:
+        if args.multi_page:
+            r = engine.ocr([img for _, img in items], **opts)
+            out = [("+".join(lbl for lbl, _ in items), r)]
+        elif len(items) == 1 and not args.json:
+            stream = engine.ocr_stream(items[0][1], **opts)
+            with stream:
+                for delta in stream:
+                    sys.stdout.write(delta)
+                    sys.stdout.flush()
+            sys.stdout.write("\n")
+            return 0
+        else:
+            reqs = [(lbl, engine.submit(img, _stream=False, **opts)) for lbl, img in items]
+            out = [(lbl, req.result()) for lbl, req in reqs]
+        if args.json:
+            objs = [_result_json(lbl, r) for lbl, r in out]
+            print(json.dumps(objs[0] if len(objs) == 1 else objs, ensure_ascii=False, indent=2))
+        else:
+            for lbl, r in out:
+                if len(out) > 1:
+                    print(f"==> {lbl} <==")
+                print(r.text)
+    return 0
+
+
+def _batch_items(src: Path, dpi: int):
+    """``(output stem, loader)`` for every page under ``src`` (a folder of images/PDFs, or a PDF)."""
+    files = [src] if src.is_file() else sorted(f for f in src.rglob("*") if f.is_file())
+    for f in files:
+        rel = f.relative_to(src) if src.is_dir() else Path(f.name)
+        stem = str(rel.with_suffix("")).replace(os.sep, "__")
+        if is_pdf(f):
+            yield stem, f, "pdf"
+        elif f.suffix.lower() in IMAGE_SUFFIXES:
+            yield stem, f, "image"
+
+
+def batch_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="gotocr batch",
+                                description="OCR every image / PDF page under a folder (or one PDF); "
+                                            "one .md + .json per page, resumable.")
+    p.add_argument("source", metavar="DIR_OR_PDF")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-resume", action="store_true", help="redo pages that already have output")
+    p.add_argument("--no-progress", action="store_true")
+    _common(p)
+    args = p.parse_args(argv)
+    src = Path(args.source)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such file or folder")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    opts = _options(args)
+
+    # the work list: (stem, label, loader) per page; a PDF that cannot be opened is one failure
+    failures: list[tuple[str, str]] = []
+    pages: list[tuple[str, str, object]] = []
+    for stem, f, kind in _batch_items(src, args.dpi):
+        if kind == "image":
+            pages.append((stem, str(f), f))
+            continue
+        try:
+            from .pdf import pdf_page_count
+
+            n = pdf_page_count(f)
+        except (OcrError, OSError) as e:
+            failures.append((str(f), str(e)))
+            continue
+        for i in range(n):
+            pages.append((f"{stem}.p{i + 1:04d}", f"{f}#page={i + 1}", (f, i)))
+    todo = [pg for pg in pages if args.no_resume or not (out / f"{pg[0]}.json").is_file()]
+    skipped = len(pages) - len(todo)
+
+    bar = None
+    if not args.no_progress:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), unit="page", file=sys.stderr, desc="gotocr batch")
+        except ImportError:  # pragma: no cover
+            bar = None
+
+    def load(loader):
+        if isinstance(loader, tuple):
+            f, i = loader
+            return next(iter(render_pdf_pages(f, dpi=args.dpi, pages=[i])))[1]
+        return loader
+
+    def write(stem: str, label: str, r) -> None:
+        md, js = out / f"{stem}.md", out / f"{stem}.json"
+        md.write_text(r.text + "\n", encoding="utf-8")
+        tmp = js.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(_result_json(label, r), ensure_ascii=False, indent=2), encoding="utf-8")
+        tmp.replace(js)  # the .json is written last: its presence marks the page done (resume)
+
+    done = 0
+    with _engine(args) as engine:
+        window = max(2, engine.max_slots * 2)
+        inflight: deque = deque()
+
+        def drain_one():
+            nonlocal done
+            stem, label, req = inflight.popleft()
+            try:
+                write(stem, label, req.result())
+                done += 1
+            except OcrError as e:
+                failures.append((label, str(e)))
+            if bar is not None:
+                bar.update(1)
+
+        for stem, label, loader in todo:
+            while len(inflight) >= window:
+                drain_one()
+            try:
+                req = engine.submit(load(loader), _stream=False, **opts)
+            except (OcrError, OSError) as e:
+                failures.append((label, str(e)))
+                if bar is not None:
+                    bar.update(1)
+                continue
+            inflight.append((stem, label, req))
+        while inflight:
+            drain_one()
+    if bar is not None:
+        bar.close()
+    for label, msg in failures:
+        print(f"error: {label}: {msg}", file=sys.stderr)
+    print(f"{done} page(s) done, {skipped} skipped (already done), {len(failures)} failed; output in {out}",
+          file=sys.stderr)
+    return 1 if failures else 0
