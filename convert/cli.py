@@ -1,0 +1,47 @@
+"""``gotocr convert SRC OUT [--outtype f32|f16|bf16|q8_0]``: checkpoint folder → model folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .errors import ConvertError
+
+OUTTYPE_CHOICES = ("f32", "f16", "bf16", "q8_0")
+
+
+def build_parser(prog: str = "gotocr convert") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Convert a GOT-OCR2 checkpoint (GOT-OCR2.0 or transformers layout) into "
+        "got-text-<outtype>.gguf (llama.cpp qwen2) and got-vision-<outtype>.gguf.",
+    )
+    parser.add_argument("src", help="checkpoint folder (config.json, *.safetensors or *.bin, tokenizer)")
+    parser.add_argument("out", help="output model folder (created if missing)")
+    parser.add_argument("--outtype", default="f32", choices=OUTTYPE_CHOICES,
+                        help="weight type of the matmul weights (default: f32)")
+    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the converter; prints ``error: <message>`` and returns 2 on a ConvertError."""
+    args = build_parser().parse_args(argv)
+    try:
+        from .checkpoint import convert_checkpoint
+
+        files = convert_checkpoint(args.src, args.out, outtype=args.outtype, progress=not args.no_progress)
+    except ConvertError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; no output written", file=sys.stderr)
+        return 130
+    print(files.text)
+    print(files.vision)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
