@@ -7,16 +7,10 @@ semantics") checks full-size rows computed by transformers itself.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from gotocr_fast.engine.sampling import Sampler, SamplingParams, process_logits, top_p_mask
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-
 
 def test_repetition_penalty_divides_positive_multiplies_negative():
     logits = np.array([2.0, -1.0, 0.5, 0.0, 3.0], dtype=np.float32)
@@ -107,32 +101,26 @@ def test_bad_params_rejected(bad):
         SamplingParams(**bad)
 
 
-def _sampling_fixture():
-    for name in ("sampling_semantics.json", "sampling.json"):
-        p = FIXTURES / name
-        if p.is_file():
-            return json.loads(p.read_text())
-    for p in sorted(FIXTURES.glob("sampling*.npz")):
-        return dict(np.load(p, allow_pickle=False))
-    return None
-
-
-def test_against_transformers_fixture():
-    fx = _sampling_fixture()
-    if fx is None:
-        pytest.skip("oracle fixture 'sampling semantics' not generated yet (tests/make_fixtures.py)")
-    cases = fx["cases"] if isinstance(fx, dict) and "cases" in fx else [fx]
-    for case in cases:
-        logits = np.asarray(case["logits"], dtype=np.float32)
+def test_against_transformers_fixture(oracle):
+    """tests/fixtures/sampling.{json,npz}: transformers' processors on a 4096-logit row."""
+    fx = oracle("sampling")
+    logits = fx["logits"]
+    prev = np.unique(fx["prev_ids"])
+    settings = fx.meta["settings"]
+    assert len(settings) >= 6
+    for st in settings:
         params = SamplingParams(
-            temperature=float(case.get("temperature", 0.0)),
-            top_p=float(case.get("top_p", 1.0)),
-            top_k=int(case.get("top_k", 0)),
-            repetition_penalty=float(case.get("repetition_penalty", 1.0)),
+            temperature=float(st["temperature"]),
+            top_p=float(st["top_p"]),
+            repetition_penalty=float(st["repetition_penalty"]),
         )
-        ids = np.unique(np.asarray(case["input_ids"], dtype=np.int64))
-        out = process_logits(logits, params, ids)
-        exp = np.asarray(case["processed"], dtype=np.float32)
-        assert (np.isneginf(out) == np.isneginf(exp)).all()
+        out = process_logits(logits, params, prev)
+        exp = fx[f"{st['index']}/scores"]
+        assert (np.isneginf(out) == np.isneginf(exp)).all(), st
+        assert int(np.isfinite(out).sum()) == st["kept"]
         fin = np.isfinite(exp)
         np.testing.assert_allclose(out[fin], exp[fin], rtol=1e-5, atol=1e-5)
+        # the distribution we draw from
+        s = out[fin].astype(np.float64) - out[fin].max()
+        probs = np.exp(s) / np.exp(s).sum()
+        np.testing.assert_allclose(probs, fx[f"{st['index']}/probs"][fin], atol=1e-6)
