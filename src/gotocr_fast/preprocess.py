@@ -347,6 +347,7 @@ def box_to_prompt_coords(box, width: int, height: int):
     ``0 <= y1 < y2 <= height``; otherwise ``ValueError``. Given several boxes (a sequence of
     4-number sequences) it returns a list of tuples, one per box.
     """
+    box = _plain(box)
     if _is_box_list(box):
         return boxes_to_prompt_coords(box, width, height)
     return _scale_box(box, width, height)
@@ -354,11 +355,17 @@ def box_to_prompt_coords(box, width: int, height: int):
 
 def boxes_to_prompt_coords(boxes, width: int, height: int) -> list[tuple[int, int, int, int]]:
     """:func:`box_to_prompt_coords` for one box or a sequence of boxes; always returns a list."""
+    boxes = _plain(boxes)
     if not _is_box_list(boxes):
         return [_scale_box(boxes, width, height)]
     if len(boxes) == 0:
         raise ValueError("empty list of boxes")
     return [_scale_box(b, width, height) for b in boxes]
+
+
+def _plain(value):
+    """numpy arrays (of one box or several) → nested lists of Python numbers."""
+    return value.tolist() if isinstance(value, np.ndarray) else value
 
 
 def _is_box_list(value) -> bool:
