@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from ..tokens import IM_END_ID
+from ..tokens import ENDOFTEXT_ID, IM_END_ID
 from .errors import EngineClosed, ModelError, Overloaded
 from .model import TextModel
 from .request import Sequence
@@ -45,7 +45,8 @@ class Scheduler:
         self._free_slots = list(range(model.n_slots - 1, -1, -1))
         self._pending_free: list[Sequence] = []  # cancelled while running: free on the thread
         self._closing = False
-        self._stop_ids = frozenset({IM_END_ID} | {t for t in (IM_END_ID,) if model.is_eog(t)})
+        # GOT ends its turn with <|im_end|>; <|endoftext|> is the checkpoints' eos_token_id.
+        self._stop_ids = frozenset({IM_END_ID, ENDOFTEXT_ID})
         self.steps = 0
         self._thread = threading.Thread(target=self._run, name="gotocr-scheduler", daemon=True)
         self._thread.start()
