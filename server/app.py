@@ -1,0 +1,199 @@
+"""The Litestar application: routes, dependency injection, lifecycle, errors, metrics.
+
+``create_app(settings)`` returns an ASGI app (the Litestar app wrapped by :class:`ObservedApp`,
+which counts every request — 404s included — by route template and status). Shared objects live in
+one :class:`Runtime` handed to handlers by dependency injection (``rt``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from litestar import Litestar, Router
+from litestar.connection import ASGIConnection
+from litestar.di import Provide
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import Message, Receive, Scope, Send
+
+from gotocr_fast import __version__
+
+from . import routes_ocr, routes_openai, routes_ops
+from .errors import ApiError, exception_handlers
+from .fetch import UrlFetcher
+from .inputs import InputLimits, InputResolver
+from .metrics import Metrics
+from .runner import Admission, EngineHolder, OcrService
+from .runtime import Runtime
+from .settings import ServerSettings
+
+__all__ = ["Runtime", "create_app", "default_engine_factory", "ObservedApp"]
+
+log = logging.getLogger("gotocr_fast.server")
+
+
+def default_engine_factory(settings: ServerSettings) -> Callable[[], Any]:
+    def load() -> Any:
+        from gotocr_fast.engine import OcrEngine
+
+        return OcrEngine(
+            settings.model,
+            settings.vision,
+            n_threads=settings.threads,
+            n_ctx=settings.n_ctx,
+            max_slots=settings.slots,
+            # The server's Admission is the bounded queue; the engine only ever sees `slots`
+            # prompts at a time (each may be several sequences, one per box), so its own queue
+            # just has to be large enough never to refuse them.
+            max_queue=max(64, settings.slots * 64),
+            max_pixels=settings.max_image_pixels,
+        )
+
+    return load
+
+
+def _api_key_guard(settings: ServerSettings) -> Callable[[ASGIConnection, BaseRouteHandler], None]:
+    # Compare digests, not the strings: constant time, and independent of the key's length.
+    expected = hashlib.sha256((settings.api_key or "").encode()).digest()
+
+    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        scheme, _sep, token = connection.headers.get("authorization", "").partition(" ")
+        given = hashlib.sha256(token.strip().encode()).digest()
+        ok = hmac.compare_digest(given, expected)
+        if not (ok and scheme.lower() == "bearer"):
+            raise ApiError(401, "missing or invalid API key (Authorization: Bearer <key>)", "invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    return guard
+
+
+def create_app(
+    settings: ServerSettings,
+    *,
+    engine_factory: Callable[[], Any] | None = None,
+    fetcher: UrlFetcher | None = None,
+) -> "ObservedApp":
+    """Build the app. ``engine_factory`` (called in a worker thread at startup) and ``fetcher`` are
+    injectable for tests; by default the engine is ``OcrEngine(settings.model, ...)`` and URL
+    fetching is on only with ``settings.allow_urls``."""
+    metrics = Metrics()
+    holder = EngineHolder(engine_factory or default_engine_factory(settings), metrics)
+    admission = Admission(settings.slots, settings.queue, metrics)
+    if fetcher is None and settings.allow_urls:
+        fetcher = UrlFetcher(
+            max_bytes=settings.max_input_bytes,
+            timeout=settings.fetch_timeout,
+            max_redirects=settings.fetch_max_redirects,
+        )
+    resolver = InputResolver(
+        InputLimits(
+            max_images=settings.max_images,
+            max_pdf_pages=settings.max_pdf_pages,
+            max_image_pixels=settings.max_image_pixels,
+            max_input_bytes=settings.max_input_bytes,
+            pdf_dpi=settings.pdf_dpi,
+        ),
+        settings.allowed_root,
+        fetcher,
+    )
+    runtime = Runtime(
+        settings=settings,
+        metrics=metrics,
+        holder=holder,
+        service=OcrService(holder, admission, metrics),
+        resolver=resolver,
+        model_name=settings.served_model_name,
+    )
+
+    def _engine_gauge(key: str) -> Callable[[], float]:
+        def read() -> float:
+            engine = holder.engine
+            try:
+                return float(engine.stats()[key]) if engine is not None else 0.0
+            except Exception:  # noqa: BLE001 - a metric must never fail the scrape
+                return 0.0
+
+        return read
+
+    metrics.add_gauge("gotocr_engine_running", "Sequences decoding in the engine's slots.", _engine_gauge("running"))
+    metrics.add_gauge("gotocr_engine_waiting", "Sequences queued or encoding in the engine.", _engine_gauge("waiting"))
+
+    async def on_startup() -> None:
+        holder.start()
+
+    async def on_shutdown() -> None:
+        await holder.stop()
+
+    guards = [_api_key_guard(settings)] if settings.api_key else []
+    v1 = Router(
+        path="/v1",
+        route_handlers=[routes_ocr.ocr, routes_openai.chat_completions, routes_ops.list_models],
+        guards=guards,
+        security=[{"bearer": []}] if settings.api_key else None,
+    )
+    components = []
+    if settings.api_key:
+        components.append(Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}))
+    app = Litestar(
+        route_handlers=[v1, routes_ops.health, routes_ops.version, routes_ops.metrics],
+        dependencies={"rt": Provide(lambda: runtime, use_cache=True, sync_to_thread=False)},
+        exception_handlers=exception_handlers,
+        on_startup=[on_startup],
+        on_shutdown=[on_shutdown],
+        request_max_body_size=settings.max_body_bytes,
+        multipart_form_part_limit=settings.max_images + 32,
+        openapi_config=OpenAPIConfig(
+            title="gotocr_fast",
+            version=__version__,
+            description="GOT-OCR2 OCR service: seed-compatible /v1/ocr and OpenAI-compatible chat completions.",
+            components=components,
+            path="/docs",
+        ),
+        debug=False,
+    )
+    app.state.runtime = runtime
+    return ObservedApp(app, metrics)
+
+
+class ObservedApp:
+    """ASGI wrapper around the Litestar app: request counts by route template and status, the
+    in-flight gauge and the ``total`` latency. It sees every request, unmatched routes included
+    (Litestar's own middleware runs only for matched routes)."""
+
+    def __init__(self, app: Litestar, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.app.state.runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 0
+        t0 = time.perf_counter()
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.add(1)
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            self.metrics.in_flight.add(-1)
+            route = scope.get("path_template") or "unmatched"
+            label = str(status) if status else "499"  # nothing sent: the client went away
+            self.metrics.requests.inc(route, label)
+            if route.startswith("/v1/") and route != "/v1/models":
+                self.metrics.stage_seconds.observe(time.perf_counter() - t0, "total")

@@ -1,0 +1,59 @@
+"""``gotocr serve``: run the HTTP service with uvicorn.
+
+The model loads in the background: the port opens at once, ``/health`` answers 503 until the
+model is ready. SIGINT/SIGTERM stop accepting connections, let in-flight requests finish for up
+to ``--shutdown-timeout`` seconds, then close the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .settings import SettingsError, settings_from_args
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = settings_from_args(list(sys.argv[1:] if argv is None else argv))
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not os.path.exists(settings.model):
+        print(f"error: model not found: {settings.model}", file=sys.stderr)
+        return 2
+    if settings.allowed_root is not None and not os.path.isdir(settings.allowed_root):
+        print(f"error: --allowed-root is not a folder: {settings.allowed_root}", file=sys.stderr)
+        return 2
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
+        print(f"warning: listening on {settings.host} without --api-key", file=sys.stderr)
+
+    import uvicorn
+
+    from .app import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,
+        # The body limit is enforced by the app (413 JSON); this bounds slow-loris style clients.
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=64 * 1024,
+        server_header=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

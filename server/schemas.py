@@ -1,0 +1,203 @@
+"""Request and response bodies at the HTTP edge (msgspec structs, validated on decode).
+
+``OcrRequest`` is the seed project's JSON body (DESIGN §4); the responses keep its OpenAI
+``text_completion`` shape so its clients work unchanged. The chat structs are the subset of
+OpenAI's chat-completions API the official ``openai`` client sends. Unknown fields are ignored
+(clients add their own), never an error.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+import msgspec
+from msgspec import Meta
+
+__all__ = [
+    "OcrRequest",
+    "OcrChoice",
+    "OcrResponse",
+    "Usage",
+    "ChatCompletionRequest",
+    "ChatCompletionResponse",
+    "ChatCompletionChunk",
+    "ModelCard",
+    "ModelList",
+    "Health",
+    "VersionInfo",
+]
+
+Number = Union[int, float]
+ImageFileSpec = Union[str, list[Union[str, list[str]]]]
+"""A string, a list of strings (one result each), or lists of strings (one multi-page prompt each)."""
+BoxSpec = list[Union[Number, list[Number]]]
+"""``[x1, y1, x2, y2]`` or a list of such boxes (checked in ``modes.normalize_boxes``)."""
+
+MaxTokens = Annotated[int, Meta(ge=1, description="maximum tokens to generate")]
+Temperature = Annotated[float, Meta(ge=0.0, le=2.0, description="0 = greedy (deterministic)")]
+TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
+RepetitionPenalty = Annotated[float, Meta(gt=0.0)]
+
+
+class OcrRequest(msgspec.Struct, kw_only=True):
+    """``POST /v1/ocr`` body (DESIGN §4)."""
+
+    image_file: Annotated[
+        ImageFileSpec,
+        Meta(
+            description="path under the allowed root, folder, .pdf, http(s) URL or data:image/...;base64 URI; "
+            "a list gives one result per item, an inner list one multi-page prompt"
+        ),
+    ]
+    type: Literal["plain", "format"] = "plain"
+    box: BoxSpec | None = None
+    color: Literal["red", "green", "blue"] | None = None
+    crop: bool = False
+    max_tokens: MaxTokens | None = None
+    temperature: Temperature = 0.0
+    top_p: TopP = 1.0
+    repetition_penalty: RepetitionPenalty = 1.0
+    seed: int | None = None
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class OcrChoice(msgspec.Struct):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] = "stop"
+    stop_reason: int | None = None
+    """The stop token id (151645 = ``<|im_end|>``) when ``finish_reason`` is ``stop``, else null."""
+    prompt_logprobs: None = None
+
+
+class OcrResponse(msgspec.Struct):
+    id: str
+    created: int
+    model: str
+    choices: list[OcrChoice]
+    usage: Usage
+    object: str = "text_completion"
+
+
+# ---------------------------------------------------------------- chat completions (OpenAI subset)
+
+
+class ImageUrl(msgspec.Struct):
+    url: str
+    detail: str | None = None
+
+
+class TextPart(msgspec.Struct, tag_field="type", tag="text"):
+    text: str
+
+
+class ImageUrlPart(msgspec.Struct, tag_field="type", tag="image_url"):
+    image_url: ImageUrl
+
+
+ContentPart = Union[TextPart, ImageUrlPart]
+
+
+class ChatMessage(msgspec.Struct):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(msgspec.Struct, kw_only=True):
+    """``POST /v1/chat/completions``. The last user message's ``image_url`` parts are the pages of
+    one prompt; its text picks the OCR mode (see ``modes.mode_from_text``). The extra fields
+    ``ocr_type``/``box``/``color``/``crop`` (``extra_body`` in the openai client) override the text."""
+
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
+    model: str | None = None
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    seed: int | None = None
+    n: Annotated[int, Meta(ge=1)] = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    ocr_type: Literal["plain", "format"] | None = None
+    box: BoxSpec | None = None
+    color: Literal["red", "green", "blue"] | None = None
+    crop: bool | None = None
+
+
+class AssistantMessage(msgspec.Struct):
+    content: str
+    role: str = "assistant"
+
+
+class ChatChoice(msgspec.Struct):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatCompletionResponse(msgspec.Struct):
+    id: str
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    object: str = "chat.completion"
+
+
+class Delta(msgspec.Struct, omit_defaults=True):
+    role: str | None = None
+    content: str | None = None
+
+
+class ChunkChoice(msgspec.Struct):
+    index: int
+    delta: Delta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(msgspec.Struct):
+    id: str
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    object: str = "chat.completion.chunk"
+
+
+# ---------------------------------------------------------------- ops
+
+
+class ModelCard(msgspec.Struct):
+    id: str
+    created: int
+    owned_by: str = "gotocr_fast"
+    object: str = "model"
+
+
+class ModelList(msgspec.Struct):
+    data: list[ModelCard]
+    object: str = "list"
+
+
+class Health(msgspec.Struct):
+    status: Literal["loading", "ready", "failed", "stopping"]
+    model: str
+    message: str | None = None
+
+
+class VersionInfo(msgspec.Struct):
+    version: str
+    model: str

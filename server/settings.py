@@ -1,0 +1,184 @@
+"""The server's settings: one typed, immutable object built from the command line and the environment.
+
+Every option has a ``--flag`` and an environment variable ``GOTOCR_<NAME>`` (``--max-body-bytes`` ↔
+``GOTOCR_MAX_BODY_BYTES``). Precedence: command line > environment > default. The API key is best
+passed through ``GOTOCR_API_KEY`` (a command line is visible to every local user in ``ps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+__all__ = ["ServerSettings", "SettingsError", "build_parser", "settings_from_args"]
+
+ENV_PREFIX = "GOTOCR_"
+MiB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """An invalid option value (the CLI prints it and exits with status 2)."""
+
+
+class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the server needs to know; defaults are the safe ones (DESIGN §4)."""
+
+    model: str
+    """Model folder (``got-text-*.gguf`` + ``got-vision-*.gguf``) or the text GGUF path."""
+    vision: str | None = None
+    """The vision GGUF, when ``model`` is a text GGUF path."""
+    model_name: str | None = None
+    """Name reported in responses and ``/v1/models`` (default: the model folder's name)."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # ---- inputs and their limits
+    allowed_root: str | None = None
+    """Local paths are readable only under this folder; unset = local paths refused (403)."""
+    allow_urls: bool = False
+    """Fetch ``http(s)`` image URLs (never to loopback/private/link-local/metadata addresses)."""
+    max_body_bytes: int = 32 * MiB
+    max_image_pixels: int = 64 * MiB
+    """Width × height limit of one decoded image or rendered PDF page (decompression bombs)."""
+    max_images: int = 16
+    """Images (pages included) per request."""
+    max_pdf_pages: int = 32
+    max_input_bytes: int = 32 * MiB
+    """Size limit of one input file, fetched URL or decoded data URI."""
+    pdf_dpi: float = 200.0
+    """PDF pages are rendered at this resolution (capped by ``max_image_pixels``)."""
+    fetch_timeout: float = 10.0
+    """Seconds for a whole URL fetch, redirects included."""
+    fetch_max_redirects: int = 3
+
+    # ---- generation
+    max_tokens_limit: int = 8192
+    """Largest ``max_tokens`` a request may ask for (larger → 400)."""
+    default_max_tokens: int = 2048
+
+    # ---- engine and scheduling
+    slots: int = 4
+    """Requests decoded concurrently (engine batch slots)."""
+    queue: int = 64
+    """Requests waiting for a slot before new ones are refused with 429."""
+    n_ctx: int = 8192
+    threads: int | None = None
+
+    # ---- HTTP
+    api_key: str | None = None
+    """When set, every ``/v1`` route requires ``Authorization: Bearer <key>``."""
+    shutdown_timeout: float = 30.0
+    """Seconds to let in-flight requests finish on SIGTERM/SIGINT."""
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        positive = (
+            "port", "max_body_bytes", "max_image_pixels", "max_images", "max_pdf_pages",
+            "max_input_bytes", "max_tokens_limit", "default_max_tokens", "slots", "n_ctx",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.queue < 0 or self.fetch_max_redirects < 0:
+            raise SettingsError("queue and fetch_max_redirects must be >= 0")
+        if self.fetch_timeout <= 0 or self.shutdown_timeout < 0 or self.pdf_dpi <= 0:
+            raise SettingsError("fetch_timeout and pdf_dpi must be > 0, shutdown_timeout >= 0")
+        if self.port > 65535:
+            raise SettingsError(f"port must be <= 65535, got {self.port}")
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise SettingsError("default_max_tokens must be <= max_tokens_limit")
+        if self.threads is not None and self.threads < 1:
+            raise SettingsError("threads must be >= 1")
+        if self.api_key is not None and not self.api_key:
+            raise SettingsError("api_key must not be empty")
+
+    @property
+    def served_model_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        p = Path(self.model)
+        return p.name if p.is_dir() or not p.suffix else p.stem
+
+
+# (field, type, help). The CLI flag is --field-with-dashes, the env var GOTOCR_FIELD.
+_OPTIONS: tuple[tuple[str, type, str], ...] = (
+    ("model", str, "model folder (or text GGUF path)"),
+    ("vision", str, "vision GGUF path when --model is a text GGUF"),
+    ("model_name", str, "model name reported to clients"),
+    ("host", str, "bind address (default 127.0.0.1)"),
+    ("port", int, "port (default 8000)"),
+    ("allowed_root", str, "folder whose files requests may read (unset: local paths refused)"),
+    ("allow_urls", bool, "allow fetching http(s) image URLs (public addresses only)"),
+    ("max_body_bytes", int, "request body limit in bytes (413 above)"),
+    ("max_image_pixels", int, "pixel limit per decoded image / PDF page (413 above)"),
+    ("max_images", int, "images (pages included) per request"),
+    ("max_pdf_pages", int, "pages per PDF"),
+    ("max_input_bytes", int, "size limit of one file / URL / data URI"),
+    ("pdf_dpi", float, "PDF render resolution"),
+    ("fetch_timeout", float, "seconds for one URL fetch, redirects included"),
+    ("fetch_max_redirects", int, "redirects followed per URL"),
+    ("max_tokens_limit", int, "largest max_tokens accepted"),
+    ("default_max_tokens", int, "max_tokens when a request gives none"),
+    ("slots", int, "concurrent decode slots"),
+    ("queue", int, "queued requests before 429"),
+    ("n_ctx", int, "context tokens per slot"),
+    ("threads", int, "CPU threads for the engine"),
+    ("api_key", str, "require 'Authorization: Bearer KEY' on /v1 (prefer env GOTOCR_API_KEY)"),
+    ("shutdown_timeout", float, "graceful shutdown seconds"),
+    ("log_level", str, "uvicorn log level"),
+)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def build_parser(prog: str = "gotocr serve") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve GOT-OCR2 over HTTP. Every option can also be set as GOTOCR_<OPTION> in the environment.",
+    )
+    for name, typ, help_ in _OPTIONS:
+        flag = "--" + name.replace("_", "-")
+        if typ is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            parser.add_argument(flag, dest=name, type=typ, default=None, help=help_)
+    return parser
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, typ, _ in _OPTIONS:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is None:
+            continue
+        key = ENV_PREFIX + name.upper()
+        if typ is bool:
+            low = raw.strip().lower()
+            if low not in _TRUE | _FALSE:
+                raise SettingsError(f"{key}: expected a boolean, got {raw!r}")
+            values[name] = low in _TRUE
+        else:
+            try:
+                values[name] = typ(raw)
+            except ValueError:
+                raise SettingsError(f"{key}: expected {typ.__name__}, got {raw!r}") from None
+    return values
+
+
+def settings_from_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServerSettings:
+    """Parse ``argv`` (without the program/subcommand name) over the environment into settings."""
+    args = build_parser().parse_args(argv)
+    values = _from_env(os.environ if env is None else env)
+    values.update({k: v for k, v in vars(args).items() if v is not None})
+    if not values.get("model"):
+        raise SettingsError("--model (or GOTOCR_MODEL) is required")
+    try:
+        return ServerSettings(**values)
+    except TypeError as exc:  # pragma: no cover - every option maps to a field
+        raise SettingsError(str(exc)) from None

@@ -1,0 +1,107 @@
+"""A scripted stand-in for ``OcrEngine`` (no model): tests of the HTTP layer's own behaviour.
+
+It returns the real engine's handle type (``gotocr_fast.engine.request.OcrRequest``) and drives
+it from a thread the way the engine does (deltas, finish, cancel), so the server code under test
+is exactly what runs with the real engine. Its answer describes the pages it was given, so a test
+can tell which image reached which choice::
+
+    "<type>|<color or ->|<box or ->|crop=<0/1>|<w>x<h>#<r>,<g>,<b>;..."   (one w x h # colour per page)
+
+Each character is one "token"; ``max_tokens`` cuts the text (finish_reason "length").
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any
+
+from PIL import Image
+
+from gotocr_fast.engine.errors import InvalidRequest
+from gotocr_fast.engine.request import OcrRequest, OcrResult, Timings
+
+OPTION_NAMES = {"type", "box", "color", "crop", "max_tokens", "temperature", "top_p", "top_k",
+                "repetition_penalty", "seed"}
+PROMPT_TOKENS_PER_PAGE = 256
+PROMPT_TOKENS_FIXED = 30
+
+
+def describe(pages: list[Image.Image], options: dict[str, Any]) -> str:
+    box = options.get("box")
+    head = "|".join([
+        options.get("type", "plain"),
+        options.get("color") or "-",
+        "-" if box is None else str(box).replace(" ", ""),
+        f"crop={int(bool(options.get('crop')))}",
+    ])
+    return head + "|" + ";".join(
+        f"{p.width}x{p.height}#" + ",".join(str(v) for v in p.getpixel((0, 0))) for p in pages
+    )
+
+
+class FakeEngine:
+    def __init__(self, token_delay: float = 0.002, load_delay: float = 0.0) -> None:
+        if load_delay:
+            time.sleep(load_delay)
+        self.token_delay = token_delay
+        self._lock = threading.Lock()
+        self.running = 0
+        self.max_running = 0
+        self.submitted: list[dict[str, Any]] = []
+        self.cancelled = 0
+        self.closed = False
+        self._ids = itertools.count(1)
+
+    def submit(self, image_or_pages: Any, **options: Any) -> OcrRequest:
+        unknown = set(options) - OPTION_NAMES
+        if unknown:
+            raise InvalidRequest(f"unknown option(s): {sorted(unknown)}")
+        if options.get("type", "plain") not in ("plain", "format"):
+            raise InvalidRequest("bad type")
+        pages = list(image_or_pages) if isinstance(image_or_pages, list) else [image_or_pages]
+        if not all(isinstance(p, Image.Image) and p.mode == "RGB" for p in pages):
+            raise InvalidRequest("the server must hand decoded RGB images to the engine")
+        if options.get("box") is not None and len(pages) > 1:
+            raise InvalidRequest("box cannot be combined with a multi-page prompt")
+        text = describe(pages, options)
+        max_tokens = options.get("max_tokens", 2048)
+        finish = "stop"
+        if len(text) > max_tokens:
+            text, finish = text[:max_tokens], "length"
+        request = OcrRequest(f"fake-{next(self._ids)}", 1)
+        with self._lock:
+            self.submitted.append({"pages": len(pages), **options})
+        prompt_tokens = PROMPT_TOKENS_FIXED + PROMPT_TOKENS_PER_PAGE * len(pages)
+        threading.Thread(target=self._decode, args=(request, text, finish, prompt_tokens), daemon=True).start()
+        return request
+
+    def _decode(self, request: OcrRequest, text: str, finish: str, prompt_tokens: int) -> None:
+        with self._lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        t0 = time.perf_counter()
+        try:
+            for ch in text:
+                if request.cancelled:
+                    with self._lock:
+                        self.cancelled += 1
+                    return
+                request._part_delta(0, ch)
+                time.sleep(self.token_delay)
+            request._part_finished(0)
+            decode_ms = (time.perf_counter() - t0) * 1000
+            completion = len(text) + (1 if finish == "stop" else 0)  # + <|im_end|>
+            request._finish(OcrResult(text, finish, prompt_tokens, completion,
+                                      Timings(preprocess_ms=1.0, encode_ms=2.0, prefill_ms=3.0, decode_ms=decode_ms)))
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"slots": 4, "running": self.running, "waiting": 0}
+
+    def close(self) -> None:
+        self.closed = True
