@@ -1,0 +1,173 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""Thin 1:1 binding of native/got_vision.h (the GOT vision encoder on ggml).
+
+``VisionContext`` owns one ``got_vision_ctx``. Errors from the C API become ``RuntimeError`` with
+the C message (``gotocr_fast.vision`` maps them to ``VisionError``); shape checks live in
+``gotocr_fast.vision``, the hot loop releases the GIL.
+"""
+
+from libc.stddef cimport size_t
+
+import numpy as np
+
+cdef extern from "got_vision.h" nogil:
+    ctypedef struct got_vision_ctx:
+        pass
+    cdef enum got_vision_backend_kind:
+        GOT_VISION_BACKEND_CPU
+        GOT_VISION_BACKEND_GPU
+        GOT_VISION_BACKEND_AUTO
+    cdef enum got_vision_status:
+        GOT_VISION_OK
+        GOT_VISION_ERR_INVALID_ARGUMENT
+        GOT_VISION_ERR_BUFFER_TOO_SMALL
+        GOT_VISION_ERR_ALLOC
+        GOT_VISION_ERR_COMPUTE
+        GOT_VISION_ERR_NONFINITE_INPUT
+    struct got_vision_context_params:
+        int n_threads
+        got_vision_backend_kind backend
+        const char * device
+        int max_batch_views
+
+    got_vision_context_params got_vision_context_default_params()
+    got_vision_ctx * got_vision_init_from_file(const char * path, got_vision_context_params params,
+                                               char * err, size_t err_len)
+    void got_vision_free(got_vision_ctx * ctx)
+    int got_vision_image_size(const got_vision_ctx * ctx)
+    int got_vision_num_channels(const got_vision_ctx * ctx)
+    int got_vision_tokens_per_view(const got_vision_ctx * ctx)
+    int got_vision_embedding_length(const got_vision_ctx * ctx)
+    const float * got_vision_image_mean(const got_vision_ctx * ctx)
+    const float * got_vision_image_std(const got_vision_ctx * ctx)
+    const char * got_vision_backend_name(const got_vision_ctx * ctx)
+    size_t got_vision_weights_size(const got_vision_ctx * ctx)
+    size_t got_vision_compute_buffer_size(const got_vision_ctx * ctx)
+    int got_vision_max_batch_views(const got_vision_ctx * ctx)
+    int got_vision_set_n_threads(got_vision_ctx * ctx, int n_threads)
+    int got_vision_encode(got_vision_ctx * ctx, const float * pixels, int n_views,
+                          float * out, size_t out_len_floats)
+    const char * got_vision_last_error(const got_vision_ctx * ctx)
+
+BACKEND_CPU = GOT_VISION_BACKEND_CPU
+BACKEND_GPU = GOT_VISION_BACKEND_GPU
+BACKEND_AUTO = GOT_VISION_BACKEND_AUTO
+_BACKENDS = {"cpu": GOT_VISION_BACKEND_CPU, "gpu": GOT_VISION_BACKEND_GPU, "auto": GOT_VISION_BACKEND_AUTO}
+
+
+cdef class VisionContext:
+    """One loaded vision GGUF. Not picklable; close() frees it (also on garbage collection)."""
+
+    cdef got_vision_ctx * ctx
+
+    def __cinit__(self, path, int n_threads=0, backend="cpu", device=None, int max_batch_views=1):
+        cdef got_vision_context_params p = got_vision_context_default_params()
+        cdef char err[1024]
+        cdef bytes bpath = str(path).encode("utf-8")
+        cdef bytes bdev
+        cdef const char * cpath = bpath
+        self.ctx = NULL
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
+        p.n_threads = n_threads
+        p.backend = _BACKENDS[backend]
+        p.max_batch_views = max_batch_views
+        if device is not None:
+            bdev = str(device).encode("utf-8")
+            p.device = bdev
+        err[0] = 0
+        with nogil:
+            self.ctx = got_vision_init_from_file(cpath, p, err, sizeof(err))
+        if self.ctx == NULL:
+            raise RuntimeError(err.decode("utf-8", "replace"))
+
+    def __dealloc__(self):
+        if self.ctx != NULL:
+            got_vision_free(self.ctx)
+            self.ctx = NULL
+
+    cdef got_vision_ctx * _live(self) except NULL:
+        if self.ctx == NULL:
+            raise RuntimeError("the vision context is closed")
+        return self.ctx
+
+    def close(self):
+        if self.ctx != NULL:
+            got_vision_free(self.ctx)
+            self.ctx = NULL
+
+    @property
+    def closed(self):
+        return self.ctx == NULL
+
+    @property
+    def image_size(self):
+        return got_vision_image_size(self._live())
+
+    @property
+    def num_channels(self):
+        return got_vision_num_channels(self._live())
+
+    @property
+    def tokens_per_view(self):
+        return got_vision_tokens_per_view(self._live())
+
+    @property
+    def embedding_length(self):
+        return got_vision_embedding_length(self._live())
+
+    @property
+    def image_mean(self):
+        cdef got_vision_ctx * c = self._live()
+        cdef const float * m = got_vision_image_mean(c)
+        return tuple(m[i] for i in range(got_vision_num_channels(c)))
+
+    @property
+    def image_std(self):
+        cdef got_vision_ctx * c = self._live()
+        cdef const float * s = got_vision_image_std(c)
+        return tuple(s[i] for i in range(got_vision_num_channels(c)))
+
+    @property
+    def backend_name(self):
+        return got_vision_backend_name(self._live()).decode("utf-8", "replace")
+
+    @property
+    def weights_size(self):
+        return got_vision_weights_size(self._live())
+
+    @property
+    def compute_buffer_size(self):
+        return got_vision_compute_buffer_size(self._live())
+
+    @property
+    def max_batch_views(self):
+        return got_vision_max_batch_views(self._live())
+
+    def set_n_threads(self, int n_threads):
+        cdef got_vision_ctx * c = self._live()
+        if got_vision_set_n_threads(c, n_threads) != GOT_VISION_OK:
+            raise RuntimeError(got_vision_last_error(c).decode("utf-8", "replace"))
+
+    def encode_into(self, const float[:, :, :, ::1] pixels, float[:, :, ::1] out):
+        """pixels: C-contiguous float32 [N, C, S, S]; out: C-contiguous float32 [N, T, E] (written)."""
+        cdef got_vision_ctx * c = self._live()
+        cdef Py_ssize_t n = pixels.shape[0]
+        if n < 1 or n > 0x7fffffff:
+            raise ValueError(f"need 1 to 2**31-1 views, got {n}")
+        cdef int S = got_vision_image_size(c)
+        if pixels.shape[1] != got_vision_num_channels(c) or pixels.shape[2] != S or pixels.shape[3] != S:
+            raise ValueError(f"pixels have shape {tuple(pixels.shape[:4])}, the model wants "
+                             f"(N, {got_vision_num_channels(c)}, {S}, {S})")
+        if (out.shape[0] != n or out.shape[1] != got_vision_tokens_per_view(c)
+                or out.shape[2] != got_vision_embedding_length(c)):
+            raise ValueError(f"out has shape {tuple(out.shape[:3])}, expected "
+                             f"({n}, {got_vision_tokens_per_view(c)}, {got_vision_embedding_length(c)})")
+        cdef const float * src = &pixels[0, 0, 0, 0]
+        cdef float * dst = &out[0, 0, 0]
+        cdef size_t out_len = <size_t>(out.shape[0] * out.shape[1] * out.shape[2])
+        cdef int rc
+        with nogil:
+            rc = got_vision_encode(c, src, <int>n, dst, out_len)
+        if rc != GOT_VISION_OK:
+            raise RuntimeError(got_vision_last_error(c).decode("utf-8", "replace"))
