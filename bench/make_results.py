@@ -1,0 +1,364 @@
+"""Turn a pytest-benchmark JSON file into ``bench/RESULTS.md``.
+
+    python bench/make_results.py [--json bench/results.json] [--out bench/RESULTS.md]
+
+Every number in RESULTS.md comes from the JSON of one run: the speedups are ratios of times
+measured in that run, the machine facts are what ``bench/conftest.py`` recorded on the machine
+that ran it. Nothing here is typed in by hand.
+
+Each benchmark carries ``extra_info`` written by the suites (see ``bench/conftest.py``):
+
+- ``stage``: what was timed (``vision_view``, ``prefill``, ``decode``, ``page``, ...);
+- ``impl``: ``ours`` or a baseline (``transformers``, ``onnxruntime``, ``llama.cpp``);
+- ``dtype``: the weight type (``f32``, ``f16``, ``bf16``, ``q8_0``);
+- ``units`` / ``unit``: how much work one timed round does (views, tokens, pages, requests);
+- ``flops``: floating-point operations in one round (vision benchmarks);
+- ``rss_peak_mib`` / ``rss_start_mib``: the process' peak / starting resident set in that test.
+
+A speedup is (their time per unit) ÷ (our time per unit) = our throughput ÷ theirs, so > 1 means
+we are faster. Times per unit use the minimum over rounds by default (``--stat median`` for the
+median): the machines these run on are often shared, and the minimum is the statistic least
+moved by other processes taking the cores for a while.
+
+This module also holds the CPU facts and the peak-FLOP estimate, so the numbers can be
+re-derived without pytest; ``bench/conftest.py`` imports them to record the machine at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# Order of stages in the report, with a short description of what one unit is.
+STAGES: dict[str, str] = {
+    "preprocess_1view": "preprocessing, one 1024² view from a decoded page (per page)",
+    "preprocess_crop": "preprocessing, crop mode: up to 6 tiles + thumbnail (per page)",
+    "vision_view": "vision encoder + projector (per 1024² view)",
+    "prefill": "LM prefill of the GOT prompt incl. 256 image embeddings (per prompt)",
+    "decode": "LM greedy decode (per generated token)",
+    "page": "one page end to end: image → preprocess → encode → prefill → decode (per page)",
+}
+BASELINES = ("transformers", "onnxruntime", "llama.cpp")
+DTYPE_ORDER = {"f32": 0, "f16": 1, "bf16": 2, "q8_0": 3}
+
+
+# --------------------------------------------------------------------------------------------
+# Machine facts and the peak-FLOP estimate
+# --------------------------------------------------------------------------------------------
+
+def _cpuinfo() -> dict[str, str]:
+    """First processor block of /proc/cpuinfo as a dict (empty off Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    info: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        if ":" in line:
+            key, _, value = line.partition(":")
+            info[key.strip()] = value.strip()
+    return info
+
+
+def physical_cores() -> int:
+    """Physical cores visible to us (distinct (physical id, core id) pairs), else os.cpu_count()."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return os.cpu_count() or 1
+    cores = set()
+    for block in text.strip().split("\n\n"):
+        fields = dict(
+            (k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in block.splitlines())
+        )
+        cores.add((fields.get("physical id", "0"), fields.get("core id", fields.get("processor"))))
+    return max(1, len(cores))
+
+
+def simd_class(flags: set[str]) -> str:
+    """The widest float SIMD the CPU reports: ``AVX-512``, ``AVX2``, ``AVX`` or ``SSE``."""
+    if "avx512f" in flags:
+        return "AVX-512"
+    if "avx2" in flags:
+        return "AVX2"
+    if "avx" in flags:
+        return "AVX"
+    return "SSE"
+
+
+def fp32_flops_per_cycle(simd: str, has_fma: bool, vendor: str, family: int) -> int:
+    """Peak fp32 FLOPs per cycle per core, assuming two vector FMA pipes.
+
+    2 FMA pipes × lanes × 2 (multiply + add) — true for Intel since Haswell and AMD since Zen 2.
+    AVX-512 counts 16 lanes, except on AMD Zen 4 (family 0x19 with AVX-512) which executes
+    512-bit ops as two 256-bit halves, so it peaks like AVX2. Without FMA a core issues one
+    add and one multiply per cycle per pipe.
+    """
+    lanes = {"AVX-512": 16, "AVX2": 8, "AVX": 8, "SSE": 4}[simd]
+    if simd == "AVX-512" and vendor == "AuthenticAMD" and family == 25:
+        lanes = 8
+    return 2 * lanes * 2 if has_fma else 2 * lanes
+
+
+def machine_facts(threads: int) -> dict:
+    """CPU model, SIMD class, clock, and the estimated fp32 peak for ``threads`` threads."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    simd = simd_class(flags)
+    has_fma = "fma" in flags
+    vendor = info.get("vendor_id", "")
+    family = int(info.get("cpu family", "0") or 0)
+    ghz_source = "GOTOCR_BENCH_CPU_GHZ"
+    ghz = float(os.environ.get("GOTOCR_BENCH_CPU_GHZ", "0") or 0)
+    if not ghz:
+        try:
+            khz = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()
+            ghz, ghz_source = int(khz) / 1e6, "cpufreq cpuinfo_max_freq"
+        except (OSError, ValueError):
+            ghz = float(info.get("cpu MHz", "0") or 0) / 1000
+            ghz_source = "/proc/cpuinfo cpu MHz"
+    cores = physical_cores()
+    cores_used = max(1, min(threads, cores))
+    per_cycle = fp32_flops_per_cycle(simd, has_fma, vendor, family)
+    return {
+        "cpu_model": info.get("model name", platform.processor() or "unknown"),
+        "vendor": vendor,
+        "cpu_family": family,
+        "simd": simd,
+        "fma": has_fma,
+        "bf16_native": bool(flags & {"avx512_bf16", "amx_bf16"}),
+        "physical_cores": cores,
+        "threads": threads,
+        "cores_used": cores_used,
+        "ghz": round(ghz, 3),
+        "ghz_source": ghz_source,
+        "fp32_flops_per_cycle": per_cycle,
+        "peak_gflops": round(cores_used * ghz * per_cycle, 1),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+def _fmt_time(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.0f} µs"
+
+
+def _fmt_flops(flops: float) -> str:
+    return f"{flops / 1e12:.3f} TFLOP" if flops >= 1e11 else f"{flops / 1e9:.3f} GFLOP"
+
+
+def _variant(extra: dict) -> str:
+    dtype = extra.get("dtype")
+    return f"{extra['impl']} {dtype}" if dtype else extra["impl"]
+
+
+def _sort_key(row: dict):
+    extra = row["extra_info"]
+    impl_rank = 0 if extra["impl"] == "ours" else 1 + BASELINES.index(extra["impl"]) if extra[
+        "impl"] in BASELINES else 9
+    return (impl_rank, DTYPE_ORDER.get(extra.get("dtype", ""), 9), row["name"])
+
+
+def per_unit(row: dict, stat: str) -> float:
+    return row["stats"][stat] / max(1, row["extra_info"].get("units", 1))
+
+
+def speedup_rows(rows: list[dict], stat: str) -> list[tuple[str, str, float, float, float]]:
+    """(ours, theirs, our time/unit, their time/unit, speedup) for each ours × baseline pair."""
+    ours = [r for r in rows if r["extra_info"]["impl"] == "ours"]
+    theirs = [r for r in rows if r["extra_info"]["impl"] != "ours"]
+    pairs = []
+    for o in sorted(ours, key=_sort_key):
+        for t in sorted(theirs, key=_sort_key):
+            ot, tt = per_unit(o, stat), per_unit(t, stat)
+            pairs.append((_variant(o["extra_info"]), _variant(t["extra_info"]), ot, tt, tt / ot))
+    return pairs
+
+
+def render(data: dict, stat: str = "min") -> str:
+    benches = [b for b in data.get("benchmarks", []) if "stage" in (b.get("extra_info") or {})]
+    got = (data.get("machine_info") or {}).get("gotocr") or {}
+    facts = got.get("machine") or machine_facts(int(got.get("threads", 2)))
+    out: list[str] = []
+    w = out.append
+    w("# gotocr_fast benchmark results")
+    w("")
+    w("Generated by `python bench/make_results.py` from the pytest-benchmark JSON of one run "
+      "(`pytest bench/ --benchmark-only --benchmark-json bench/results.json`). Do not edit by "
+      "hand: rerun and regenerate. What each suite measures: `bench/README.md`.")
+    w("")
+    w("## Machine and run")
+    w("")
+    w("| | |")
+    w("|---|---|")
+    w(f"| CPU | {facts['cpu_model']} ({facts['physical_cores']} physical cores visible) |")
+    w(f"| SIMD class | {facts['simd']}{' + FMA' if facts['fma'] else ''}"
+      f"{', native bf16' if facts.get('bf16_native') else ''} |")
+    w(f"| threads per engine | {facts['threads']} (torch, onnxruntime intra-op, llama.cpp, ggml) |")
+    w(f"| clock used for peak | {facts['ghz']} GHz ({facts['ghz_source']}) |")
+    w(f"| estimated fp32 peak | {facts['peak_gflops']} GFLOP/s = {facts['cores_used']} cores × "
+      f"{facts['ghz']} GHz × {facts['fp32_flops_per_cycle']} FLOP/cycle |")
+    w(f"| model | random weights, config `{got.get('config', '?')}` "
+      f"(same shapes and FLOPs as GOT-OCR2 for `full`) |")
+    if got.get("load_average") is not None:
+        w(f"| load average at start | {got['load_average']} (other processes share the CPUs) |")
+    commit = data.get("commit_info") or {}
+    if commit.get("id"):
+        w(f"| commit | `{commit['id'][:12]}`{' (dirty)' if commit.get('dirty') else ''} |")
+    w(f"| date | {data.get('datetime', '?')} |")
+    w(f"| statistic | {stat} over rounds |")
+    w("")
+
+    by_stage: dict[str, list[dict]] = defaultdict(list)
+    for b in benches:
+        by_stage[b["extra_info"]["stage"]].append(b)
+
+    w("## Speedups (ours ÷ theirs)")
+    w("")
+    w("Speedup = their time per unit ÷ our time per unit, both measured in this run "
+      "(> 1: we are faster).")
+    w("")
+    any_pair = False
+    for stage, desc in STAGES.items():
+        pairs = speedup_rows(by_stage.get(stage, []), stat)
+        if not pairs:
+            continue
+        any_pair = True
+        w(f"### {stage}: {desc}")
+        w("")
+        w("| ours | theirs | ours / unit | theirs / unit | speedup |")
+        w("|---|---|---:|---:|---:|")
+        for ov, tv, ot, tt, s in pairs:
+            w(f"| {ov} | {tv} | {_fmt_time(ot)} | {_fmt_time(tt)} | **{s:.2f}×** |")
+        w("")
+    if not any_pair:
+        w("No stage has both our and a baseline measurement in this run.")
+        w("")
+
+    tp = sorted((b for b in benches if b["extra_info"]["stage"] == "throughput"),
+                key=lambda b: b["extra_info"].get("concurrency", 0))
+    if tp:
+        serial = [b for b in by_stage.get("page", []) if b["extra_info"]["impl"] == "transformers"]
+        w("## Engine throughput under concurrency")
+        w("")
+        w("N requests (distinct pages) submitted at once to one `OcrEngine`; time = until the last "
+          "finishes. `vs transformers` = our pages/s ÷ pages/s of the transformers page run "
+          "(one page at a time).")
+        w("")
+        head = "| model | concurrency | wall | pages/s | generated tokens/s | scaling vs 1 |"
+        sep = "|---|---:|---:|---:|---:|---:|"
+        if serial:
+            head += "".join(f" vs {_variant(s['extra_info'])} |" for s in serial)
+            sep += "---:|" * len(serial)
+        w(head)
+        w(sep)
+        base: dict[str, float] = {}
+        for b in tp:
+            e = b["extra_info"]
+            t = b["stats"][stat]
+            pages_s = e["units"] / t
+            toks_s = e.get("completion_tokens", 0) / t
+            base.setdefault(e.get("dtype", ""), pages_s)
+            cells = (f"| {_variant(e)} | {e['concurrency']} | {_fmt_time(t)} | {pages_s:.3f} | "
+                     f"{toks_s:.1f} | {pages_s / base[e.get('dtype', '')]:.2f}× |")
+            for s in serial:
+                cells += f" {pages_s * per_unit(s, stat):.2f}× |"
+            w(cells)
+        w("")
+
+    vision = sorted(by_stage.get("vision_view", []), key=_sort_key)
+    if vision:
+        w("## Vision encoder: fraction of FLOP peak")
+        w("")
+        flops = vision[0]["extra_info"].get("flops", 0) / max(1, vision[0]["extra_info"]["units"])
+        w(f"{_fmt_flops(flops)} per view (counted from the config: 2 × multiply-adds of "
+          "every conv, linear and attention matmul incl. the decomposed rel-pos terms; norms, "
+          f"softmax and GELU not counted) ÷ time per view ÷ estimated peak "
+          f"{facts['peak_gflops']} GFLOP/s.")
+        w("")
+        w("| implementation | time / view | GFLOP/s | % of fp32 peak |")
+        w("|---|---:|---:|---:|")
+        for b in vision:
+            e = b["extra_info"]
+            t = per_unit(b, stat)
+            gflops = e.get("flops", 0) / max(1, e["units"]) / t / 1e9
+            w(f"| {_variant(e)} | {_fmt_time(t)} | {gflops:.1f} | "
+              f"{100 * gflops / facts['peak_gflops']:.1f} % |")
+        w("")
+
+    w("## All measurements")
+    w("")
+    w("| suite | benchmark | impl | unit | time / unit (median) | min | rounds | suite peak RSS so far |")
+    w("|---|---|---|---|---:|---:|---:|---:|")
+    for b in sorted(benches, key=lambda b: (b["fullname"].split("::")[0], _sort_key(b))):
+        e = b["extra_info"]
+        suite = Path(b["fullname"].split("::")[0]).name
+        w(f"| {suite} | `{b['name']}` | {_variant(e)} | {e.get('unit', 'round')} | "
+          f"{_fmt_time(per_unit(b, 'median'))} | {_fmt_time(per_unit(b, 'min'))} | "
+          f"{b['stats']['rounds']} | {e.get('rss_peak_mib', 0):.0f} MiB |")
+    w("")
+
+    suites: dict[str, list[dict]] = defaultdict(list)
+    for b in benches:
+        suites[Path(b["fullname"].split("::")[0]).name].append(b)
+    if suites:
+        w("## Peak RSS per suite")
+        w("")
+        w("Peak resident set of the pytest process during the suite, model loading included (the "
+          "kernel's high-water mark VmHWM, reset when the suite starts, after the previous "
+          "suite's models were freed). It includes the Python process and the libraries "
+          "already imported: compare with the RSS at the start of the suite's tests.")
+        w("")
+        w("| suite | peak RSS | RSS at test start (min) |")
+        w("|---|---:|---:|")
+        for name, rows in sorted(suites.items()):
+            peak = max(r["extra_info"].get("rss_peak_mib", 0) for r in rows)
+            start = min(r["extra_info"].get("rss_start_mib", 0) for r in rows)
+            w(f"| {name} | {peak:.0f} MiB | {start:.0f} MiB |")
+        w("")
+
+    skipped = data.get("gotocr_skipped") or []
+    if skipped:
+        w("## Skipped in this run")
+        w("")
+        w("| test | reason |")
+        w("|---|---|")
+        for s in skipped:
+            w(f"| `{s['nodeid']}` | {s['reason']} |")
+        w("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", type=Path, default=HERE / "results.json")
+    ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    ap.add_argument("--stat", default="min", choices=["min", "median", "mean"])
+    args = ap.parse_args(argv)
+    try:
+        data = json.loads(args.json.read_text())
+    except FileNotFoundError:
+        print(f"{args.json}: not found; run `pytest bench/ --benchmark-only "
+              f"--benchmark-json {args.json}` first", file=sys.stderr)
+        return 2
+    args.out.write_text(render(data, args.stat) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
