@@ -61,8 +61,8 @@ def is_public_address(address: str | IPAddress) -> bool:
             return False
         if embedded and not all(is_public_address(e) for e in embedded):
             return False
-        if ip.ipv4_mapped is not None:
-            return True  # judged by its IPv4 address above
+        if ip.ipv4_mapped is not None or ip in _NAT64:
+            return True  # judged by the IPv4 address it carries (64:ff9b::/96 lies in reserved ::/8)
     if ip in _METADATA or (isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED):
         return False
     return bool(
