@@ -73,6 +73,15 @@ def need(*modules: str, hint: str = "") -> None:
                         f"{'; ' + hint if hint else ''}")
 
 
+def construct(factory, *args, **kwargs):
+    """``factory(*args, **kwargs)``, or skip when our compiled part is not built (ImportError)."""
+    try:
+        return factory(*args, **kwargs)
+    except ImportError as exc:
+        pytest.skip(f"{getattr(factory, '__name__', factory)}: native part not built ({exc}); "
+                    f"{PACKAGE_HINT}")
+
+
 def need_attr(module: str, attr: str, hint: str = PACKAGE_HINT):
     """``module.attr`` or skip (our components land one by one)."""
     import importlib
@@ -177,7 +186,11 @@ def cached_dir(key: str, build, prune_prefix: str | None = None) -> Path:
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        build(tmp)
+        try:
+            build(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         (tmp / ".complete").write_text("ok\n")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)

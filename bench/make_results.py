@@ -280,6 +280,23 @@ def render(data: dict, stat: str = "min") -> str:
             w(cells)
         w("")
 
+    ours_pages = [b for b in by_stage.get("page", []) if "encode_ms" in b["extra_info"]]
+    if ours_pages:
+        w("## Where a page's time goes (ours)")
+        w("")
+        w("The engine's own timings of the last `test_page` round (`OcrResult.timings`).")
+        w("")
+        w("| model | preprocess | encode | prefill | decode | generated tokens | decode tokens/s |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
+        for b in sorted(ours_pages, key=_sort_key):
+            e = b["extra_info"]
+            toks = e.get("completion_tokens", 0)
+            # the first token comes out of the prefill; the decode phase makes the others
+            rate = (toks - 1) / (e["decode_ms"] / 1e3) if e["decode_ms"] > 0 and toks > 1 else 0.0
+            w(f"| {_variant(e)} | {e['preprocess_ms']:.0f} ms | {e['encode_ms']:.0f} ms | "
+              f"{e['prefill_ms']:.0f} ms | {e['decode_ms']:.0f} ms | {toks} | {rate:.1f} |")
+        w("")
+
     vision = sorted(by_stage.get("vision_view", []), key=_sort_key)
     if vision:
         w("## Vision encoder: fraction of FLOP peak")

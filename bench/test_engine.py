@@ -1,0 +1,92 @@
+"""Ours: the public ``OcrEngine``: one page end to end, and throughput under concurrency.
+
+- ``test_page``: ``engine.ocr(page, max_tokens=N)`` on a decoded A4 page (PIL image): load,
+  preprocess, encode, prefill, N greedy tokens, detokenise — what transformers' ``generate``
+  does in ``test_baseline_transformers.py::test_page``. Each round uses a different page, and
+  the embedding cache is off, so every round encodes.
+- ``test_throughput[cN]``: N pages submitted at once (``engine.submit``), timed until the last
+  result; the engine batches their decoding (continuous batching, ``max_slots`` = 8). The HTTP
+  version of this is the server's ``test_server_load.py``.
+
+The engine's own timings (preprocess / encode / prefill / decode ms) of the last round go into
+``extra_info``: make_results.py shows where a page's time goes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from harness import SETTINGS, construct, need, need_attr, run_rounds, tag
+
+PAGE_DTYPES = ["f16", "q8_0"]
+THROUGHPUT_DTYPE = os.environ.get("GOTOCR_BENCH_ENGINE_DTYPE", "f16")
+CONCURRENCY = [1, 2, 4, 8]
+
+
+def _engine(model_files, dtype: str, max_slots: int):
+    need("llama_cpp", hint="pip install llama-cpp-python==0.3.36")
+    OcrEngine = need_attr("gotocr_fast", "OcrEngine")
+    files = model_files(dtype)
+    # n_ctx is per request: the prompt (~290 tokens for one view) + max_tokens fits in 1024.
+    return construct(OcrEngine, files.folder, n_threads=SETTINGS.threads, n_ctx=1024,
+                     max_slots=max_slots, embed_cache_bytes=0)
+
+
+@pytest.fixture(scope="module", params=PAGE_DTYPES)
+def page_engine(request, model_files):
+    eng = _engine(model_files, request.param, max_slots=1)
+    yield request.param, eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def batch_engine(model_files):
+    eng = _engine(model_files, THROUGHPUT_DTYPE, max_slots=max(CONCURRENCY))
+    yield THROUGHPUT_DTYPE, eng
+    eng.close()
+
+
+def _timings(result) -> dict:
+    t = result.timings
+    return {"preprocess_ms": round(t.preprocess_ms, 1), "encode_ms": round(t.encode_ms, 1),
+            "prefill_ms": round(t.prefill_ms, 1), "decode_ms": round(t.decode_ms, 1),
+            "completion_tokens": result.completion_tokens, "prompt_tokens": result.prompt_tokens}
+
+
+def test_page(benchmark, page_engine, pages):
+    dtype, eng = page_engine
+    n = SETTINGS.tokens
+    rounds = SETTINGS.rounds_or(3)
+    imgs = iter(pages(rounds + 2))
+    results = []
+
+    def ocr(page):
+        results.append(eng.ocr(page, max_tokens=n))
+
+    tag(benchmark, "page", "ours", dtype, units=1, unit="page")
+    run_rounds(benchmark, ocr, rounds=rounds, setup=lambda: ((next(imgs),), {}))
+    benchmark.extra_info.update(_timings(results[-1]))
+    benchmark.extra_info["finish_reasons"] = sorted({r.finish_reason for r in results})
+
+
+@pytest.mark.parametrize("concurrency", CONCURRENCY, ids=[f"c{c}" for c in CONCURRENCY])
+def test_throughput(benchmark, batch_engine, pages, concurrency):
+    dtype, eng = batch_engine
+    n = SETTINGS.tokens
+    rounds = SETTINGS.rounds_or(2)
+    batches = iter([pages(concurrency * (rounds + 1))[i * concurrency:(i + 1) * concurrency]
+                    for i in range(rounds + 1)])
+    done = []
+
+    def run(batch):
+        reqs = [eng.submit(p, max_tokens=n) for p in batch]
+        done.append([r.result() for r in reqs])
+
+    tag(benchmark, "throughput", "ours", dtype, units=concurrency, unit="page",
+        concurrency=concurrency)
+    run_rounds(benchmark, run, rounds=rounds, setup=lambda: ((next(batches),), {}))
+    last = done[-1]
+    benchmark.extra_info["completion_tokens"] = sum(r.completion_tokens for r in last)
+    benchmark.extra_info["encode_ms_mean"] = round(sum(r.timings.encode_ms for r in last) / len(last), 1)
