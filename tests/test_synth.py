@@ -371,3 +371,18 @@ def test_transformers_loads_hf_checkpoint(config, synth_checkpoint):
         assert float((feats[0] - feats[1]).std()) > 0.3  # different views → different features
         logits = model(input_ids=torch.tensor([[151644, 872, 198, 9707, 11, 1879, 0]])).logits
         assert 2.0 < float(logits.std(-1).mean()) < 4.0
+
+
+# --------------------------------------------------------------------------------------------
+# the committed oracles were made from exactly these checkpoints
+
+
+@pytest.mark.parametrize("config", TINY_CONFIGS)
+def test_oracles_match_current_synth(config, synth_checkpoint, oracle):
+    import hashlib
+
+    digest = hashlib.sha256((synth_checkpoint(config, "hf") / "model.safetensors").read_bytes()).hexdigest()
+    for kind in ("vision", "text", "mm"):
+        meta = oracle(f"{config.replace('-', '_')}_{kind}").meta
+        assert meta["checkpoint_sha256"] == digest, (
+            f"{config}_{kind} oracle is stale: synth changed; rerun tests/make_fixtures.py")

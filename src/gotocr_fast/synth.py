@@ -51,6 +51,9 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 LAYOUTS = ("hf", "original")
 
+QK_GAIN = 1.3
+"""Gain on q and k projections: scaled dot products get std ~QK_GAIN², so attention is peaked."""
+
 
 @dataclass(frozen=True)
 class VisionConfig:
@@ -181,7 +184,7 @@ def _tensor_specs(cfg: GotConfig) -> list[TensorSpec]:
         specs.append(TensorSpec(name, shape, "ones", 0.1))
 
     d, hd = v.hidden_size, v.head_dim
-    qk_gain = 1.3  # q and k each: scaled dot products get std ~gain^2, so attention is peaked
+    qk_gain = QK_GAIN
     vt = "vision_tower"
     normal(f"{vt}.patch_embed.projection.weight", (d, v.num_channels, v.patch_size, v.patch_size),
            (v.num_channels * v.patch_size**2) ** -0.5)
@@ -257,9 +260,8 @@ def _draw(spec: TensorSpec, seed: int, vision_hidden: int) -> np.ndarray:
         x *= np.float32(spec.std)
         x += np.float32(1.0)
     elif spec.kind == "qkv":
-        gain = np.float32(1.3)
         x *= np.float32(spec.std)
-        x[2 * vision_hidden:] /= gain  # v rows: no gain
+        x[2 * vision_hidden:] /= np.float32(QK_GAIN)  # v rows: no gain
     elif spec.kind == "final_norm":
         x *= np.float32(0.1)
         x += np.float32(1.0)
@@ -571,6 +573,11 @@ def write_checkpoint(out_dir: str | Path, config: str | GotConfig = "tiny", layo
         _write_hf_tokenizer(out)
     else:
         _write_json(out / "config.json", _original_config(cfg))
+        _write_json(out / "generation_config.json", {
+            "_from_model_config": True, "bos_token_id": tokens.ENDOFTEXT_ID,
+            "eos_token_id": tokens.ENDOFTEXT_ID, "transformers_version": "4.37.2",
+        })
+        _write_json(out / "special_tokens_map.json", {"pad_token": tokens.ENDOFTEXT})
         _write_json(out / "tokenizer_config.json", _original_tokenizer_config())
         shutil.copyfile(qwen_tiktoken_path(), out / "qwen.tiktoken")
     return out
