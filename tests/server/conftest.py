@@ -81,19 +81,33 @@ class ServerProcess:
         return self.proc.returncode
 
 
-@pytest.fixture
-def start_server(tmp_path) -> Iterator[Callable[..., ServerProcess]]:
+def _server_factory(log_dir: Path) -> tuple[Callable[..., ServerProcess], list[ServerProcess]]:
     servers: list[ServerProcess] = []
 
     def start(*args: str, fake: bool = True, env: dict[str, str] | None = None, ready: bool = True,
               timeout: float = 120.0) -> ServerProcess:
-        server = ServerProcess(list(args), env, fake, tmp_path / f"server-{len(servers)}.log")
+        server = ServerProcess(list(args), env, fake, log_dir / f"server-{len(servers)}.log")
         servers.append(server)
         server.wait_listening(timeout)
         if ready:
             server.wait_ready(timeout)
         return server
 
+    return start, servers
+
+
+@pytest.fixture
+def start_server(tmp_path) -> Iterator[Callable[..., ServerProcess]]:
+    start, servers = _server_factory(tmp_path)
+    yield start
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def start_module_server(tmp_path_factory) -> Iterator[Callable[..., ServerProcess]]:
+    """Like start_server, for one server shared by a module's tests."""
+    start, servers = _server_factory(tmp_path_factory.mktemp("server-logs"))
     yield start
     for s in servers:
         s.stop()
@@ -115,6 +129,15 @@ def pdf_bytes(pages: list[tuple[tuple[int, int], tuple[int, int, int]]]) -> byte
 
 @pytest.fixture
 def image_root(tmp_path) -> Path:
+    return make_image_root(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_image_root(tmp_path_factory) -> Path:
+    return make_image_root(tmp_path_factory.mktemp("images"))
+
+
+def make_image_root(tmp_path: Path) -> Path:
     """An allowed root: a.png (40x30), sub/b.jpg (20x10), pages/ (p1, p2, p10 .png), doc.pdf (2 pages),
     and outside it secret.png."""
     root = tmp_path / "root"
