@@ -397,6 +397,18 @@ def sampling_oracle() -> None:
 FULL_ROWS = (0, 1, 17, 128, 255)
 
 
+def vision_weights_sha256(config: str) -> str:
+    """sha256 over the vision + projector tensors of the seeded checkpoint (canonical order, f32 LE).
+
+    The full checkpoint is 2.3 GB; tests check this cheaper digest to know the oracle is current.
+    """
+    h = hashlib.sha256()
+    for name, arr in synth.tensors(config, seed=SEED, include=lambda n: not n.startswith("language_model.")):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(arr, "<f4").tobytes())
+    return h.hexdigest()
+
+
 def full_oracle(workdir: Path) -> None:
     model = load_model(checkpoint(workdir, "full"))
     pixels = torch.from_numpy(synth.synth_pixels(1024, 1, PIXEL_SEED))
@@ -420,6 +432,9 @@ def full_oracle(workdir: Path) -> None:
         "col_mean": "per-dim mean over the 256 tokens",
         "tower_corner": "neck output [256 ch, 64, 64] at [:, :4, :4]",
         "feature_stats": "mean, std (ddof=1), max |x| of the projector output",
+        "vision_weights_sha256": vision_weights_sha256("full"),
+        "vision_weights_sha256_recipe": "sha256 over (name utf-8, f32 LE bytes) of synth.tensors('full', 0) "
+                                        "whose name does not start with 'language_model.'",
     })
 
 

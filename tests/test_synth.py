@@ -386,3 +386,14 @@ def test_oracles_match_current_synth(config, synth_checkpoint, oracle):
         meta = oracle(f"{config.replace('-', '_')}_{kind}").meta
         assert meta["checkpoint_sha256"] == digest, (
             f"{config}_{kind} oracle is stale: synth changed; rerun tests/make_fixtures.py")
+
+
+def test_full_vision_oracle_matches_current_synth(oracle):
+    import hashlib
+
+    meta = oracle("full_vision").meta
+    h = hashlib.sha256()
+    for name, arr in synth.tensors("full", seed=0, include=lambda n: not n.startswith("language_model.")):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(arr, "<f4").tobytes())
+    assert h.hexdigest() == meta["vision_weights_sha256"], "full_vision oracle is stale: rerun make_fixtures"

@@ -285,11 +285,16 @@ def canonical_names(config: str | GotConfig = "tiny") -> list[str]:
     return [s.name for s in _tensor_specs(_get_config(config))]
 
 
-def tensors(config: str | GotConfig = "tiny", seed: int = 0) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (canonical hf name, float32 array) for every tensor of the seeded model."""
+def tensors(config: str | GotConfig = "tiny", seed: int = 0,
+            include: Callable[[str], bool] | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (canonical hf name, float32 array) for every tensor of the seeded model.
+
+    ``include(name)`` picks tensors without drawing the others (e.g. only the vision tower).
+    """
     cfg = _get_config(config)
     for spec in _tensor_specs(cfg):
-        yield spec.name, _draw(spec, seed, cfg.vision.hidden_size)
+        if include is None or include(spec.name):
+            yield spec.name, _draw(spec, seed, cfg.vision.hidden_size)
 
 
 # --------------------------------------------------------------------------------------------
