@@ -38,14 +38,14 @@ def _image(seed: int, size=(320, 240)):
 @pytest.fixture(scope="module")
 def text_model(tiny_model_dir):
     gguf = next(tiny_model_dir.glob("got-text-*.gguf"))
-    m = TextModel(gguf, n_slots=2, n_ctx_slot=512, n_batch=512, n_threads=2)
+    m = TextModel(gguf, n_slots=2, n_ctx_slot=512, n_batch=512, n_threads=2, kv_type="f32")
     yield m
     m.close()
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    e = OcrEngine(tiny_model_dir, n_ctx=1024, max_slots=8, max_queue=16, n_threads=2)
+    e = OcrEngine(tiny_model_dir, n_ctx=1024, max_slots=8, max_queue=16, n_threads=2, kv_type="f32")
     yield e
     e.close()
 

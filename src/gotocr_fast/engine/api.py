@@ -120,6 +120,8 @@ class OcrEngine:
         max_tiles: int = 6,
         max_pixels: int | None = None,
         n_batch: int = 2048,
+        kv_type: str = "f16",
+        flash_attn: bool | None = None,
         verbose: bool = False,
     ):
         for name, v, lo in (("n_ctx", n_ctx, 64), ("max_slots", max_slots, 1), ("max_queue", max_queue, 1),
@@ -139,7 +141,7 @@ class OcrEngine:
         try:
             self.text = TextModel(
                 self.paths.text, n_slots=max_slots, n_ctx_slot=n_ctx, n_batch=n_batch, n_threads=n_threads,
-                verbose=verbose,
+                kv_type=kv_type, flash_attn=flash_attn, verbose=verbose,
             )
             if self.text.n_embd != self.vision.embedding_length:
                 raise ModelError(

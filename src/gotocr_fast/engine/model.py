@@ -56,6 +56,8 @@ def resolve_model_paths(model: str | os.PathLike, vision: str | os.PathLike | No
     return ModelPaths(p, v)
 
 
+_KV_TYPES = {"f32": 0, "f16": 1}  # enum ggml_type: GGML_TYPE_F32, GGML_TYPE_F16
+
 _backend_lock = threading.Lock()
 _backend_ready = False
 
@@ -98,8 +100,12 @@ class TextModel:
         n_ctx_slot: int = 8192,
         n_batch: int = 2048,
         n_threads: int | None = None,
+        kv_type: str = "f16",
+        flash_attn: bool | None = None,
         verbose: bool = False,
     ):
+        if kv_type not in _KV_TYPES:
+            raise ValueError(f"kv_type must be one of {', '.join(_KV_TYPES)}; got {kv_type!r}")
         self._ll = ll = load_llama_cpp(verbose)
         self._native = _load_native()
         self.path = Path(path)
@@ -122,6 +128,13 @@ class TextModel:
             cparams.n_threads_batch = n_threads
             cparams.kv_unified = False  # one KV stream per slot: a slot's n_ctx is its own
             cparams.no_perf = True
+            # f16 KV halves cache memory; f32 keeps logits within 1e-3 of an f32 reference
+            cparams.type_k = cparams.type_v = _KV_TYPES[kv_type]
+            # ggml's CPU flash attention rounds Q/K/V through f16 (≈2e-3 logit error on an f32
+            # model): off with an f32 cache (parity), llama.cpp's "auto" otherwise.
+            if flash_attn is None:
+                flash_attn = None if kv_type == "f16" else False
+            cparams.flash_attn_type = -1 if flash_attn is None else int(bool(flash_attn))
             self._ctx = ll.llama_init_from_model(self._model, cparams)
             if not self._ctx:
                 raise ModelError(f"llama.cpp could not create a context ({n_slots} × {n_ctx_slot} tokens)")
