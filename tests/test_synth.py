@@ -397,3 +397,31 @@ def test_full_vision_oracle_matches_current_synth(oracle):
         h.update(name.encode())
         h.update(np.ascontiguousarray(arr, "<f4").tobytes())
     assert h.hexdigest() == meta["vision_weights_sha256"], "full_vision oracle is stale: rerun make_fixtures"
+
+
+@pytest.mark.parametrize("config", TINY_CONFIGS)
+def test_mm_oracle_prompts_are_got_prompts(config, oracle):
+    """The committed prompt ids decode to GOT's literal prompt (checked with tiktoken, not our code)."""
+    tiktoken = pytest.importorskip("tiktoken")
+    from gotocr_fast.convert.vocab import QWEN_PATTERN, find_qwen_tiktoken, read_tiktoken_ranks
+
+    enc = tiktoken.Encoding("qwen", pat_str=QWEN_PATTERN, mergeable_ranks=read_tiktoken_ranks(find_qwen_tiktoken()),
+                            special_tokens=dict(tokens.SPECIAL_TOKENS))
+    mm = oracle(f"{config.replace('-', '_')}_mm")
+    t = synth.CONFIGS[config].tokens_per_view
+    assert mm.meta["tokens_per_view"] == t
+    grids = {"images/wide.png": [3, 1], "images/tall.png": [1, 2]}  # GOT's rule, max 6 tiles
+    for name, case in mm.meta["cases"].items():
+        prompt = ("<|im_start|>system\nYou should follow the instructions carefully and explain your answers in "
+                  "detail.<|im_end|><|im_start|>user\n<img>" + "<imgpad>" * t * case["n_views"] + "</img>\n"
+                  + case["query"] + "<|im_end|><|im_start|>assistant\n")
+        assert enc.decode(mm[f"{name}/prompt_ids"].tolist()) == prompt, name
+        assert enc.encode(prompt, allowed_special="all") == mm[f"{name}/prompt_ids"].tolist(), name
+        if case["crop"]:
+            (image,) = case["images"]
+            assert case["tile_grids_cols_rows"] == [grids[image]]
+            assert case["n_views"] == grids[image][0] * grids[image][1] + 1
+        else:
+            assert case["n_views"] == len(case["images"])
+        margins = mm[f"{name}/gen_margins"]
+        assert len(margins) == len(mm[f"{name}/gen_ids"]) >= 40 and (margins >= 0).all()
