@@ -172,12 +172,18 @@ class OcrEngine:
         """Text deltas as they are generated; ``.result`` holds the OcrResult at the end."""
         return OcrStream(self.submit(image_or_pages, **options))
 
-    def submit(self, image_or_pages, *, _stream: bool = True, **options) -> OcrRequest:
-        """Queue a request; returns its handle at once (``result(timeout)``, ``cancel()``, deltas)."""
+    def submit(self, image_or_pages, *, _stream: bool = True, _logits_hook=None, **options) -> OcrRequest:
+        """Queue a request; returns its handle at once (``result(timeout)``, ``cancel()``, deltas).
+
+        ``_logits_hook(part, row)`` (for parity tests) sees every raw logits row before sampling.
+        """
         if self._closed:
             raise EngineClosed("the engine is closed")
         prepared = self._prepare(image_or_pages, options, stream=_stream)
         req = prepared.request
+        if _logits_hook is not None:
+            for part, s in enumerate(prepared.seqs):
+                s.logits_hook = lambda row, part=part: _logits_hook(part, row)
         with self._submit_lock:
             # bounded queue: requests being encoded + sequences waiting for a slot
             if self._in_encode + self.scheduler.n_waiting + len(prepared.seqs) > self.max_queue:

@@ -127,6 +127,7 @@ class Sequence:
         self.finish_reason: str | None = None
         self.error: BaseException | None = None
         self.cancelled = False
+        self.logits_hook: Callable[[np.ndarray], None] | None = None  # debugging / parity tests
         self.t_prefill_start = 0.0
         self.t_first_token = 0.0
         self.t_done = 0.0

@@ -214,6 +214,8 @@ class Scheduler:
                 for (s, _), row in zip(sampled, logits):
                     if s.cancelled:
                         continue
+                    if s.logits_hook is not None:
+                        s.logits_hook(row)
                     if s.add_token(s.sampler.sample(row), self._stop_ids):
                         self._finish_seq(s)
         # 2. the embedding batch: image rows of the sequences whose prefix is in
