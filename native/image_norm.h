@@ -34,7 +34,7 @@ typedef enum {
  * mean, std:  three floats each, per channel R, G, B.
  * dst:        3*height*width floats, written as plane c at dst + c*height*width, row-major.
  *
- * Returns IMAGE_NORM_OK, or an error code with dst untouched. Thread-safe; no allocation.
+ * Returns IMAGE_NORM_OK, or an error code with dst untouched. Thread-safe; no heap allocation.
  */
 image_norm_status image_norm_rgb_u8_to_chw_f32(const uint8_t *src, size_t height, size_t width,
                                                size_t row_stride, const float mean[3],
