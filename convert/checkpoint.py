@@ -286,7 +286,10 @@ def _vision_params(ckpt: Checkpoint) -> VisionParams:
         raise ConvertError(f"shape mismatch for {ckpt.describe(vt + 'patch_embed.projection.weight')}: "
                            f"expected [D, C, P, P], found {list(patch.shape)}")
     hidden, channels, psize, _ = patch.shape
-    use_abs_pos = vt + "pos_embed" in ckpt.tensors
+    # The hf config says whether the tensors must exist; the original layout always has both.
+    use_abs_pos = bool(vcfg.get("use_abs_pos", True)) if vcfg else vt + "pos_embed" in ckpt.tensors
+    if use_abs_pos:
+        ckpt.get(vt + "pos_embed")  # missing tensor error
     if use_abs_pos:
         grid = ckpt.tensors[vt + "pos_embed"].shape[1]
     elif "image_size" in vcfg:
@@ -305,7 +308,7 @@ def _vision_params(ckpt: Checkpoint) -> VisionParams:
     if "num_hidden_layers" in vcfg and vcfg["num_hidden_layers"] != n_layers:
         raise ConvertError(f"vision_config num_hidden_layers {vcfg['num_hidden_layers']} but the checkpoint "
                            f"has {n_layers} vision blocks")
-    use_rel_pos = vt + "layers.0.attn.rel_pos_h" in ckpt.tensors
+    use_rel_pos = bool(vcfg.get("use_rel_pos", True)) if vcfg else vt + "layers.0.attn.rel_pos_h" in ckpt.tensors
     if use_rel_pos:
         head_dim = ckpt.get(vt + "layers.0.attn.rel_pos_h").shape[1]
         heads = hidden // head_dim

@@ -1,0 +1,134 @@
+"""The text GGUF loads in llama.cpp and reproduces the transformers oracle's logits.
+
+Oracle: ``tests/fixtures/<config>_text.npz`` (transformers 5.x on the seed-0 synth checkpoint:
+full-vocab logits at the last position, top-32 ids/values at every position).
+"""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+
+from gotocr_fast import synth, tokens
+
+ORACLES = {"tiny": "tiny_text", "tiny-alt": "tiny_alt_text"}
+
+# Max |logit - oracle| per outtype (logits have std ~3; f32 is the parity bar).
+TOLERANCE = {"f32": 1e-3, "f16": 0.05, "bf16": 0.25, "q8_0": 0.15}
+
+
+def _compare(logits: np.ndarray, oracle, tol: float) -> None:
+    ids, values = oracle["topk_ids"], oracle["topk_values"]
+    assert logits.shape == (len(oracle["input_ids"]), tokens.VOCAB_SIZE)
+    np.testing.assert_allclose(logits[-1], oracle["last_logits"], atol=tol, rtol=0)
+    picked = np.take_along_axis(logits, ids, axis=1)
+    np.testing.assert_allclose(picked, values, atol=tol, rtol=0)
+    # The whole distribution, not just the top: log-sum-exp per position.
+    m = logits.max(axis=1)
+    lse = m + np.log(np.exp(logits - m[:, None]).sum(axis=1))
+    np.testing.assert_allclose(lse, oracle["logsumexp"], atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("config", ["tiny", "tiny-alt"])
+@pytest.mark.parametrize("layout", ["hf", "original"])
+def test_f32_logits_match_transformers(converted_model, oracle, llama_logits, config, layout):
+    ref = oracle(ORACLES[config])
+    model = converted_model(config, layout, "f32") / "got-text-f32.gguf"
+    _compare(llama_logits(model, ref["input_ids"]), ref, TOLERANCE["f32"])
+
+
+@pytest.mark.parametrize("outtype", ["f16", "bf16", "q8_0"])
+def test_reduced_precision_logits_close(converted_model, oracle, llama_logits, outtype):
+    ref = oracle(ORACLES["tiny"])
+    model = converted_model("tiny", "hf", outtype) / f"got-text-{outtype}.gguf"
+    logits = llama_logits(model, ref["input_ids"])
+    _compare(logits, ref, TOLERANCE[outtype])
+    assert not np.allclose(logits[-1], ref["last_logits"], atol=1e-6, rtol=0)  # it really is reduced
+
+
+@pytest.mark.parametrize("outtype,weight_type", [
+    ("f32", gguf.GGMLQuantizationType.F32), ("f16", gguf.GGMLQuantizationType.F16),
+    ("bf16", gguf.GGMLQuantizationType.BF16), ("q8_0", gguf.GGMLQuantizationType.Q8_0),
+])
+def test_tensor_types(converted_model, outtype, weight_type):
+    reader = gguf.GGUFReader(converted_model("tiny", "hf", outtype) / f"got-text-{outtype}.gguf")
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    for name in ("blk.0.attn_q.weight", "blk.1.ffn_down.weight", "token_embd.weight"):
+        assert types[name] == weight_type, name
+    for name in ("blk.0.attn_norm.weight", "blk.0.attn_q.bias", "output_norm.weight"):
+        assert types[name] == gguf.GGMLQuantizationType.F32, name
+
+
+@pytest.mark.parametrize("config", ["tiny", "tiny-alt"])
+def test_metadata(converted_model, config):
+    t = synth.CONFIGS[config].text
+    reader = gguf.GGUFReader(converted_model(config, "hf", "f32") / "got-text-f32.gguf")
+
+    def value(key):
+        return reader.fields[key].contents()
+
+    assert value("general.architecture") == "qwen2"
+    assert value("qwen2.embedding_length") == t.hidden_size
+    assert value("qwen2.block_count") == t.num_layers
+    assert value("qwen2.feed_forward_length") == t.ffn_dim
+    assert value("qwen2.attention.head_count") == t.num_heads
+    assert value("qwen2.attention.head_count_kv") == t.num_kv_heads
+    assert value("qwen2.attention.layer_norm_rms_epsilon") == pytest.approx(t.rms_norm_eps, rel=1e-6)
+    assert value("qwen2.rope.freq_base") == pytest.approx(t.rope_theta)
+    assert value("qwen2.context_length") == t.max_position_embeddings
+    assert value("tokenizer.ggml.model") == "gpt2"
+    assert value("tokenizer.ggml.pre") == "qwen2"
+    token_list = value("tokenizer.ggml.tokens")
+    types = value("tokenizer.ggml.token_type")
+    assert len(token_list) == len(types) == tokens.VOCAB_SIZE
+    for text, token_id in tokens.SPECIAL_TOKENS.items():
+        assert token_list[token_id] == text
+        assert types[token_id] == gguf.TokenType.CONTROL
+    assert set(types[: tokens.BPE_RANK_COUNT]) == {gguf.TokenType.NORMAL}
+    assert value("tokenizer.ggml.eos_token_id") == tokens.IM_END_ID
+    assert value("tokenizer.ggml.eot_token_id") == tokens.IM_END_ID
+    assert value("tokenizer.ggml.bos_token_id") == tokens.ENDOFTEXT_ID
+    assert value("tokenizer.ggml.add_bos_token") is False
+    assert len(value("tokenizer.ggml.merges")) > tokens.BPE_RANK_COUNT - 256
+    names = {t.name for t in reader.tensors}
+    assert "output.weight" not in names  # tied: llama.cpp reuses token_embd
+    assert len(names) == 2 + 12 * t.num_layers
+
+
+def test_llama_sees_gguf_vocab(converted_model):
+    import llama_cpp
+
+    path = converted_model("tiny", "hf", "f32") / "got-text-f32.gguf"
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        assert llm.n_vocab() == tokens.VOCAB_SIZE
+        assert llm.token_eos() == tokens.IM_END_ID
+        vocab = llm._model.vocab
+        assert llama_cpp.llama_vocab_is_eog(vocab, tokens.IM_END_ID)
+        assert llama_cpp.llama_vocab_get_add_bos(vocab) is False
+    finally:
+        llm.close()
+
+
+def test_untied_lm_head_is_written(tmp_path, synth_checkpoint, oracle, llama_logits):
+    """An lm_head that differs from the embeddings becomes output.weight, and llama.cpp uses it."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from gotocr_fast.convert import convert_checkpoint
+
+    src = tmp_path / "ckpt"
+    shutil.copytree(synth_checkpoint("tiny", "original"), src)
+    weights = load_file(str(src / "model.safetensors"))
+    weights["lm_head.weight"] = weights["lm_head.weight"] * np.float32(2.0)
+    save_file(weights, str(src / "model.safetensors"))
+    files = convert_checkpoint(src, tmp_path / "out", progress=False)
+    reader = gguf.GGUFReader(files.text)
+    out = next(t for t in reader.tensors if t.name == "output.weight")
+    np.testing.assert_array_equal(np.asarray(out.data).reshape(weights["lm_head.weight"].shape),
+                                  weights["lm_head.weight"])
+    ref = oracle("tiny_text")
+    logits = llama_logits(files.text, ref["input_ids"])
+    np.testing.assert_allclose(logits[-1], 2.0 * ref["last_logits"], atol=2e-3, rtol=0)
