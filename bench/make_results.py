@@ -280,6 +280,23 @@ def render(data: dict, stat: str = "min") -> str:
             w(cells)
         w("")
 
+    server = sorted(by_stage.get("server", []), key=lambda b: b["extra_info"].get("concurrency", 0))
+    if server:
+        w("## HTTP server under load (`test_server_load.py`)")
+        w("")
+        w("`gotocr serve` in a child process; N clients each send requests one after another. "
+          "Requests/s from the chosen statistic of the round time; latencies from the last round.")
+        w("")
+        w("| model | clients | requests / round | round time | requests/s | p50 latency | p95 latency |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
+        for b in server:
+            e = b["extra_info"]
+            t = b["stats"][stat]
+            w(f"| {_variant(e)} | {e.get('concurrency', '?')} | {e['units']} | {_fmt_time(t)} | "
+              f"{e['units'] / t:.3f} | {_fmt_time(e.get('latency_p50_s', 0))} | "
+              f"{_fmt_time(e.get('latency_p95_s', 0))} |")
+        w("")
+
     ours_pages = [b for b in by_stage.get("page", []) if "encode_ms" in b["extra_info"]]
     if ours_pages:
         w("## Where a page's time goes (ours)")
