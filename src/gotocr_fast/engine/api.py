@@ -179,6 +179,8 @@ class OcrEngine:
         """
         if self._closed:
             raise EngineClosed("the engine is closed")
+        if self._in_encode + self.scheduler.n_waiting >= self.max_queue:  # cheap early refusal
+            raise Overloaded(f"queue full ({self.max_queue} waiting); retry later")
         prepared = self._prepare(image_or_pages, options, stream=_stream)
         req = prepared.request
         if _logits_hook is not None:
@@ -331,15 +333,15 @@ class OcrEngine:
         keys = [image_key(im, image_size=S, crop=crop, max_tiles=self.max_tiles) for im in images]
         cached = [self.cache.get(k) for k in keys]
         views_per_page: list[int] = []
-        pixel_parts: list[np.ndarray | None] = []
+        page_views: list[list | None] = []
         for im, emb in zip(images, cached):
             if emb is not None:
                 views_per_page.append(emb.shape[0] // self.vision.tokens_per_view)
-                pixel_parts.append(None)
+                page_views.append(None)
             else:
                 views = pp.views_for(im, S, crop=crop, max_tiles=self.max_tiles)
                 views_per_page.append(len(views))
-                pixel_parts.append(pp.pixel_values(views, S, self.vision.image_mean, self.vision.image_std))
+                page_views.append(views)
         n_image_tokens = sum(views_per_page) * self.vision.tokens_per_view
         rid = f"ocr-{next(_ids)}"
         req = OcrRequest(rid, len(queries), stream=stream)
@@ -362,6 +364,9 @@ class OcrEngine:
                     on_done=lambda s, part=part: self._seq_done(req, part, s),
                 )
             )
+        # only now (the request is valid and fits) the pixel tensors: the costly part of preprocessing
+        pixel_parts = [None if v is None else pp.pixel_values(v, S, self.vision.image_mean, self.vision.image_std)
+                       for v in page_views]
         req.sequences = seqs
         req.cache_hit = all(c is not None for c in cached)
         req.preprocess_ms = (time.perf_counter() - t0) * 1000.0
