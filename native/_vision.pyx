@@ -157,11 +157,11 @@ cdef class VisionContext:
             raise ValueError(f"need 1 to 2**31-1 views, got {n}")
         cdef int S = got_vision_image_size(c)
         if pixels.shape[1] != got_vision_num_channels(c) or pixels.shape[2] != S or pixels.shape[3] != S:
-            raise ValueError(f"pixels have shape {tuple(pixels.shape[:4])}, the model wants "
+            raise ValueError(f"pixels have shape {(pixels.shape[0], pixels.shape[1], pixels.shape[2], pixels.shape[3])}, the model wants "
                              f"(N, {got_vision_num_channels(c)}, {S}, {S})")
         if (out.shape[0] != n or out.shape[1] != got_vision_tokens_per_view(c)
                 or out.shape[2] != got_vision_embedding_length(c)):
-            raise ValueError(f"out has shape {tuple(out.shape[:3])}, expected "
+            raise ValueError(f"out has shape {(out.shape[0], out.shape[1], out.shape[2])}, expected "
                              f"({n}, {got_vision_tokens_per_view(c)}, {got_vision_embedding_length(c)})")
         cdef const float * src = &pixels[0, 0, 0, 0]
         cdef float * dst = &out[0, 0, 0]

@@ -106,6 +106,7 @@ struct got_vision_ctx {
     ggml_backend_sched_t sched = nullptr;
     ggml_backend_set_n_threads_t set_n_threads_fn = nullptr;
     size_t graph_size = 0;
+    bool fused_rel_pos = false;            // the main backend runs GGML_OP_ADD_REL_POS
 
     std::vector<cached_graph> graphs;
     int allocated = -1;  // index into graphs of the graph the sched currently holds
@@ -486,7 +487,7 @@ ggml_tensor * conv2d_tokens(ggml_context * ctx, ggml_tensor * kernel, ggml_tenso
 }
 
 // h: [D, T, n] with T = S*S tokens per attention group (window or whole grid), n groups
-ggml_tensor * attention(ggml_context * ctx, const hparams & hp, const layer & L, ggml_tensor * h) {
+ggml_tensor * attention(ggml_context * ctx, const hparams & hp, const layer & L, ggml_tensor * h, bool fused_rel_pos) {
     const int64_t D = hp.n_embd, H = hp.n_head, hd = hp.head_dim();
     const int64_t T = h->ne[1], n = h->ne[2], S = L.S;
 
@@ -496,8 +497,9 @@ ggml_tensor * attention(ggml_context * ctx, const hparams & hp, const layer & L,
     // q: [hd, H, T, n] view -> contiguous [hd, T, H, n]
     ggml_tensor * q = ggml_view_4d(ctx, qkv, hd, H, T, n, hd * es, 3 * D * es, 3 * D * T * es, 0);
     q = ggml_cont(ctx, ggml_permute(ctx, q, 0, 2, 1, 3));
-    // k: strided view [hd, T, H, n]
+    // k: [hd, T, H, n], made contiguous: the strided view would push mul_mat off its fast paths
     ggml_tensor * k = ggml_view_4d(ctx, qkv, hd, T, H, n, 3 * D * es, hd * es, 3 * D * T * es, D * es);
+    k = ggml_cont(ctx, k);
     // v transposed: [T, hd, H, n]
     ggml_tensor * v = ggml_view_4d(ctx, qkv, hd, T, H, n, 3 * D * es, hd * es, 3 * D * T * es, 2 * D * es);
     v = ggml_cont(ctx, ggml_permute(ctx, v, 1, 0, 2, 3));
@@ -513,10 +515,18 @@ ggml_tensor * attention(ggml_context * ctx, const hparams & hp, const layer & L,
         ggml_tensor * rw = ggml_mul_mat(ctx, L.rel_w_tab, qt);                       // [kw, qh, qw, Hn]
         rw = ggml_cont(ctx, ggml_permute(ctx, rw, 0, 2, 1, 3));                      // [kw, qw, qh, Hn]
 
-        ggml_tensor * s4 = ggml_reshape_4d(ctx, kq, S, S, T, H * n);                 // [kw, kh, T_q, Hn]
-        s4 = ggml_add_inplace(ctx, s4, ggml_reshape_4d(ctx, rw, S, 1, T, H * n));
-        s4 = ggml_add_inplace(ctx, s4, ggml_reshape_4d(ctx, rh, 1, S, T, H * n));
-        kq = ggml_reshape_4d(ctx, s4, T, T, H, n);
+        if (fused_rel_pos) {
+            // one pass over the scores: kq[kw, kh, q] += rw[kw, q] + rh[kh, q]
+            ggml_tensor * s4 = ggml_reshape_3d(ctx, kq, T, T, H * n);
+            s4 = ggml_add_rel_pos_inplace(ctx, s4, rw, rh);
+            kq = ggml_reshape_4d(ctx, s4, T, T, H, n);
+        } else {
+            // portable form (backends without ADD_REL_POS): two broadcast adds
+            ggml_tensor * s4 = ggml_reshape_4d(ctx, kq, S, S, T, H * n);             // [kw, kh, T_q, Hn]
+            s4 = ggml_add_inplace(ctx, s4, ggml_reshape_4d(ctx, rw, S, 1, T, H * n));
+            s4 = ggml_add_inplace(ctx, s4, ggml_reshape_4d(ctx, rh, 1, S, T, H * n));
+            kq = ggml_reshape_4d(ctx, s4, T, T, H, n);
+        }
     }
     kq = ggml_soft_max_inplace(ctx, kq);
 
@@ -585,10 +595,10 @@ bool build_graph(got_vision_ctx * vc, cached_graph & cg, int B) {
         ggml_tensor * res = x;
         ggml_tensor * h = layer_norm(ctx, x, L.ln1_w, L.ln1_b, hp.eps);
         if (L.global) {
-            h = attention(ctx, hp, L, ggml_reshape_3d(ctx, h, D, G * G, B));
+            h = attention(ctx, hp, L, ggml_reshape_3d(ctx, h, D, G * G, B), vc->fused_rel_pos);
             h = ggml_reshape_4d(ctx, h, D, G, G, B);
         } else {
-            h = attention(ctx, hp, L, window_partition(ctx, h, L.S));
+            h = attention(ctx, hp, L, window_partition(ctx, h, L.S), vc->fused_rel_pos);
             h = window_unpartition(ctx, h, L.S, G, B);
         }
         x = ggml_add(ctx, res, h);
@@ -827,7 +837,41 @@ int graph_for(got_vision_ctx * vc, int B) {
     return (int) vc->graphs.size() - 1;
 }
 
+#ifdef GOT_VISION_PROFILE
+// development aid: per-op wall time (compile with -DGOT_VISION_PROFILE)
+struct prof_state { int64_t t0 = 0; double ms[GGML_OP_COUNT] = {0}; int n[GGML_OP_COUNT] = {0}; };
+prof_state g_prof;
+bool prof_cb(ggml_tensor * t, bool ask, void *) {
+    if (ask) { g_prof.t0 = ggml_time_us(); return true; }
+    const double dt = (ggml_time_us() - g_prof.t0) / 1000.0;
+    g_prof.ms[t->op] += dt; g_prof.n[t->op]++;
+    if (t->op == GGML_OP_MUL_MAT && dt > 200) fprintf(stderr, "mm %s[%lld,%lld,%lld,%lld] x %s[%lld,%lld,%lld,%lld] cont0=%d %.1f ms\n",
+        ggml_type_name(t->src[0]->type), (long long) t->src[0]->ne[0], (long long) t->src[0]->ne[1], (long long) t->src[0]->ne[2], (long long) t->src[0]->ne[3],
+        ggml_type_name(t->src[1]->type), (long long) t->src[1]->ne[0], (long long) t->src[1]->ne[1], (long long) t->src[1]->ne[2], (long long) t->src[1]->ne[3], ggml_is_contiguous(t->src[0]), dt);
+    if (strcmp(ggml_get_name(t), "embeddings") == 0) {
+        for (int i = 0; i < GGML_OP_COUNT; i++) if (g_prof.n[i]) fprintf(stderr, "%-14s %5d %9.1f ms\n", ggml_op_name((ggml_op) i), g_prof.n[i], g_prof.ms[i]);
+        g_prof = prof_state();
+    }
+    return true;
+}
+#endif
+
+// Does the main backend implement ADD_REL_POS (the CPU does; most GPU backends do not)?
+bool backend_has_add_rel_pos(ggml_backend_t backend) {
+    ggml_init_params ip = {8 * ggml_tensor_overhead(), nullptr, true};
+    ggml_context * ctx = ggml_init(ip);
+    if (!ctx) return false;
+    ggml_tensor * a = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, 4, 4, 1);  // [T_k, T_q, heads]
+    ggml_tensor * pw = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, 2, 2, 2, 1);
+    ggml_tensor * ph = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, 2, 2, 2, 1);
+    ggml_tensor * r = ggml_add_rel_pos_inplace(ctx, a, pw, ph);
+    const bool ok = ggml_backend_supports_op(backend, r);
+    ggml_free(ctx);
+    return ok;
+}
+
 void init_compute(got_vision_ctx * vc, int max_batch) {
+    vc->fused_rel_pos = backend_has_add_rel_pos(vc->backend);
     vc->graph_size = graph_nodes_for(vc->hp);
     ggml_backend_t backends[2] = {vc->backend, vc->backend_cpu};
     const int nb = vc->backend == vc->backend_cpu ? 1 : 2;
@@ -836,6 +880,9 @@ void init_compute(got_vision_ctx * vc, int max_batch) {
     if (!vc->sched) {
         throw load_error("failed to create the ggml scheduler");
     }
+#ifdef GOT_VISION_PROFILE
+    ggml_backend_sched_set_eval_callback(vc->sched, prof_cb, nullptr);
+#endif
     vc->max_batch = max_batch;
     const int gi = graph_for(vc, max_batch);
     if (gi < 0) {
