@@ -7,6 +7,7 @@ the committed transformers oracles (``tests/fixtures/tiny*_text.npz``).
 
 from __future__ import annotations
 
+import mmap
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -102,3 +103,84 @@ def llama_vocab() -> Callable[[Path], object]:
     yield load
     for llm in cache.values():
         llm.close()
+
+
+# --- a fast GGUF reader for tests ------------------------------------------------------------
+# gguf-py's GGUFReader takes ~20 s of CPU on the text GGUF (it builds a numpy view per token
+# string); this reads the same documented format in well under a second.
+
+_GGUF_SCALARS = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?",
+                 10: "<u8", 11: "<i8", 12: "<f8"}
+
+
+class GgufFile:
+    """``kv`` (key → python value), ``kv_types`` (key → GGUF type id, arrays as (9, elem type)),
+    ``tensors`` (name → (ggml type id, numpy-order shape, raw bytes as np.uint8 array))."""
+
+    def __init__(self, path: Path):
+        import gguf
+        import struct
+
+        with open(path, "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        pos = 0
+
+        def take(fmt: str):
+            nonlocal pos
+            (v,) = struct.unpack_from(fmt, data, pos)
+            pos += struct.calcsize(fmt)
+            return v
+
+        def string() -> str:
+            nonlocal pos
+            (n,) = struct.unpack_from("<Q", data, pos)
+            s = data[pos + 8:pos + 8 + n].decode("utf-8")
+            pos += 8 + n
+            return s
+
+        def value(vtype: int):
+            nonlocal pos
+            if vtype == 8:
+                return string()
+            if vtype == 9:
+                etype, n = take("<I"), take("<Q")
+                if etype == 8:
+                    return [string() for _ in range(n)]
+                arr = np.frombuffer(data, dtype=_GGUF_SCALARS[etype], count=n, offset=pos)
+                pos += arr.nbytes
+                return arr.tolist()
+            arr = np.frombuffer(data, dtype=_GGUF_SCALARS[vtype], count=1, offset=pos)
+            pos += arr.nbytes
+            return arr[0].item()
+
+        assert data[:4] == b"GGUF"
+        pos = 4
+        version, n_tensors, n_kv = take("<I"), take("<Q"), take("<Q")
+        assert version == 3
+        self.kv: dict = {}
+        self.kv_types: dict = {}
+        for _ in range(n_kv):
+            key = string()
+            vtype = take("<I")
+            self.kv_types[key] = (9, struct.unpack_from("<I", data, pos)[0]) if vtype == 9 else vtype
+            self.kv[key] = value(vtype)
+        infos = []
+        for _ in range(n_tensors):
+            name = string()
+            n_dims = take("<I")
+            ne = [take("<Q") for _ in range(n_dims)]
+            ttype, offset = take("<I"), take("<Q")
+            infos.append((name, ne, ttype, offset))
+        align = int(self.kv.get("general.alignment", 32))
+        start = (pos + align - 1) // align * align
+        self.tensors: dict[str, tuple[int, tuple[int, ...], np.ndarray]] = {}
+        for name, ne, ttype, offset in infos:
+            block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ttype)]
+            nbytes = int(np.prod(ne)) // block * size
+            raw = np.frombuffer(data, dtype=np.uint8, count=nbytes, offset=start + offset)
+            self.tensors[name] = (ttype, tuple(reversed(ne)), raw)
+
+
+@pytest.fixture(scope="session")
+def read_gguf() -> Callable[[Path], GgufFile]:
+    return GgufFile

@@ -21,24 +21,23 @@ from safetensors.numpy import load_file, save_file
 from gotocr_fast.convert import ConvertError, convert_checkpoint
 
 
-def _tensors(path) -> dict[str, tuple[int, tuple[int, ...], bytes]]:
-    reader = gguf.GGUFReader(path)
-    return {t.name: (int(t.tensor_type), tuple(int(x) for x in t.shape), bytes(np.asarray(t.data).tobytes()))
-            for t in reader.tensors}
+@pytest.fixture(scope="module")
+def assert_same_gguf(read_gguf):
+    def check(dir_a, dir_b, outtype="f32") -> None:
+        for kind in ("text", "vision"):
+            a = read_gguf(dir_a / f"got-{kind}-{outtype}.gguf").tensors
+            b = read_gguf(dir_b / f"got-{kind}-{outtype}.gguf").tensors
+            assert list(a) == list(b), kind
+            for name, (ttype, shape, raw) in a.items():
+                assert (ttype, shape) == b[name][:2], f"{kind}: {name}"
+                assert np.array_equal(raw, b[name][2]), f"{kind}: {name} differs"
 
-
-def _assert_same_gguf(dir_a, dir_b, outtype="f32") -> None:
-    for kind in ("text", "vision"):
-        a = _tensors(dir_a / f"got-{kind}-{outtype}.gguf")
-        b = _tensors(dir_b / f"got-{kind}-{outtype}.gguf")
-        assert sorted(a) == sorted(b), kind
-        for name in a:
-            assert a[name] == b[name], f"{kind}: {name} differs"
+    return check
 
 
 @pytest.mark.parametrize("config", ["tiny", "tiny-alt"])
-def test_original_and_hf_layouts_give_identical_tensors(converted_model, config):
-    _assert_same_gguf(converted_model(config, "hf"), converted_model(config, "original"))
+def test_original_and_hf_layouts_give_identical_tensors(converted_model, config, assert_same_gguf):
+    assert_same_gguf(converted_model(config, "hf"), converted_model(config, "original"))
 
 
 def _copy_without_weights(src, dst):
@@ -55,7 +54,7 @@ def _model_prefixed(name: str) -> str:
     return name
 
 
-def test_transformers_model_prefixed_names_with_lm_head(tmp_path, synth_checkpoint, converted_model):
+def test_transformers_model_prefixed_names_with_lm_head(tmp_path, synth_checkpoint, converted_model, assert_same_gguf):
     src = synth_checkpoint("tiny", "hf")
     weights = load_file(str(src / "model.safetensors"))
     renamed = {_model_prefixed(k): v for k, v in weights.items()}
@@ -64,10 +63,10 @@ def test_transformers_model_prefixed_names_with_lm_head(tmp_path, synth_checkpoi
     save_file(renamed, str(variant / "model.safetensors"))
     out = tmp_path / "out"
     convert_checkpoint(variant, out, progress=False)
-    _assert_same_gguf(out, converted_model("tiny", "hf"))
+    assert_same_gguf(out, converted_model("tiny", "hf"))
 
 
-def test_language_model_lm_head_spelling(tmp_path, synth_checkpoint, converted_model):
+def test_language_model_lm_head_spelling(tmp_path, synth_checkpoint, converted_model, assert_same_gguf):
     src = synth_checkpoint("tiny", "hf")
     weights = load_file(str(src / "model.safetensors"))
     weights["language_model.lm_head.weight"] = weights["language_model.model.embed_tokens.weight"].copy()
@@ -75,10 +74,10 @@ def test_language_model_lm_head_spelling(tmp_path, synth_checkpoint, converted_m
     save_file(weights, str(variant / "model.safetensors"))
     out = tmp_path / "out"
     convert_checkpoint(variant, out, progress=False)
-    _assert_same_gguf(out, converted_model("tiny", "hf"))
+    assert_same_gguf(out, converted_model("tiny", "hf"))
 
 
-def test_sharded_safetensors_with_index(tmp_path, synth_checkpoint, converted_model):
+def test_sharded_safetensors_with_index(tmp_path, synth_checkpoint, converted_model, assert_same_gguf):
     src = synth_checkpoint("tiny", "original")
     weights = load_file(str(src / "model.safetensors"))
     variant = _copy_without_weights(src, tmp_path / "ckpt")
@@ -91,7 +90,7 @@ def test_sharded_safetensors_with_index(tmp_path, synth_checkpoint, converted_mo
     (variant / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     out = tmp_path / "out"
     convert_checkpoint(variant, out, progress=False)
-    _assert_same_gguf(out, converted_model("tiny", "original"))
+    assert_same_gguf(out, converted_model("tiny", "original"))
 
 
 def test_bf16_checkpoint_reads_exact_values(tmp_path, synth_checkpoint):
@@ -115,8 +114,7 @@ def test_bf16_checkpoint_reads_exact_values(tmp_path, synth_checkpoint):
     with open(variant / "model.safetensors", "wb") as f:
         f.write(len(head).to_bytes(8, "little") + head + b"".join(blobs))
     files = convert_checkpoint(variant, tmp_path / "out", progress=False)
-    reader = gguf.GGUFReader(files.vision)
-    qkv = next(t for t in reader.tensors if t.name == "v.blk.0.attn_qkv.weight")
+    qkv = next(t for t in gguf.GGUFReader(files.vision).tensors if t.name == "v.blk.0.attn_qkv.weight")
     bits = to_bf16_bits(weights["vision_tower.layers.0.attn.qkv.weight"])
     want = (bits.astype(np.uint32) << 16).view(np.float32)
     np.testing.assert_array_equal(np.asarray(qkv.data).reshape(want.shape), want)
@@ -134,7 +132,7 @@ def test_bin_without_torch_is_a_clear_error(tmp_path, synth_checkpoint, monkeypa
 
 
 @pytest.mark.skipif(os.environ.get("GOTOCR_TORCH_TESTS") != "1", reason="set GOTOCR_TORCH_TESTS=1 (imports torch)")
-def test_pytorch_bin_checkpoint(tmp_path, synth_checkpoint, converted_model):
+def test_pytorch_bin_checkpoint(tmp_path, synth_checkpoint, converted_model, assert_same_gguf):
     torch = pytest.importorskip("torch")
     src = synth_checkpoint("tiny", "original")
     weights = load_file(str(src / "model.safetensors"))
@@ -142,4 +140,4 @@ def test_pytorch_bin_checkpoint(tmp_path, synth_checkpoint, converted_model):
     torch.save({k: torch.from_numpy(v.copy()) for k, v in weights.items()}, variant / "pytorch_model.bin")
     out = tmp_path / "out"
     convert_checkpoint(variant, out, progress=False)
-    _assert_same_gguf(out, converted_model("tiny", "original"))
+    assert_same_gguf(out, converted_model("tiny", "original"))

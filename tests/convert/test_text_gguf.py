@@ -14,14 +14,19 @@ from gotocr_fast import synth, tokens
 
 ORACLES = {"tiny": "tiny_text", "tiny-alt": "tiny_alt_text"}
 
-# Max |logit - oracle| per outtype (logits have std ~3; f32 is the parity bar).
-TOLERANCE = {"f32": 1e-3, "f16": 0.05, "bf16": 0.25, "q8_0": 0.15}
+# (max, mean) |logit - oracle| per outtype; logits have std ~3, so a wrong tensor shows as ~3.
+# f32 is the parity bar. q8_0 is loose because llama.cpp also quantizes the activations to q8_0
+# for its dot products, and the tiny model's rows are only two q8_0 blocks long (measured: max
+# 0.64, mean 0.10; bf16 max 0.14, mean 0.025; f16 max 0.017, mean 0.003).
+TOLERANCE = {"f32": (1e-3, 1e-3), "f16": (0.05, 0.01), "bf16": (0.3, 0.05), "q8_0": (1.0, 0.15)}
 
 
-def _compare(logits: np.ndarray, oracle, tol: float) -> None:
+def _compare(logits: np.ndarray, oracle, outtype: str) -> None:
+    tol, mean_tol = TOLERANCE[outtype]
     ids, values = oracle["topk_ids"], oracle["topk_values"]
     assert logits.shape == (len(oracle["input_ids"]), tokens.VOCAB_SIZE)
     np.testing.assert_allclose(logits[-1], oracle["last_logits"], atol=tol, rtol=0)
+    assert np.abs(logits[-1] - oracle["last_logits"]).mean() <= mean_tol
     picked = np.take_along_axis(logits, ids, axis=1)
     np.testing.assert_allclose(picked, values, atol=tol, rtol=0)
     # The whole distribution, not just the top: log-sum-exp per position.
@@ -35,7 +40,7 @@ def _compare(logits: np.ndarray, oracle, tol: float) -> None:
 def test_f32_logits_match_transformers(converted_model, oracle, llama_logits, config, layout):
     ref = oracle(ORACLES[config])
     model = converted_model(config, layout, "f32") / "got-text-f32.gguf"
-    _compare(llama_logits(model, ref["input_ids"]), ref, TOLERANCE["f32"])
+    _compare(llama_logits(model, ref["input_ids"]), ref, "f32")
 
 
 @pytest.mark.parametrize("outtype", ["f16", "bf16", "q8_0"])
@@ -43,7 +48,7 @@ def test_reduced_precision_logits_close(converted_model, oracle, llama_logits, o
     ref = oracle(ORACLES["tiny"])
     model = converted_model("tiny", "hf", outtype) / f"got-text-{outtype}.gguf"
     logits = llama_logits(model, ref["input_ids"])
-    _compare(logits, ref, TOLERANCE[outtype])
+    _compare(logits, ref, outtype)
     assert not np.allclose(logits[-1], ref["last_logits"], atol=1e-6, rtol=0)  # it really is reduced
 
 
@@ -51,9 +56,9 @@ def test_reduced_precision_logits_close(converted_model, oracle, llama_logits, o
     ("f32", gguf.GGMLQuantizationType.F32), ("f16", gguf.GGMLQuantizationType.F16),
     ("bf16", gguf.GGMLQuantizationType.BF16), ("q8_0", gguf.GGMLQuantizationType.Q8_0),
 ])
-def test_tensor_types(converted_model, outtype, weight_type):
-    reader = gguf.GGUFReader(converted_model("tiny", "hf", outtype) / f"got-text-{outtype}.gguf")
-    types = {t.name: t.tensor_type for t in reader.tensors}
+def test_tensor_types(converted_model, read_gguf, outtype, weight_type):
+    gg = read_gguf(converted_model("tiny", "hf", outtype) / f"got-text-{outtype}.gguf")
+    types = {name: t[0] for name, t in gg.tensors.items()}
     for name in ("blk.0.attn_q.weight", "blk.1.ffn_down.weight", "token_embd.weight"):
         assert types[name] == weight_type, name
     for name in ("blk.0.attn_norm.weight", "blk.0.attn_q.bias", "output_norm.weight"):
@@ -61,12 +66,12 @@ def test_tensor_types(converted_model, outtype, weight_type):
 
 
 @pytest.mark.parametrize("config", ["tiny", "tiny-alt"])
-def test_metadata(converted_model, config):
+def test_metadata(converted_model, read_gguf, config):
     t = synth.CONFIGS[config].text
-    reader = gguf.GGUFReader(converted_model(config, "hf", "f32") / "got-text-f32.gguf")
+    gg = read_gguf(converted_model(config, "hf", "f32") / "got-text-f32.gguf")
 
     def value(key):
-        return reader.fields[key].contents()
+        return gg.kv[key]
 
     assert value("general.architecture") == "qwen2"
     assert value("qwen2.embedding_length") == t.hidden_size
@@ -91,7 +96,9 @@ def test_metadata(converted_model, config):
     assert value("tokenizer.ggml.bos_token_id") == tokens.ENDOFTEXT_ID
     assert value("tokenizer.ggml.add_bos_token") is False
     assert len(value("tokenizer.ggml.merges")) > tokens.BPE_RANK_COUNT - 256
-    names = {t.name for t in reader.tensors}
+    assert gg.kv_types["tokenizer.ggml.tokens"] == (9, 8)  # array of strings
+    assert gg.kv_types["tokenizer.ggml.token_type"] == (9, 5)  # array of int32
+    names = set(gg.tensors)
     assert "output.weight" not in names  # tied: llama.cpp reuses token_embd
     assert len(names) == 2 + 12 * t.num_layers
 
@@ -111,7 +118,7 @@ def test_llama_sees_gguf_vocab(converted_model):
         llm.close()
 
 
-def test_untied_lm_head_is_written(tmp_path, synth_checkpoint, oracle, llama_logits):
+def test_untied_lm_head_is_written(tmp_path, synth_checkpoint, oracle, llama_logits, read_gguf):
     """An lm_head that differs from the embeddings becomes output.weight, and llama.cpp uses it."""
     import shutil
 
@@ -125,10 +132,27 @@ def test_untied_lm_head_is_written(tmp_path, synth_checkpoint, oracle, llama_log
     weights["lm_head.weight"] = weights["lm_head.weight"] * np.float32(2.0)
     save_file(weights, str(src / "model.safetensors"))
     files = convert_checkpoint(src, tmp_path / "out", progress=False)
-    reader = gguf.GGUFReader(files.text)
-    out = next(t for t in reader.tensors if t.name == "output.weight")
-    np.testing.assert_array_equal(np.asarray(out.data).reshape(weights["lm_head.weight"].shape),
-                                  weights["lm_head.weight"])
+    ttype, shape, raw = read_gguf(files.text).tensors["output.weight"]
+    assert (ttype, shape) == (gguf.GGMLQuantizationType.F32, weights["lm_head.weight"].shape)
+    np.testing.assert_array_equal(raw.view(np.float32).reshape(shape), weights["lm_head.weight"])
     ref = oracle("tiny_text")
     logits = llama_logits(files.text, ref["input_ids"])
     np.testing.assert_allclose(logits[-1], 2.0 * ref["last_logits"], atol=2e-3, rtol=0)
+
+
+def test_q8_0_weights_are_llama_quantized_checkpoint(converted_model, synth_checkpoint, read_gguf):
+    """llama.cpp's quantizer got the real f32 weights: each q8_0 row is within its rounding."""
+    from safetensors.numpy import load_file
+
+    weights = load_file(str(synth_checkpoint("tiny", "hf") / "model.safetensors"))
+    gg = read_gguf(converted_model("tiny", "hf", "q8_0") / "got-text-q8_0.gguf")
+    for name, src in (("blk.1.ffn_up.weight", "language_model.model.layers.1.mlp.up_proj.weight"),
+                      ("token_embd.weight", "language_model.model.embed_tokens.weight")):
+        ttype, shape, raw = gg.tensors[name]
+        assert ttype == gguf.GGMLQuantizationType.Q8_0
+        got = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q8_0).reshape(shape)
+        want = weights[src]
+        blocks = np.abs(want).reshape(shape[0], -1, 32).max(axis=-1, keepdims=True)
+        # half a step of d = amax / 127, plus d's own f16 rounding times up to 127 steps (~0.07 d)
+        tol = np.broadcast_to(blocks / 127 * 0.6 + 1e-7, blocks.shape[:2] + (32,)).reshape(shape)
+        assert np.all(np.abs(got - want) <= tol), name
