@@ -258,6 +258,8 @@ def _text_params(ckpt: Checkpoint) -> TextParams:
             _expect_shape(ckpt, p + name, shape)
     _expect_shape(ckpt, lm + "norm.weight", (hidden,))
     tied = True
+    if N.LM_HEAD not in ckpt.tensors and cfg.get("tie_word_embeddings", ckpt.config.get("tie_word_embeddings")) is False:
+        ckpt.get(N.LM_HEAD)  # untied by config but no head: missing tensor
     if N.LM_HEAD in ckpt.tensors:
         head = _expect_shape(ckpt, N.LM_HEAD, (vocab, hidden))
         tied = _same_data(head, embed)

@@ -102,7 +102,10 @@ class TorchBinFile:
             ) from None
         self._torch = torch
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:  # zip format (torch >= 1.6): memory-mapped, nothing loaded up front
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a bad file
             raise ConvertError(f"cannot read {path} as a PyTorch checkpoint: {exc}") from None
         if not isinstance(state, dict):

@@ -26,7 +26,20 @@ QWEN_PAT_STR = (
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: long-running (full-size model); deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "slow: long-running (full-size model); run with -m slow or GOTOCR_SLOW_TESTS=1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep the default run fast: slow converter tests run only when asked for."""
+    import os
+
+    if os.environ.get("GOTOCR_SLOW_TESTS") == "1" or "slow" in (config.getoption("markexpr") or ""):
+        return
+    here = Path(__file__).parent
+    skip = pytest.mark.skip(reason="slow: run with -m slow or GOTOCR_SLOW_TESTS=1")
+    for item in items:
+        if "slow" in item.keywords and here in Path(str(item.fspath)).parents:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -151,3 +151,12 @@ def test_cli_converts(tmp_path, synth_checkpoint, capsys):
     printed = capsys.readouterr().out.split()
     assert printed == [str(out / "got-text-f16.gguf"), str(out / "got-vision-f16.gguf")]
     assert sorted(p.name for p in out.iterdir()) == ["got-text-f16.gguf", "got-vision-f16.gguf"]
+
+
+def test_untied_config_without_lm_head(tmp_path, synth_checkpoint):
+    def untie(c):
+        c["tie_word_embeddings"] = False
+        c["text_config"]["tie_word_embeddings"] = False
+
+    src = _variant(tmp_path, synth_checkpoint("tiny", "hf"), edit_config=untie)
+    _assert_fails_clean(src, tmp_path / "out", "missing tensor 'lm_head.weight'")
