@@ -91,6 +91,10 @@ int64_t conv_s2_out(int64_t n) { return (n + 2 - 3) / 2 + 1; } // k3 s2 p1
 
 } // namespace
 
+#ifdef GOT_VISION_PROFILE
+namespace { struct prof_state; }
+#endif
+
 struct got_vision_ctx {
     hparams hp;
     std::vector<layer> layers;
@@ -116,17 +120,11 @@ struct got_vision_ctx {
     std::string backend_name;
     std::string last_error;
     std::mutex mu;
+#ifdef GOT_VISION_PROFILE
+    std::unique_ptr<prof_state> prof;
+#endif
 
-    ~got_vision_ctx() {
-        for (auto & g : graphs) {
-            ggml_free(g.ctx);
-        }
-        if (sched) ggml_backend_sched_free(sched);
-        if (buf_w) ggml_backend_buffer_free(buf_w);
-        if (ctx_w) ggml_free(ctx_w);
-        if (backend_cpu && backend_cpu != backend) ggml_backend_free(backend_cpu);
-        if (backend) ggml_backend_free(backend);
-    }
+    ~got_vision_ctx();
 };
 
 namespace {
@@ -838,19 +836,23 @@ int graph_for(got_vision_ctx * vc, int B) {
 }
 
 #ifdef GOT_VISION_PROFILE
-// development aid: per-op wall time (compile with -DGOT_VISION_PROFILE)
+// development aid: per-op wall time to stderr (compile with -DGOT_VISION_PROFILE)
 struct prof_state { int64_t t0 = 0; double ms[GGML_OP_COUNT] = {0}; int n[GGML_OP_COUNT] = {0}; };
-prof_state g_prof;
-bool prof_cb(ggml_tensor * t, bool ask, void *) {
-    if (ask) { g_prof.t0 = ggml_time_us(); return true; }
-    const double dt = (ggml_time_us() - g_prof.t0) / 1000.0;
-    g_prof.ms[t->op] += dt; g_prof.n[t->op]++;
-    if (t->op == GGML_OP_MUL_MAT && dt > 200) fprintf(stderr, "mm %s[%lld,%lld,%lld,%lld] x %s[%lld,%lld,%lld,%lld] cont0=%d %.1f ms\n",
-        ggml_type_name(t->src[0]->type), (long long) t->src[0]->ne[0], (long long) t->src[0]->ne[1], (long long) t->src[0]->ne[2], (long long) t->src[0]->ne[3],
-        ggml_type_name(t->src[1]->type), (long long) t->src[1]->ne[0], (long long) t->src[1]->ne[1], (long long) t->src[1]->ne[2], (long long) t->src[1]->ne[3], ggml_is_contiguous(t->src[0]), dt);
+bool prof_cb(ggml_tensor * t, bool ask, void * ud) {
+    prof_state & p = *(prof_state *) ud;
+    if (ask) { p.t0 = ggml_time_us(); return true; }
+    const double dt = (ggml_time_us() - p.t0) / 1000.0;
+    p.ms[t->op] += dt; p.n[t->op]++;
+    if (t->op == GGML_OP_MUL_MAT && dt > 200) {
+        fprintf(stderr, "mul_mat %s[%lld,%lld,%lld,%lld] x [%lld,%lld,%lld,%lld] %.1f ms\n", ggml_type_name(t->src[0]->type),
+                (long long) t->src[0]->ne[0], (long long) t->src[0]->ne[1], (long long) t->src[0]->ne[2], (long long) t->src[0]->ne[3],
+                (long long) t->src[1]->ne[0], (long long) t->src[1]->ne[1], (long long) t->src[1]->ne[2], (long long) t->src[1]->ne[3], dt);
+    }
     if (strcmp(ggml_get_name(t), "embeddings") == 0) {
-        for (int i = 0; i < GGML_OP_COUNT; i++) if (g_prof.n[i]) fprintf(stderr, "%-14s %5d %9.1f ms\n", ggml_op_name((ggml_op) i), g_prof.n[i], g_prof.ms[i]);
-        g_prof = prof_state();
+        for (int i = 0; i < GGML_OP_COUNT; i++) {
+            if (p.n[i]) fprintf(stderr, "%-14s %5d %9.1f ms\n", ggml_op_name((ggml_op) i), p.n[i], p.ms[i]);
+        }
+        p = prof_state();
     }
     return true;
 }
@@ -881,7 +883,8 @@ void init_compute(got_vision_ctx * vc, int max_batch) {
         throw load_error("failed to create the ggml scheduler");
     }
 #ifdef GOT_VISION_PROFILE
-    ggml_backend_sched_set_eval_callback(vc->sched, prof_cb, nullptr);
+    vc->prof = std::make_unique<prof_state>();
+    ggml_backend_sched_set_eval_callback(vc->sched, prof_cb, vc->prof.get());
 #endif
     vc->max_batch = max_batch;
     const int gi = graph_for(vc, max_batch);
@@ -899,6 +902,17 @@ void init_compute(got_vision_ctx * vc, int max_batch) {
 }
 
 } // namespace
+
+got_vision_ctx::~got_vision_ctx() {
+    for (auto & g : graphs) {
+        ggml_free(g.ctx);
+    }
+    if (sched) ggml_backend_sched_free(sched);
+    if (buf_w) ggml_backend_buffer_free(buf_w);
+    if (ctx_w) ggml_free(ctx_w);
+    if (backend_cpu && backend_cpu != backend) ggml_backend_free(backend_cpu);
+    if (backend) ggml_backend_free(backend);
+}
 
 // ---------------------------------------------------------------------------------------------
 // C API
