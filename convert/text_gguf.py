@@ -143,7 +143,15 @@ def _quantize_q8_0(src: Path, dst: Path) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
     params.nthread = os.cpu_count() or 1
-    rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
+    # llama-cpp-python routes llama.cpp's log through its logger: keep only errors while quantizing.
+    from llama_cpp import _logger
+
+    previous = _logger.logger.level
+    _logger.set_verbose(False)
+    try:
+        rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
+    finally:
+        _logger.logger.setLevel(previous)
     if rc != 0:
         raise ConvertError(f"llama.cpp failed to quantize the text model to q8_0 (status {rc})")
 
