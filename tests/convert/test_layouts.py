@@ -3,7 +3,8 @@
 Layouts: the original GOT-OCR2.0 release and transformers' (hub names as synth writes them, and
 the other spellings transformers loads: ``model.language_model.*``, ``model.vision_tower.*``,
 ``model.multi_modal_projector.*``, ``language_model.lm_head``), single or sharded safetensors,
-bf16 storage, and torch ``.bin`` (opt-in: needs torch).
+bf16 storage, and torch ``.bin`` (a committed torch-written file read without torch; a whole
+checkpoint saved by torch is opt-in: GOTOCR_TORCH_TESTS=1).
 """
 
 from __future__ import annotations
@@ -120,7 +121,49 @@ def test_bf16_checkpoint_reads_exact_values(tmp_path, synth_checkpoint):
     np.testing.assert_array_equal(np.asarray(qkv.data).reshape(want.shape), want)
 
 
-def test_bin_without_torch_is_a_clear_error(tmp_path, synth_checkpoint, monkeypatch):
+def test_torch_zip_bin_read_without_torch(monkeypatch):
+    """data/torch_state.bin was written by ``torch.save`` (torch 2.13) with views sharing a storage
+    (transposed, offset + strides), f16, bf16, a Parameter, int64 and a 0-d tensor;
+    data/torch_state_expected.npz holds torch's own ``.float().numpy()`` of each."""
+    from pathlib import Path
+
+    from gotocr_fast.convert.tensors import TorchBinFile
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # prove torch is not needed
+    data = Path(__file__).parent / "data"
+    store = TorchBinFile(data / "torch_state.bin")
+    expected = np.load(data / "torch_state_expected.npz")
+    refs = {r.name: r for r in store.refs()}
+    assert sorted(refs) == sorted(expected.files)
+    for name in expected.files:
+        assert refs[name].shape == expected[name].shape, name
+        got = refs[name].load()
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, expected[name], err_msg=name)
+
+
+def test_torch_zip_refuses_code(tmp_path):
+    """A pickle that names any other global (here os.system) is refused, not executed."""
+    import pickle
+    import zipfile
+
+    from gotocr_fast.convert.tensors import TorchBinFile
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "pytorch_model.bin"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"x": Evil()}, protocol=2))
+    with pytest.raises(ConvertError, match="refusing to load"):
+        TorchBinFile(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_legacy_bin_without_torch_is_a_clear_error(tmp_path, synth_checkpoint, monkeypatch):
     src = synth_checkpoint("tiny", "hf")
     variant = _copy_without_weights(src, tmp_path / "ckpt")
     (variant / "pytorch_model.bin").write_bytes(b"PK\x03\x04 not really a zip")
