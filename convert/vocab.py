@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import importlib.util
 import json
 import unicodedata
@@ -171,7 +172,18 @@ def load_qwen_bpe(path: str | Path | None = None) -> QwenBpe:
     Returns the 151643 token strings in rank order and the merges derived from the ranks;
     ``specials`` is left empty (the file has none).
     """
-    ranks = read_tiktoken_ranks(find_qwen_tiktoken() if path is None else path)
+    path = Path(find_qwen_tiktoken() if path is None else path)
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise ConvertError(f"cannot read tokenizer {path}: {exc}") from None
+    return _load_qwen_bpe_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_qwen_bpe_cached(path: str, size: int, mtime_ns: int) -> QwenBpe:
+    """Deriving the merges takes seconds: cache per file version (size/mtime in the key)."""
+    ranks = read_tiktoken_ranks(path)
     by_rank = sorted(ranks.items(), key=lambda item: item[1])
     tokens = [bytes_to_token_string(data) for data, _ in by_rank]
     merges = [(bytes_to_token_string(a), bytes_to_token_string(b)) for a, b in merges_from_ranks(ranks)]
