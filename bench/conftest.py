@@ -71,6 +71,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "config": SETTINGS.config,
         "threads": SETTINGS.threads,
         "tokens": SETTINGS.tokens,
+        "reuse_stale": SETTINGS.reuse_stale,
         "machine": machine_facts(SETTINGS.threads),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "versions": _versions(),

@@ -220,6 +220,8 @@ def render(data: dict, stat: str = "min") -> str:
       f"{facts['ghz']} GHz × {facts['fp32_flops_per_cycle']} FLOP/cycle |")
     w(f"| model | random weights, config `{got.get('config', '?')}` "
       f"(same shapes and FLOPs as GOT-OCR2 for `full`) |")
+    if got.get("reuse_stale"):
+        w("| model cache | **GOTOCR_BENCH_REUSE=1: models may come from older synth/converter code** |")
     if got.get("load_average") is not None:
         w(f"| load average at start | {got['load_average']} (other processes share the CPUs) |")
     commit = data.get("commit_info") or {}
