@@ -58,7 +58,11 @@ class Counter(_Family):
 
     def render(self) -> list[str]:
         lines = self.header()
-        for labels, v in sorted(self._values.items()):
+        values = dict(self._values)
+        if not self.labelnames and not values:
+            # an unlabelled counter exists from the start: scrapers see 0, not a missing series
+            values[()] = 0.0
+        for labels, v in sorted(values.items()):
             lines.append(f"{self.name}{_labels(self.labelnames, labels)} {_fmt(v)}")
         return lines
 
