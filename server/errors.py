@@ -24,7 +24,7 @@ from gotocr_fast.engine.errors import (
     OcrError,
     Overloaded,
 )
-from gotocr_fast.preprocess import ImageError
+from gotocr_fast.preprocess import ImageError, ImageTooLarge
 
 __all__ = ["ApiError", "ClientDisconnected", "error_body", "exception_handlers", "error_response"]
 
@@ -108,6 +108,8 @@ def to_api_error(exc: BaseException) -> ApiError:
         return ApiError(429, str(exc) or "server busy: request queue is full", "queue_full", headers=_retry_headers(1))
     if isinstance(exc, (EngineClosed, Cancelled)):
         return ApiError(503, "the server is shutting down", "shutting_down", headers=_retry_headers(5))
+    if isinstance(exc, ImageTooLarge):
+        return ApiError(413, f"image too large: {exc}", "image_too_large")
     if isinstance(exc, ImageError):
         return ApiError(415, f"not a usable image: {exc}", "invalid_image")
     if isinstance(exc, ValidationException):

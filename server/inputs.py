@@ -35,7 +35,7 @@ from typing import Any
 import anyio
 from PIL import Image
 
-from gotocr_fast.preprocess import ImageError, load_image
+from gotocr_fast.preprocess import ImageError, ImageTooLarge, load_image
 
 from .errors import ApiError
 from .fetch import UrlFetcher
@@ -270,11 +270,10 @@ class InputResolver:
     def _decode_image(self, data: bytes | Image.Image, shown: str) -> Image.Image:
         try:
             return load_image(data, max_pixels=self.limits.max_image_pixels)
+        except ImageTooLarge as exc:
+            raise ApiError(413, f"{_short(shown)}: {exc}", "image_too_large") from None
         except ImageError as exc:
-            message = str(exc)
-            if "too large" in message or "too many pixels" in message:
-                raise ApiError(413, f"{_short(shown)}: {message}", "image_too_large") from None
-            raise ApiError(415, f"{_short(shown)} is not a usable image: {message}", "invalid_image") from None
+            raise ApiError(415, f"{_short(shown)} is not a usable image: {exc}", "invalid_image") from None
 
     def _render_pdf(self, data: bytes, shown: str, budget: PageBudget) -> list[Image.Image]:
         import pypdfium2 as pdfium

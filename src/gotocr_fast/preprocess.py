@@ -5,7 +5,7 @@ which is the parity reference (``tests/preprocess`` compares against its committ
 
 * ``load_image`` decodes untrusted input with Pillow and returns an RGB image with the EXIF
   orientation applied. Decompression bombs are refused from the header, before any pixel is
-  decoded; every decoding failure becomes :class:`ImageError`.
+  decoded (:class:`ImageTooLarge`); every other decoding failure becomes :class:`ImageError`.
 * ``views_for`` returns the views the encoder sees: the image itself, or GOT's multi-crop tiles
   plus a thumbnail.
 * ``pixel_values`` resizes each view to S×S with PIL bicubic on uint8 (as transformers does) and
@@ -43,6 +43,7 @@ __all__ = [
     "ALLOWED_FORMATS",
     "DEFAULT_MAX_PIXELS",
     "ImageError",
+    "ImageTooLarge",
     "box_to_prompt_coords",
     "boxes_to_prompt_coords",
     "load_image",
@@ -77,6 +78,14 @@ _OPEN_LOCK = threading.Lock()
 
 class ImageError(ValueError):
     """The input is not a usable image: not an image, corrupt, truncated, or too many pixels."""
+
+
+class ImageTooLarge(ImageError):
+    """The image has more pixels than allowed (ours or Pillow's limit): a decompression bomb.
+
+    A subclass of :class:`ImageError`, so ``except ImageError`` still catches it; callers that
+    must tell "too big" from "not an image" (the server: 413 vs 415) catch this one first.
+    """
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +139,7 @@ def _decode(fp, max_pixels: int | None, what: str) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(fp, formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{what}: too many pixels ({exc})") from exc
+        raise ImageTooLarge(f"{what}: too many pixels ({exc})") from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageError(f"{what}: not a recognised image format") from exc
     except Exception as exc:  # noqa: BLE001 - corrupt headers raise many types
@@ -145,7 +154,7 @@ def _decode(fp, max_pixels: int | None, what: str) -> Image.Image:
         except ImageError:
             raise
         except Image.DecompressionBombError as exc:
-            raise ImageError(f"{what}: too many pixels ({exc})") from exc
+            raise ImageTooLarge(f"{what}: too many pixels ({exc})") from exc
         except Exception as exc:  # noqa: BLE001 - truncated/corrupt data raise many types
             raise ImageError(f"{what}: cannot decode image: {exc}") from exc
 
@@ -155,7 +164,7 @@ def _check_size(size: tuple[int, int], max_pixels: int | None) -> None:
     if width <= 0 or height <= 0:
         raise ImageError(f"image has no pixels ({width}x{height})")
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageError(
+        raise ImageTooLarge(
             f"image too large: {width}x{height} = {width * height} pixels > limit {max_pixels}"
         )
 
