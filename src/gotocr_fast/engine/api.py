@@ -30,7 +30,7 @@ import numpy as np
 from ..prompt import InvalidPrompt, OcrMode, build_prompt, build_queries, image_token_span
 from ..tokens import IMG_PAD_ID
 from .cache import EmbeddingCache, image_key
-from .errors import ContextOverflow, EngineClosed, InvalidRequest, ModelError, OcrError, Overloaded
+from .errors import Cancelled, ContextOverflow, EngineClosed, InvalidRequest, ModelError, OcrError, Overloaded
 from .model import TextModel, resolve_model_paths
 from .request import OcrRequest, OcrResult, Sequence, Timings
 from .sampling import Sampler, SamplingParams
@@ -68,6 +68,44 @@ class _Prepared:
         self.pixels = pixels  # float32 [N,3,S,S] or None on a cache hit
         self.key = key
         self.embeddings = embeddings  # float32 [N*T, E] on a cache hit
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
+    """``loop.call_soon_threadsafe`` from an engine thread; a closed loop (its caller is gone) is ignored."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass
+
+
+class _Handoff:
+    """Carries a request handle out of the worker thread that runs ``submit``.
+
+    The asyncio caller may be cancelled while ``submit`` is still running in its thread; it then
+    calls ``cancel()``, and whichever of ``bind`` (thread) and ``cancel`` (caller) comes second
+    cancels the request, so the cancellation always reaches the handle.
+    """
+
+    __slots__ = ("_lock", "_request", "cancelled")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._request: OcrRequest | None = None
+        self.cancelled = False
+
+    def bind(self, request: OcrRequest) -> None:
+        with self._lock:
+            self._request = request
+            cancel = self.cancelled
+        if cancel:
+            request.cancel()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            request = self._request
+        if request is not None:
+            request.cancel()
 
 
 class OcrStream:
@@ -177,15 +215,27 @@ class OcrEngine:
 
         ``_logits_hook(part, row)`` (for parity tests) sees every raw logits row before sampling.
         """
+        return self._submit(image_or_pages, options, stream=_stream, logits_hook=_logits_hook)
+
+    def _submit(self, image_or_pages, options: dict, *, stream: bool, logits_hook=None,
+                listener=None, handoff: "_Handoff | None" = None) -> OcrRequest:
+        """``submit`` with two hooks for callers on other threads (the asyncio API).
+
+        ``listener`` is attached to the handle before the request can produce anything, so it
+        sees every delta. ``handoff`` receives the handle as soon as it exists, before the request
+        is scheduled: a caller that gave up meanwhile (``handoff.cancel()``) cancels it there.
+        """
+        if handoff is not None and handoff.cancelled:
+            raise Cancelled("the request was cancelled before it was submitted")
         if self._closed:
             raise EngineClosed("the engine is closed")
         if self._in_encode + self.scheduler.n_waiting >= self.max_queue:  # cheap early refusal
             raise Overloaded(f"queue full ({self.max_queue} waiting); retry later")
-        prepared = self._prepare(image_or_pages, options, stream=_stream)
+        prepared = self._prepare(image_or_pages, options, stream=stream)
         req = prepared.request
-        if _logits_hook is not None:
+        if logits_hook is not None:
             for part, s in enumerate(prepared.seqs):
-                s.logits_hook = lambda row, part=part: _logits_hook(part, row)
+                s.logits_hook = lambda row, part=part: logits_hook(part, row)
         with self._submit_lock:
             # bounded queue: requests being encoded + sequences waiting for a slot
             if self._in_encode + self.scheduler.n_waiting + len(prepared.seqs) > self.max_queue:
@@ -193,34 +243,55 @@ class OcrEngine:
             self._in_encode += len(prepared.seqs)
         for s in prepared.seqs:
             req._on_cancel(lambda s=s: self.scheduler.cancel(s))
+        if listener is not None:
+            req.add_listener(listener)
+        if handoff is not None:
+            handoff.bind(req)  # cancels req at once if the caller already gave up
+        if req.cancelled:
+            with self._submit_lock:
+                self._in_encode -= len(prepared.seqs)
+            return req
         self._encode_q.put(prepared)
         return req
 
     async def aocr(self, image_or_pages, **options) -> OcrResult:
-        """``ocr`` for asyncio: image decoding runs in a worker thread, the loop never blocks."""
-        req = await asyncio.to_thread(self.submit, image_or_pages, _stream=False, **options)
+        """``ocr`` for asyncio: image decoding runs in a worker thread, the loop never blocks.
+
+        Cancelling the caller cancels the request, also while ``submit`` is still running in its
+        worker thread (the request is then cancelled the moment it is created).
+        """
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
+        finished: asyncio.Future = loop.create_future()
 
-        def done(item):
+        def on_item(item) -> None:
             if item is None:
-                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+                _call_soon(loop, lambda: finished.done() or finished.set_result(None))
 
-        req.add_listener(done)
+        handoff = _Handoff()
         try:
-            await fut
-        except asyncio.CancelledError:
-            req.cancel()
+            req = await asyncio.to_thread(
+                self._submit, image_or_pages, options, stream=False, listener=on_item, handoff=handoff
+            )
+            await finished
+        except BaseException:
+            handoff.cancel()
             raise
         return req.result(0)
 
     async def aocr_stream(self, image_or_pages, **options) -> AsyncIterator[str]:
-        """Text deltas for asyncio; cancelling/closing the iterator cancels the request."""
-        req = await asyncio.to_thread(self.submit, image_or_pages, _stream=False, **options)
+        """Text deltas for asyncio; cancelling/closing the iterator cancels the request.
+
+        The listener is attached before the request is scheduled: no delta is lost however long
+        the caller takes to resume after ``submit``.
+        """
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-        req.add_listener(lambda item: loop.call_soon_threadsafe(q.put_nowait, item))
+        handoff = _Handoff()
         try:
+            req = await asyncio.to_thread(
+                self._submit, image_or_pages, options, stream=False,
+                listener=lambda item: _call_soon(loop, q.put_nowait, item), handoff=handoff,
+            )
             while True:
                 item = await q.get()
                 if item is None:
@@ -228,8 +299,7 @@ class OcrEngine:
                 yield item
             req.result(0)  # raise the request's error, if any
         finally:
-            if not req.done():
-                req.cancel()
+            handoff.cancel()  # no-op once the request has finished
 
     def stats(self) -> dict:
         return {
