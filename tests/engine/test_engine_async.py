@@ -125,7 +125,7 @@ def test_cancel_while_submit_runs_after_request_created(engine, monkeypatch, api
 def test_cancel_while_submit_runs_before_request_created(engine, monkeypatch, api):
     """Cancelled while ``submit`` is still decoding the image: the request is cancelled when it
     comes into existence and never reaches the model."""
-    img = _image(3)
+    img = _image(10 + len(api))  # one not encoded before (per parameter)
     created: list = []
     entered, release = threading.Event(), threading.Event()
     real_prepare = engine._prepare
@@ -159,7 +159,7 @@ def test_cancel_while_submit_runs_before_request_created(engine, monkeypatch, ap
         created[0].result(timeout=30)
     _wait_idle(engine)
     assert not encoded  # never encoded, never scheduled
-    engine.ocr(_image(5), max_tokens=2)
+    engine.ocr(_image(5 + len(api)), max_tokens=2)  # an image not seen before (no cache hit)
     assert encoded  # (the spy does see encoder calls)
 
 
