@@ -484,12 +484,12 @@ ggml_tensor * conv2d_tokens(ggml_context * ctx, ggml_tensor * kernel, ggml_tenso
     return ggml_reshape_4d(ctx, y, kernel->ne[3], cols->ne[1], cols->ne[2], cols->ne[3]);
 }
 
-// h: [D, T, n] with T = S*S tokens per attention group (window or whole grid), n groups
-ggml_tensor * attention(ggml_context * ctx, const hparams & hp, const layer & L, ggml_tensor * h, bool fused_rel_pos) {
+// Multi-head attention with decomposed rel-pos over groups of T = S*S tokens (windows, or the
+// whole grid). qkv: [3D, T, n] (projected, with bias) -> [D, T, n] (before the output projection)
+ggml_tensor * attention(ggml_context * ctx, const hparams & hp, const layer & L, ggml_tensor * qkv, bool fused_rel_pos) {
     const int64_t D = hp.n_embd, H = hp.n_head, hd = hp.head_dim();
-    const int64_t T = h->ne[1], n = h->ne[2], S = L.S;
+    const int64_t T = qkv->ne[1], n = qkv->ne[2], S = L.S;
 
-    ggml_tensor * qkv = ggml_add(ctx, ggml_mul_mat(ctx, L.qkv_w, h), L.qkv_b);  // [3D, T, n]
     const size_t es = ggml_element_size(qkv);
 
     // q: [hd, H, T, n] view -> contiguous [hd, T, H, n]
@@ -530,17 +530,13 @@ ggml_tensor * attention(ggml_context * ctx, const hparams & hp, const layer & L,
 
     ggml_tensor * o = ggml_mul_mat(ctx, v, kq);                                      // [hd, T_q, H, n]
     o = ggml_cont(ctx, ggml_permute(ctx, o, 0, 2, 1, 3));                            // [hd, H, T, n]
-    o = ggml_reshape_3d(ctx, o, D, T, n);
-    return ggml_add(ctx, ggml_mul_mat(ctx, L.out_w, o), L.out_b);
+    return ggml_reshape_3d(ctx, o, D, T, n);
 }
 
-// x: [D, G, G, B] -> windows [D, w*w, nw*nw*B] (zero padded to a multiple of w)
+// x: [D, Gp, Gp, B] with Gp a multiple of w -> windows [D, w*w, nw*nw*B]
 ggml_tensor * window_partition(ggml_context * ctx, ggml_tensor * x, int64_t w) {
-    const int64_t D = x->ne[0], G = x->ne[1], B = x->ne[3];
-    const int64_t nw = (G + w - 1) / w, Gp = nw * w;
-    if (Gp != G) {
-        x = ggml_pad(ctx, x, 0, (int) (Gp - G), (int) (Gp - G), 0);
-    }
+    const int64_t D = x->ne[0], Gp = x->ne[1], B = x->ne[3];
+    const int64_t nw = Gp / w;
     x = ggml_reshape_4d(ctx, x, D * w, nw, w, nw * B);            // [D*w (row in window), wx, y in window, wy*B]
     x = ggml_cont(ctx, ggml_permute(ctx, x, 0, 2, 1, 3));          // [D*w, y in window, wx, wy*B]
     return ggml_reshape_3d(ctx, x, D, w * w, nw * nw * B);
@@ -592,14 +588,23 @@ bool build_graph(got_vision_ctx * vc, cached_graph & cg, int B) {
     for (const layer & L : vc->layers) {
         ggml_tensor * res = x;
         ggml_tensor * h = layer_norm(ctx, x, L.ln1_w, L.ln1_b, hp.eps);
+        ggml_tensor * qkv = ggml_mul_mat(ctx, L.qkv_w, h);                     // [3D, G, G, B]
         if (L.global) {
-            h = attention(ctx, hp, L, ggml_reshape_3d(ctx, h, D, G * G, B), vc->fused_rel_pos);
-            h = ggml_reshape_4d(ctx, h, D, G, G, B);
+            qkv = ggml_add(ctx, ggml_reshape_3d(ctx, qkv, 3 * D, G * G, B), L.qkv_b);
+            h = attention(ctx, hp, L, qkv, vc->fused_rel_pos);
         } else {
-            h = attention(ctx, hp, L, window_partition(ctx, h, L.S), vc->fused_rel_pos);
-            h = window_unpartition(ctx, h, L.S, G, B);
+            // SAM zero-pads the normed tokens to whole windows before qkv; a zero token projects
+            // to the bias alone, so project the real tokens only and pad the projection instead
+            const int64_t Gp = (G + L.S - 1) / L.S * L.S;
+            if (Gp != G) {
+                qkv = ggml_pad(ctx, qkv, 0, (int) (Gp - G), (int) (Gp - G), 0);
+            }
+            qkv = window_partition(ctx, ggml_add(ctx, qkv, L.qkv_b), L.S);    // [3D, S*S, windows]
+            h = attention(ctx, hp, L, qkv, vc->fused_rel_pos);
+            h = window_unpartition(ctx, h, L.S, G, B);                         // [D, G, G, B]
         }
-        x = ggml_add(ctx, res, h);
+        h = ggml_add(ctx, ggml_mul_mat(ctx, L.out_w, h), L.out_b);            // projection on real tokens
+        x = ggml_add(ctx, res, ggml_reshape_4d(ctx, h, D, G, G, B));
         h = layer_norm(ctx, x, L.ln2_w, L.ln2_b, hp.eps);
         h = ggml_add(ctx, ggml_mul_mat(ctx, L.up_w, h), L.up_b);
         h = ggml_gelu_erf(ctx, h);
