@@ -16,7 +16,7 @@ from gotocr_fast.tokens import IM_END_ID
 
 from .errors import ApiError
 from .modes import normalize_boxes, sampling_options
-from .openapi import OcrOperation
+from .openapi import OCR_ERRORS, OcrOperation, error_responses
 from .runner import until_disconnect
 from .runtime import Runtime
 from .schemas import OcrChoice, OcrRequest, OcrResponse, Usage
@@ -85,6 +85,7 @@ def _json_field(name: str, text: str) -> Any:
     "/ocr",
     operation_class=OcrOperation,
     status_code=200,
+    responses=error_responses(*OCR_ERRORS),
     summary="OCR images (seed-compatible)",
     description="JSON body (application/json) or the same fields as multipart/form-data with file uploads. "
     "One choice per image item (a folder or PDF gives one per page; an inner list is one multi-page prompt).",

@@ -20,6 +20,8 @@ from litestar.response import Stream
 from .errors import ApiError, ClientDisconnected, to_api_error
 from .inputs import PageBudget
 from .modes import mode_from_text, normalize_boxes, sampling_options
+from .openapi import OCR_ERRORS, ChatOperation, error_responses
+from .routes_ocr import decode_json_body
 from .runner import until_disconnect
 from .runtime import Runtime
 from .schemas import (
@@ -94,6 +96,15 @@ def _usage(result: Any) -> Usage:
     )
 
 
+class EventStream(Stream):
+    """A ``text/event-stream`` response. Litestar's ``Stream`` lets the handler's media type
+    (JSON, from ``@post``) override its own, which served SSE as ``application/json``."""
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["media_type"] = self.media_type
+        return super().to_asgi_response(*args, **kwargs)
+
+
 def _sse(obj: Any) -> bytes:
     return b"data: " + msgspec.json.encode(obj) + b"\n\n"
 
@@ -103,11 +114,16 @@ def _sse(obj: Any) -> bytes:
     status_code=200,
     summary="Chat completions (OpenAI-compatible OCR)",
     description=__doc__,
-    responses=None,
+    operation_class=ChatOperation,
+    responses=error_responses(*OCR_ERRORS),
 )
 async def chat_completions(
     data: ChatCompletionRequest, request: Request, rt: Runtime
 ) -> ChatCompletionResponse | Response[Any]:
+    # `data` (typed for the OpenAPI schema) was converted by Litestar in lax mode ("8" → 8,
+    # 0 → false); decode the body strictly instead, as /v1/ocr does, so a value of the wrong JSON
+    # type is a 400 and not silently coerced. Litestar caches the body: this re-reads no bytes.
+    data = decode_json_body(await request.body(), ChatCompletionRequest)
     options, urls = chat_options(data, rt)
     rt.holder.require()
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -168,5 +184,5 @@ async def chat_completions(
         finally:
             stream.close()  # cancels the engine request if the client went away; frees the slot
 
-    return Stream(events(), media_type="text/event-stream",
+    return EventStream(events(), media_type="text/event-stream",
                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from litestar import MediaType, Response, get
+from litestar.openapi.datastructures import ResponseSpec
 
 from gotocr_fast import __version__
 
+from .openapi import error_responses
 from .runner import READY
 from .runtime import Runtime
 from .schemas import Health, ModelCard, ModelList, VersionInfo
@@ -13,7 +15,9 @@ from .schemas import Health, ModelCard, ModelList, VersionInfo
 __all__ = ["health", "version", "metrics", "list_models"]
 
 
-@get("/health", summary="Readiness", description="200 once the model is loaded; 503 while it loads or if it failed.")
+@get("/health", summary="Readiness", description="200 once the model is loaded; 503 while it loads or if it failed.",
+     responses={503: ResponseSpec(data_container=Health, generate_examples=False,
+                                  description="Not ready: loading, failed or stopping")})
 async def health(rt: Runtime) -> Response[Health]:
     holder = rt.holder
     body = Health(status=holder.state, model=rt.model_name, message=holder.error)  # type: ignore[arg-type]
@@ -32,6 +36,6 @@ async def metrics(rt: Runtime) -> Response[str]:
     return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-@get("/models", summary="List models (OpenAI)")
+@get("/models", summary="List models (OpenAI)", responses=error_responses(401))
 async def list_models(rt: Runtime) -> ModelList:
     return ModelList(data=[ModelCard(id=rt.model_name, created=rt.started)])
