@@ -40,7 +40,13 @@ def server_url(model_files, tmp_path_factory):
 
     folder = model_files(DTYPE).folder
     port = _free_port()
-    log = open(tmp_path_factory.mktemp("server") / "server.log", "wb")
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    log = open(log_path, "wb")
+
+    def log_tail() -> str:
+        log.flush()
+        return log_path.read_text(errors="replace")[-3000:]
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "gotocr_fast", "serve", "--model", str(folder), "--host", "127.0.0.1",
          "--port", str(port), "--slots", str(max(CONCURRENCY)), "--threads", str(SETTINGS.threads),
@@ -52,14 +58,14 @@ def server_url(model_files, tmp_path_factory):
         deadline = time.monotonic() + 600
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}")
+                pytest.fail(f"server exited with {proc.returncode}:\n{log_tail()}")
             try:
                 if httpx.get(url + "/health", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("server not ready in 600 s")
+                pytest.fail(f"server not ready in 600 s:\n{log_tail()}")
             time.sleep(0.2)
         yield url
     finally:
