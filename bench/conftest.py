@@ -41,6 +41,9 @@ def _names_bench(arg: str) -> bool:
     return path == BENCH_DIR or BENCH_DIR in path.parents
 
 
+_LOAD_AT_START = [round(x, 2) for x in os.getloadavg()]
+
+
 def pytest_configure(config):
     # Print skip reasons (a missing baseline says why) without asking for -rs.
     chars = config.option.reportchars or ""
@@ -73,7 +76,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "tokens": SETTINGS.tokens,
         "reuse_stale": SETTINGS.reuse_stale,
         "machine": machine_facts(SETTINGS.threads),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "load_average": _LOAD_AT_START,  # 1 / 5 / 15-minute load when pytest started
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "versions": _versions(),
     }
 

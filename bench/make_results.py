@@ -242,7 +242,9 @@ def render(data: dict, stat: str = "min") -> str:
     if got.get("reuse_stale"):
         w("| model cache | **GOTOCR_BENCH_REUSE=1: models may come from older synth/converter code** |")
     if got.get("load_average") is not None:
-        w(f"| load average at start | {got['load_average']} (other processes share the CPUs) |")
+        end = got.get("load_average_end")
+        w(f"| load average (1/5/15 min) | {got['load_average']} at the start"
+          f"{f', {end} at the end' if end else ''} of the run (other processes share the CPUs) |")
     runs = data.get("gotocr_runs") or [data]
     for i, run in enumerate(runs):
         label = f"run {i + 1}: " if len(runs) > 1 else ""
@@ -259,6 +261,19 @@ def render(data: dict, stat: str = "min") -> str:
     if len(runs) > 1:
         w(f"This report joins {len(runs)} runs; a ratio is only ever taken between two "
           "measurements of the same run.")
+        w("")
+
+    loads = [((r.get("machine_info") or {}).get("gotocr") or {}).get("load_average")
+             for r in (data.get("gotocr_runs") or [data])]
+    loads += [((r.get("machine_info") or {}).get("gotocr") or {}).get("load_average_end")
+              for r in (data.get("gotocr_runs") or [data])]
+    busiest = max((la[0] for la in loads if la), default=0.0)
+    if busiest > facts["physical_cores"]:
+        w(f"> **Warning: the machine was loaded** (1-minute load average up to {busiest:.1f} on "
+          f"{facts['physical_cores']} cores at the start or end of a run). Other processes took CPU time "
+          "during the measurements: the numbers below are unreliable, and ratios between "
+          "benchmarks timed minutes apart can be off by several times (see `ours f16` vs "
+          "`llama.cpp f16`, the same llama.cpp code on the same GGUF, which should read ≈ 1×).")
         w("")
 
     by_stage: dict[str, list[dict]] = defaultdict(list)
