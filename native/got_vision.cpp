@@ -747,9 +747,6 @@ void load_model(got_vision_ctx * vc, const char * path) {
             throw load_error(format("tensor '%s' has shape %s, expected [%" PRId64 ", %" PRId64 "]", name.c_str(),
                                     shape_str(ne, GGML_MAX_DIMS).c_str(), 2 * S - 1, hd));
         }
-        // load via the generic path (shape check passes), then read its data now
-        ggml_context * tmp_ctx = ld.ctx;
-        (void) tmp_ctx;
         const size_t off = ld.data_offset + gguf_get_tensor_offset(g.get(), id);
         const size_t nbytes = (size_t) (Lr * hd) * sizeof(float);
         if (off > file_size || nbytes > file_size - off) {
