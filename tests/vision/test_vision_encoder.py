@@ -331,10 +331,12 @@ def test_failed_loads_do_not_leak(rewrite, tiny_vision_gguf):
     assert _rss_bytes() - before < 8 * 2**20
 
 
-# --- the real-size config (opt-in: converts a 2.3 GB checkpoint, encodes one 1024² view) --------
+# --- the real-size config (converts a 2.3 GB checkpoint, encodes one 1024² view) ------------------
 
 
-@pytest.mark.skipif(os.environ.get("GOTOCR_FULL_TESTS") != "1", reason="set GOTOCR_FULL_TESTS=1 (minutes)")
+# On by default (about 80 s on 2 cores, ~5 GB of temporary files): the real sizes are what users
+# run. GOTOCR_SKIP_FULL_TESTS=1 skips it for quick local iterations.
+@pytest.mark.skipif(os.environ.get("GOTOCR_SKIP_FULL_TESTS") == "1", reason="GOTOCR_SKIP_FULL_TESTS=1")
 def test_full_config_rows_match_transformers(converted_model, oracle):
     o = oracle("full_vision")
     path = converted_model("full", "hf", "f32") / "got-vision-f32.gguf"
@@ -342,7 +344,7 @@ def test_full_config_rows_match_transformers(converted_model, oracle):
         assert (enc.image_size, enc.tokens_per_view, enc.embedding_length) == (1024, 256, 1024)
         got = enc.encode(synth.synth_pixels(1024, n_views=1, seed=0))[0]
     rows = o["rows"].astype(int)
-    np.testing.assert_allclose(got[rows], o["feature_rows"], atol=2e-3, rtol=0)
+    np.testing.assert_allclose(got[rows], o["feature_rows"], atol=1e-3, rtol=0)
     np.testing.assert_allclose(got.mean(axis=1), o["row_mean"], atol=1e-4)
     np.testing.assert_allclose(got.std(axis=1, ddof=1), o["row_std"], rtol=1e-3)
     np.testing.assert_allclose(got.mean(axis=0), o["col_mean"], atol=1e-4)
