@@ -22,7 +22,7 @@ import pytest
 
 from harness import SETTINGS, need, run_rounds, tag
 
-CONCURRENCY = [1, 4, 8]
+CONCURRENCY = [1, 2, 4, 8]
 REQUESTS_PER_CLIENT = 2
 DTYPE = os.environ.get("GOTOCR_BENCH_ENGINE_DTYPE", "f16")
 
