@@ -45,9 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from gotocr_fast import tokens
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# GOT's normalisation constants live with the converter, which writes them into every vision GGUF.
+from gotocr_fast.convert.checkpoint import CLIP_MEAN, CLIP_STD
 
 LAYOUTS = ("hf", "original")
 
