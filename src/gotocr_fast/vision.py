@@ -17,18 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .cpus import available_cpus
+
 __all__ = ["VisionEncoder", "VisionError"]
 
 
 class VisionError(RuntimeError):
     """The vision GGUF cannot be loaded, or an encode failed (message from the native encoder)."""
-
-
-def _default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 class VisionEncoder:
@@ -55,7 +50,7 @@ class VisionEncoder:
         self._ctx = None
         path = Path(gguf_path)
         if n_threads is None:
-            n_threads = _default_threads()
+            n_threads = available_cpus()
         if not isinstance(n_threads, int) or isinstance(n_threads, bool) or n_threads < 1:
             raise ValueError(f"n_threads must be a positive int, got {n_threads!r}")
         if not isinstance(max_batch_views, int) or isinstance(max_batch_views, bool) or max_batch_views < 1:

@@ -29,7 +29,9 @@ import numpy as np
 
 from ..prompt import InvalidPrompt, OcrMode, build_prompt, build_queries, image_token_span
 from ..tokens import IMG_PAD_ID
+from ..cpus import available_cpus
 from .cache import EmbeddingCache, image_key
+from .cpu_turns import CpuTurns, NoTurns
 from .errors import Cancelled, ContextOverflow, EngineClosed, InvalidRequest, ModelError, OcrError, Overloaded
 from .model import TextModel, resolve_model_paths
 from .request import OcrRequest, OcrResult, Sequence, Timings
@@ -143,6 +145,9 @@ class OcrEngine:
     ``n_ctx`` is the context of ONE request (prompt + generated tokens); the llama.cpp context
     holds ``max_slots`` of them. ``max_queue`` bounds the requests waiting for a slot (beyond it
     ``submit`` raises :class:`Overloaded`).
+
+    ``share_cpu``: the vision encoder and the LM decode loop run in turns instead of at the same
+    time (see ``cpu_turns.py``); by default whenever their threads together exceed the CPUs.
     """
 
     def __init__(
@@ -160,6 +165,7 @@ class OcrEngine:
         n_batch: int = 2048,
         kv_type: str = "f16",
         flash_attn: bool | None = None,
+        share_cpu: bool | None = None,
         verbose: bool = False,
     ):
         for name, v, lo in (("n_ctx", n_ctx, 64), ("max_slots", max_slots, 1), ("max_queue", max_queue, 1),
@@ -196,7 +202,11 @@ class OcrEngine:
         self._submit_lock = threading.Lock()
         self._encode_q: queue.Queue[_Prepared | None] = queue.Queue()
         self._in_encode = 0
-        self.scheduler = Scheduler(self.text, max_queue=max_queue)
+        # encoder and decode loop take turns on the CPU when their threads would oversubscribe it
+        if share_cpu is None:
+            share_cpu = self.vision.n_threads + self.text.n_threads > available_cpus()
+        self.cpu_turns = CpuTurns() if share_cpu else NoTurns()
+        self.scheduler = Scheduler(self.text, max_queue=max_queue, cpu_turns=self.cpu_turns)
         self._encoder = threading.Thread(target=self._encode_loop, name="gotocr-encoder", daemon=True)
         self._encoder.start()
         self._prompt_ids = lru_cache(maxsize=256)(self._tokenize_prompt)
@@ -456,7 +466,8 @@ class OcrEngine:
                 parts = []
                 for key, pix, emb in zip(job.key, job.pixels, job.embeddings):
                     if emb is None:
-                        out = self.vision.encode(pix)
+                        with self.cpu_turns.turn("encode"):
+                            out = self.vision.encode(pix)
                         emb = np.ascontiguousarray(out.reshape(-1, out.shape[-1]), dtype=np.float32)
                         self.cache.put(key, emb)
                     parts.append(emb)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cpus import available_cpus
 from .errors import ModelError
 
 __all__ = ["ModelPaths", "resolve_model_paths", "TextModel", "load_llama_cpp"]
@@ -109,7 +110,8 @@ class TextModel:
         self._ll = ll = load_llama_cpp(verbose)
         self._native = _load_native()
         self.path = Path(path)
-        n_threads = n_threads or max(1, os.cpu_count() or 1)
+        n_threads = n_threads or available_cpus()
+        self.n_threads = n_threads
         mparams = ll.llama_model_default_params()
         self._model = ll.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:

@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from ..tokens import ENDOFTEXT_ID, IM_END_ID
+from .cpu_turns import CpuTurns, NoTurns
 from .errors import EngineClosed, ModelError, Overloaded
 from .model import TextModel
 from .request import Sequence
@@ -36,8 +37,9 @@ __all__ = ["Scheduler"]
 
 
 class Scheduler:
-    def __init__(self, model: TextModel, *, max_queue: int = 64):
+    def __init__(self, model: TextModel, *, max_queue: int = 64, cpu_turns: CpuTurns | NoTurns | None = None):
         self.model = model
+        self.cpu_turns = cpu_turns if cpu_turns is not None else NoTurns()
         self.max_queue = max_queue
         self._cv = threading.Condition()
         self._waiting: collections.deque[Sequence] = collections.deque()
@@ -118,7 +120,8 @@ class Scheduler:
                     self._reap_cancelled()
                     self._admit()
                 if self._running:
-                    self._step()
+                    with self.cpu_turns.turn("decode"):
+                        self._step()
         except BaseException as e:  # a scheduler crash must not leave callers hanging
             log.exception("scheduler crashed")
             self._fail_all(ModelError(f"scheduler crashed: {e}"))
