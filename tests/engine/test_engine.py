@@ -204,6 +204,19 @@ def test_cache_hit_skips_encode(engine, monkeypatch):
     assert len(calls) == 2
 
 
+def test_identical_images_queued_together_encode_once(engine, monkeypatch):
+    calls = []
+    real = engine.vision.encode
+    monkeypatch.setattr(engine.vision, "encode", lambda px: calls.append(px.shape) or real(px))
+    img = _image(23)
+    reqs = [engine.submit(img.copy(), box=(10, 10, 60 + 10 * i, 80), max_tokens=8) for i in range(4)]
+    results = [r.result(120) for r in reqs]
+    assert len(calls) == 1  # all four missed the cache at submit; the encoder looked again
+    assert sum(r.cache_hit for r in results) == 3
+    alone = engine.ocr(img, box=(10, 10, 90, 80), max_tokens=8)
+    assert alone.text == results[3].text
+
+
 def test_asyncio_wrappers(engine):
     async def main():
         r = await engine.aocr(_image(31), max_tokens=12)

@@ -464,15 +464,21 @@ class OcrEngine:
                     continue
                 t0 = time.perf_counter()
                 parts = []
+                encoded = 0
                 for key, pix, emb in zip(job.key, job.pixels, job.embeddings):
+                    if emb is None:
+                        # an identical image queued just before this one may have been encoded since
+                        emb = self.cache.get(key)
                     if emb is None:
                         with self.cpu_turns.turn("encode"):
                             out = self.vision.encode(pix)
+                        encoded += 1
                         emb = np.ascontiguousarray(out.reshape(-1, out.shape[-1]), dtype=np.float32)
                         self.cache.put(key, emb)
                     parts.append(emb)
                 emb_all = parts[0] if len(parts) == 1 else np.concatenate(parts)
                 req.encode_ms = (time.perf_counter() - t0) * 1000.0
+                req.cache_hit = encoded == 0
                 for s in job.seqs:
                     s.embeddings = emb_all
                 if not req.cancelled:
