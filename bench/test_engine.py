@@ -4,9 +4,12 @@
   preprocess, encode, prefill, N greedy tokens, detokenise — what transformers' ``generate``
   does in ``test_baseline_transformers.py::test_page``. Each round uses a different page, and
   the embedding cache is off, so every round encodes.
-- ``test_throughput[cN]``: N pages submitted at once (``engine.submit``), timed until the last
-  result; the engine batches their decoding (continuous batching, ``max_slots`` = 8). The HTTP
-  version of this is the server's ``test_server_load.py``.
+- ``test_throughput[pages-cN]``: N distinct pages submitted at once (``engine.submit``), timed
+  until the last result; the engine batches their decoding (continuous batching, ``max_slots`` =
+  8). Every page is encoded, so on few cores the encoder bounds the gain.
+- ``test_throughput[regions-cN]``: N requests for N different regions (``box``) of one page, at
+  once, with the embedding cache starting empty: the page is encoded once, then the N prompts
+  decode together. The HTTP version of both is the server's ``test_server_load.py``.
 
 The engine's own timings (preprocess / encode / prefill / decode ms) of the last round go into
 ``extra_info``: make_results.py shows where a page's time goes.
@@ -25,13 +28,13 @@ THROUGHPUT_DTYPE = os.environ.get("GOTOCR_BENCH_ENGINE_DTYPE", "f16")
 CONCURRENCY = [1, 2, 4, 8]
 
 
-def _engine(model_files, dtype: str, max_slots: int):
+def _engine(model_files, dtype: str, max_slots: int, embed_cache_bytes: int = 0):
     need("llama_cpp", hint="pip install llama-cpp-python==0.3.36")
     OcrEngine = need_attr("gotocr_fast", "OcrEngine")
     files = model_files(dtype)
     # n_ctx is per request: the prompt (~290 tokens for one view) + max_tokens fits in 1024.
     return construct(OcrEngine, files.folder, n_threads=SETTINGS.threads, n_ctx=1024,
-                     max_slots=max_slots, embed_cache_bytes=0)
+                     max_slots=max_slots, embed_cache_bytes=embed_cache_bytes)
 
 
 @pytest.fixture(scope="module", params=PAGE_DTYPES)
@@ -43,7 +46,8 @@ def page_engine(request, model_files):
 
 @pytest.fixture(scope="module")
 def batch_engine(model_files):
-    eng = _engine(model_files, THROUGHPUT_DTYPE, max_slots=max(CONCURRENCY))
+    # the cache holds one page's embeddings for the regions workload (the pages never repeat)
+    eng = _engine(model_files, THROUGHPUT_DTYPE, max_slots=max(CONCURRENCY), embed_cache_bytes=64 << 20)
     yield THROUGHPUT_DTYPE, eng
     eng.close()
 
@@ -71,23 +75,40 @@ def test_page(benchmark, page_engine, pages):
     benchmark.extra_info["finish_reasons"] = sorted({r.finish_reason for r in results})
 
 
+def _regions(page, n: int) -> list[tuple[int, int, int, int]]:
+    """n different boxes: horizontal bands of the page."""
+    w, h = page.size
+    return [(0, h * i // n, w, h * (i + 1) // n) for i in range(n)]
+
+
+@pytest.mark.parametrize("workload", ["pages", "regions"])
 @pytest.mark.parametrize("concurrency", CONCURRENCY, ids=[f"c{c}" for c in CONCURRENCY])
-def test_throughput(benchmark, batch_engine, pages, concurrency):
+def test_throughput(benchmark, batch_engine, pages, concurrency, workload):
     dtype, eng = batch_engine
     n = SETTINGS.tokens
     rounds = SETTINGS.rounds_or(2)
-    batches = iter([pages(concurrency * rounds)[i * concurrency:(i + 1) * concurrency]
-                    for i in range(rounds)])
+    if workload == "pages":
+        batches = iter([[(p, {}) for p in pages(concurrency * rounds)[i * concurrency:(i + 1) * concurrency]]
+                        for i in range(rounds)])
+    else:
+        batches = iter([[(p, {"box": b}) for b in _regions(p, concurrency)]
+                        for p in pages(rounds)])
     done = []
 
     def run(batch):
-        reqs = [eng.submit(p, max_tokens=n) for p in batch]
+        reqs = [eng.submit(p, max_tokens=n, **opts) for p, opts in batch]
         done.append([r.result() for r in reqs])
 
-    tag(benchmark, "throughput", "ours", dtype, units=concurrency, unit="page",
-        concurrency=concurrency)
+    def setup():
+        eng.cache.clear()  # every round encodes its pages (regions: once)
+        return (next(batches),), {}
+
+    tag(benchmark, "throughput", "ours", dtype, units=concurrency, unit="request",
+        concurrency=concurrency, workload=workload)
     # no warm-up round: the engine is warm from the earlier cases, and a c8 round is minutes long
-    run_rounds(benchmark, run, rounds=rounds, warmup=0, setup=lambda: ((next(batches),), {}))
+    run_rounds(benchmark, run, rounds=rounds, warmup=0, setup=setup)
     last = done[-1]
     benchmark.extra_info["completion_tokens"] = sum(r.completion_tokens for r in last)
+    benchmark.extra_info["encodes"] = sum(not r.cache_hit for r in last)
     benchmark.extra_info["encode_ms_mean"] = round(sum(r.timings.encode_ms for r in last) / len(last), 1)
+    benchmark.extra_info["share_cpu"] = type(eng.cpu_turns).__name__ == "CpuTurns"
