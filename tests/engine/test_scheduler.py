@@ -29,6 +29,8 @@ class FakeText:
         self.out_rows: list = []
         self.token_batches = 0
         self.embd_batches = 0
+        self.embd_rows = 0
+        self.copies: list[tuple[int, int, int]] = []
         self.lock = threading.Lock()
         self.fail_next = False
 
@@ -54,6 +56,7 @@ class FakeText:
 
     def decode_embeddings(self, embd, pos, seq, logits):
         self.embd_batches += 1
+        self.embd_rows += len(embd)
         assert embd.flags.c_contiguous and embd.dtype == np.float32 and len(embd) <= self.n_batch
         for row, p, s in zip(embd, pos, seq):
             assert self.kv[int(s)], "image rows before the text prefix"
@@ -72,6 +75,12 @@ class FakeText:
     def free_sequence(self, s):
         self.kv[s] = []
 
+    def copy_sequence(self, src, dst, n_keep):
+        assert not self.kv[dst], f"copy into the non-empty sequence {dst}"
+        assert len(self.kv[src]) >= n_keep, "copy of a shared part the source does not hold yet"
+        self.kv[dst] = list(self.kv[src][:n_keep])
+        self.copies.append((src, dst, n_keep))
+
     def piece(self, t):
         return f"<{t}>".encode()
 
@@ -82,11 +91,12 @@ def _always(rows, token):
     return out
 
 
-def make_seq(fake, req, image_value: float, max_tokens=64, n_img=20, part=0):
-    seq = Sequence(prefix=[1, 2, 3], n_image_tokens=n_img, suffix=[4, 5], sampler=Sampler(SamplingParams(), [], V),
+def make_seq(fake, req, image_value: float, max_tokens=64, n_img=20, part=0, suffix=(4, 5), share_key=None):
+    seq = Sequence(prefix=[1, 2, 3], n_image_tokens=n_img, suffix=list(suffix), sampler=Sampler(SamplingParams(), [], V),
                    max_tokens=max_tokens, piece=fake.piece, on_delta=lambda t: req._part_delta(part, t),
                    on_done=lambda s: (req._part_finished(part), req._finish(s)) if s.error is None else req._fail(s.error))
     seq.embeddings = np.full((n_img, fake.n_embd), image_value, dtype=np.float32)
+    seq.share_key = share_key
     return seq
 
 
@@ -201,3 +211,108 @@ def test_overloaded_and_closed():
         reqs[0].result(5)
     with pytest.raises(EngineClosed):
         sched.submit([seqs[2]])
+
+
+# --- shared prompt parts (same image, same prefix) -------------------------------------------------
+
+
+def _shared_batch(fake, n, key=b"page"):
+    reqs = [OcrRequest(f"s{i}", 1) for i in range(n)]
+    seqs = [make_seq(fake, r, 7.0, suffix=(4, 5 + i), share_key=key) for i, r in enumerate(reqs)]
+    return reqs, seqs
+
+
+def test_shared_part_is_computed_once_and_copied():
+    fake = FakeText(n_slots=4, n_batch=64)
+    sched = Scheduler(fake)
+    try:
+        alone = []
+        for i in range(4):
+            req = OcrRequest("a", 1)
+            seq = make_seq(fake, req, 7.0, suffix=(4, 5 + i))
+            sched.submit([seq])
+            req.result(10)
+            alone.append(seq.generated)
+        assert len({tuple(a) for a in alone}) > 1  # the suffix matters
+        rows_before = fake.embd_rows
+        reqs, seqs = _shared_batch(fake, 4)
+        sched.submit(seqs)
+        for r in reqs:
+            r.result(10)
+        assert [s.generated for s in seqs] == alone
+        assert fake.embd_rows - rows_before == 20  # one image's rows, not four
+        assert sched.kv_copies == 3 and sum(s.kv_copied for s in seqs) == 3
+        assert all(n_keep == 3 + 20 for _, _, n_keep in fake.copies)
+        # a later request for the same page while none is running computes it again (nothing to copy)
+        reqs2, seqs2 = _shared_batch(fake, 1)
+        sched.submit(seqs2)
+        reqs2[0].result(10)
+        assert seqs2[0].generated == alone[0] and not seqs2[0].kv_copied
+        assert sched.n_free_slots == 4 and all(not c for c in fake.kv.values())
+    finally:
+        sched.close()
+
+
+def test_shared_part_copies_from_a_running_sequence_later():
+    fake = FakeText(n_slots=2)
+    sched = Scheduler(fake)
+    try:
+        fake_logits = fake.logits
+        fake.logits = lambda rows: _always(rows, 1000)
+        long_req = OcrRequest("long", 1)
+        long_seq = make_seq(fake, long_req, 7.0, max_tokens=10**6, share_key=b"page")
+        long_req._on_cancel(lambda: sched.cancel(long_seq))
+        sched.submit([long_seq])
+        while len(long_seq.generated) < 3:
+            time.sleep(0.001)
+        fake.logits = fake_logits
+        req = OcrRequest("late", 1)
+        seq = make_seq(fake, req, 7.0, suffix=(4, 9), share_key=b"page")
+        sched.submit([seq])
+        req.result(10)
+        assert seq.kv_copied and fake.copies[-1][2] == 23
+        long_req.cancel()
+        # the same prompt computed on its own gives the same tokens
+        req2 = OcrRequest("alone", 1)
+        seq2 = make_seq(fake, req2, 7.0, suffix=(4, 9))
+        sched.submit([seq2])
+        req2.result(10)
+        assert seq2.generated == seq.generated
+    finally:
+        sched.close()
+
+
+def test_cancelled_filler_hands_the_shared_part_to_a_waiter():
+    fake = FakeText(n_slots=4)
+    sched = Scheduler(fake)
+    try:
+        alone = []
+        for i in range(1, 3):
+            req = OcrRequest("a", 1)
+            seq = make_seq(fake, req, 7.0, suffix=(4, 5 + i))
+            sched.submit([seq])
+            req.result(10)
+            alone.append(seq.generated)
+        reqs, seqs = _shared_batch(fake, 3)
+        real = fake.decode_tokens
+
+        def cancel_filler_after_its_prefix(tokens, pos, seq, logits):
+            real(tokens, pos, seq, logits)
+            if not seqs[0].cancelled:
+                sched.cancel(seqs[0])  # the filler goes before its image is in
+
+        fake.decode_tokens = cancel_filler_after_its_prefix
+        for r, s in zip(reqs, seqs):
+            r._on_cancel(lambda s=s: sched.cancel(s))
+        sched.submit(seqs)
+        for r in reqs[1:]:
+            r.result(10)
+        fake.decode_tokens = real
+        assert [s.generated for s in seqs[1:]] == alone
+        assert sched.kv_copies == 1  # the heir computed it, the other waiter copied it
+        deadline = time.time() + 5
+        while sched.n_free_slots != 4 and time.time() < deadline:
+            time.sleep(0.001)
+        assert sched.n_free_slots == 4 and all(not c for c in fake.kv.values())
+    finally:
+        sched.close()

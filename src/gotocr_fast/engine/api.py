@@ -15,6 +15,7 @@ Request lifecycle (vLLM's shape):
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import os
 import queue
@@ -436,14 +437,19 @@ class OcrEngine:
                     prompt_tokens=n_prompt, max_tokens=max_tokens, n_ctx=self.n_ctx,
                 )
             sampler = Sampler(params, itertools.chain(prefix, [IMG_PAD_ID] * n_image_tokens, suffix), self.text.n_vocab)
-            seqs.append(
-                Sequence(
-                    prefix=list(prefix), n_image_tokens=n_image_tokens, suffix=list(suffix), sampler=sampler,
-                    max_tokens=max_tokens, piece=self.text.piece,
-                    on_delta=lambda text, part=part: req._part_delta(part, text),
-                    on_done=lambda s, part=part: self._seq_done(req, part, s),
-                )
+            seq = Sequence(
+                prefix=list(prefix), n_image_tokens=n_image_tokens, suffix=list(suffix), sampler=sampler,
+                max_tokens=max_tokens, piece=self.text.piece,
+                on_delta=lambda text, part=part: req._part_delta(part, text),
+                on_done=lambda s, part=part: self._seq_done(req, part, s),
             )
+            # the KV up to the end of the images depends on nothing else: the scheduler computes
+            # it once for every sequence with this key (boxes of this request, other requests)
+            seq.share_key = hashlib.blake2b(
+                len(prefix).to_bytes(4, "little") + np.asarray(prefix, dtype=np.int32).tobytes() + b"".join(keys),
+                digest_size=16,
+            ).digest()
+            seqs.append(seq)
         # only now (the request is valid and fits) the pixel tensors: the costly part of preprocessing
         pixel_parts = [None if v is None else pp.pixel_values(v, S, self.vision.image_mean, self.vision.image_std)
                        for v in page_views]

@@ -200,6 +200,18 @@ class TextModel:
         """Drop every KV cell of ``seq_id`` (the slot is reusable right after)."""
         self._ll.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
 
+    def copy_sequence(self, src: int, dst: int, n_keep: int) -> None:
+        """Make ``dst`` (an empty slot) hold ``src``'s first ``n_keep`` positions.
+
+        One KV stream per slot: llama.cpp copies whole streams between sequences, so copy all of
+        ``src`` and drop what lies past ``n_keep``.
+        """
+        ll = self._ll
+        ll.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+        if not ll.llama_memory_seq_rm(self._mem, dst, n_keep, -1):
+            ll.llama_memory_seq_rm(self._mem, dst, -1, -1)
+            raise ModelError(f"llama.cpp could not trim the copied sequence {dst} to {n_keep} positions")
+
     def clear(self) -> None:
         self._ll.llama_memory_clear(self._mem, True)
 

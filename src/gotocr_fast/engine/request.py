@@ -94,8 +94,9 @@ class Detokenizer:
 class Sequence:
     """One prompt in one llama.cpp slot: prefill parts, then the decode loop's state."""
 
-    # states
-    WAITING, PREFIX, EMBED, SUFFIX, DECODE, DONE = range(6)
+    # states (ATTACH: has a slot, waits for another sequence with the same share_key to finish
+    # the shared part of the prompt, then copies its KV instead of computing it again)
+    WAITING, PREFIX, EMBED, SUFFIX, DECODE, DONE, ATTACH = range(7)
 
     def __init__(
         self,
@@ -128,9 +129,18 @@ class Sequence:
         self.error: BaseException | None = None
         self.cancelled = False
         self.logits_hook: Callable[[np.ndarray], None] | None = None  # debugging / parity tests
+        # Sequences with equal share_key have equal KV up to n_shared (same prefix ids, same image
+        # embeddings): one computes it, the others copy it (scheduler.py). None: never shared.
+        self.share_key: bytes | None = None
+        self.kv_copied = False  # its shared part was copied from another sequence
         self.t_prefill_start = 0.0
         self.t_first_token = 0.0
         self.t_done = 0.0
+
+    @property
+    def n_shared(self) -> int:
+        """Prompt positions that only depend on the share_key: the text prefix and the image rows."""
+        return len(self.prefix) + self.n_image_tokens
 
     @property
     def prompt_tokens(self) -> int:

@@ -14,6 +14,11 @@ Each step (vLLM's loop, on llama.cpp's API):
    prefill is its own ``llama_decode`` between token steps (chunked to ``n_batch`` rows).
 
 Position bookkeeping is per sequence (``n_past``); a slot is a llama.cpp seq id.
+
+Shared prompts: sequences with the same ``share_key`` (same image, same text prefix: the boxes
+of one request, or requests for several regions of one page) have the same KV cache up to the end
+of the image. The first one computes it; the others wait in ATTACH, then copy it
+(``llama_memory_seq_cp``) and only prefill their own suffix.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ class Scheduler:
         self._running: dict[int, Sequence] = {}  # slot → sequence
         self._free_slots = list(range(model.n_slots - 1, -1, -1))
         self._pending_free: list[Sequence] = []  # cancelled while running: free on the thread
+        self._filling: dict[bytes, Sequence] = {}  # share_key → the sequence computing the shared part
+        self._donors: dict[bytes, Sequence] = {}   # share_key → a running sequence that holds it
+        self.kv_copies = 0
         self._closing = False
         # GOT ends its turn with <|im_end|>; <|endoftext|> is the checkpoints' eos_token_id.
         self._stop_ids = frozenset({IM_END_ID, ENDOFTEXT_ID})
@@ -145,6 +153,19 @@ class Scheduler:
                 self._release(seq)
 
     def _release(self, seq: Sequence) -> None:
+        key = seq.share_key
+        if key is not None:
+            if self._filling.get(key) is seq:  # failed or cancelled before it got there
+                del self._filling[key]
+                heir = self._find(key, (Sequence.ATTACH,), besides=seq)
+                if heir is not None:
+                    heir.state = Sequence.PREFIX
+                    self._filling[key] = heir
+            if self._donors.get(key) is seq:
+                del self._donors[key]
+                heir = self._find(key, (Sequence.SUFFIX, Sequence.DECODE), besides=seq)
+                if heir is not None:
+                    self._donors[key] = heir
         del self._running[seq.slot]
         self.model.free_sequence(seq.slot)
         self._free_slots.append(seq.slot)
@@ -154,10 +175,52 @@ class Scheduler:
         while self._free_slots and self._waiting:
             seq = self._waiting.popleft()
             seq.slot = self._free_slots.pop()
-            seq.state = Sequence.PREFIX
             seq.n_past = 0
             seq.t_prefill_start = time.perf_counter()
             self._running[seq.slot] = seq
+            self._place(seq)
+
+    def _place(self, seq: Sequence) -> None:
+        """First state of an admitted sequence: compute its prompt, or copy its shared part."""
+        key = seq.share_key
+        if key is None:
+            seq.state = Sequence.PREFIX
+        elif key in self._donors:
+            self._copy_shared(self._donors[key], seq)
+        elif key in self._filling:
+            seq.state = Sequence.ATTACH
+        else:
+            seq.state = Sequence.PREFIX
+            self._filling[key] = seq
+
+    def _find(self, key: bytes, states: tuple[int, ...], besides: Sequence) -> Sequence | None:
+        for s in self._running.values():
+            if s is not besides and s.share_key == key and s.state in states and not s.cancelled:
+                return s
+        return None
+
+    def _copy_shared(self, donor: Sequence, seq: Sequence) -> None:
+        self.model.copy_sequence(donor.slot, seq.slot, seq.n_shared)
+        seq.n_past = seq.n_shared
+        seq.embeddings = None
+        seq.kv_copied = True
+        seq.state = Sequence.SUFFIX
+        self.kv_copies += 1
+
+    def _shared_part_done(self, seq: Sequence) -> None:
+        """``seq`` has its shared part in the KV cache: it serves the sequences waiting for it."""
+        key = seq.share_key
+        if key is None:
+            return
+        if self._filling.get(key) is seq:
+            del self._filling[key]
+        self._donors.setdefault(key, seq)
+        for w in list(self._running.values()):
+            if w.state == Sequence.ATTACH and w.share_key == key and not w.cancelled:
+                try:
+                    self._copy_shared(seq, w)
+                except ModelError as e:
+                    self._finish_seq(w, error=e)
 
     def _step(self) -> None:
         model = self.model
@@ -246,6 +309,8 @@ class Scheduler:
             s.n_past += s.n_image_tokens
             s.embeddings = None  # the KV cache holds them now
             s.state = Sequence.SUFFIX
+        for s in group:
+            self._shared_part_done(s)
 
     def _finish_seq(self, s: Sequence, error: BaseException | None = None) -> None:
         if error is not None:
