@@ -15,9 +15,9 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("llama_cpp")
-pytest.importorskip("gotocr_fast._llama")
-pytest.importorskip("gotocr_fast._vision")
+import llama_cpp  # noqa: E402,F401 - required: a broken build fails, never skips
+import gotocr_fast._llama  # noqa: E402,F401 - required: a broken build fails, never skips
+import gotocr_fast._vision  # noqa: E402,F401 - required: a broken build fails, never skips
 
 from gotocr_fast.engine import OcrEngine  # noqa: E402
 from gotocr_fast.engine.errors import Cancelled  # noqa: E402

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-pytest.importorskip("gotocr_fast._vision", reason="native vision extension not built")
-pytest.importorskip("gotocr_fast._llama", reason="native llama extension not built")
+import gotocr_fast._vision  # noqa: E402,F401 - required: a broken build fails, never skips
+import gotocr_fast._llama  # noqa: E402,F401 - required: a broken build fails, never skips
 
 SLOTS = 8
 
