@@ -217,6 +217,20 @@ def test_identical_images_queued_together_encode_once(engine, monkeypatch):
     assert alone.text == results[3].text
 
 
+def test_boxes_of_one_page_share_the_prompt_kv(engine):
+    img = _image(31, (400, 300))
+    boxes = [[5, 5, 160, 120], [200, 10, 390, 140], [0, 150, 400, 300]]
+    alone = [engine.ocr(img, box=b, max_tokens=16).text for b in boxes]  # one sequence: nothing to share
+    before = engine.scheduler.kv_copies
+    reqs = [engine.submit(img, box=b, max_tokens=16) for b in boxes]
+    assert [r.result(120).text for r in reqs] == alone
+    assert engine.scheduler.kv_copies - before == 2  # computed once, copied twice
+    before = engine.scheduler.kv_copies
+    multi = engine.ocr(img, box=boxes, max_tokens=16)  # one request, three boxes
+    assert multi.text == "\n".join(alone)
+    assert engine.scheduler.kv_copies - before == 2
+
+
 def test_asyncio_wrappers(engine):
     async def main():
         r = await engine.aocr(_image(31), max_tokens=12)
