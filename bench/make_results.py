@@ -313,7 +313,7 @@ def render(data: dict, stat: str = "min") -> str:
         w("")
         w("N requests submitted at once to one `OcrEngine`; time = until the last finishes. "
           "Workload `pages`: N distinct pages (each is encoded). Workload `regions`: N different "
-          "boxes of one page (encoded once, the embedding cache serves the rest). `scaling vs 1` = "
+          "boxes of one page (encoded and prefilled once; the other requests copy that KV). `scaling vs 1` = "
           "generated tokens/s ÷ that of one request of the same workload. `vs transformers` = our "
           "requests/s ÷ pages/s of the transformers page run (one page at a time, same tokens).")
         w("")

@@ -8,7 +8,8 @@
   until the last result; the engine batches their decoding (continuous batching, ``max_slots`` =
   8). Every page is encoded, so on few cores the encoder bounds the gain.
 - ``test_throughput[regions-cN]``: N requests for N different regions (``box``) of one page, at
-  once, with the embedding cache starting empty: the page is encoded once, then the N prompts
+  once, with the embedding cache starting empty: the page is encoded once, its prompt KV (text
+  prefix + image rows) is computed once and copied to the other sequences, then the N prompts
   decode together. The HTTP version of both is the server's ``test_server_load.py``.
 
 The engine's own timings (preprocess / encode / prefill / decode ms) of the last round go into
