@@ -7,6 +7,7 @@ the C message (``gotocr_fast.vision`` maps them to ``VisionError``); shape check
 """
 
 from libc.stddef cimport size_t
+from libc.stdint cimport int64_t
 
 import numpy as np
 
@@ -29,6 +30,7 @@ cdef extern from "got_vision.h" nogil:
         got_vision_backend_kind backend
         const char * device
         int max_batch_views
+        int cpu_kernels
 
     got_vision_context_params got_vision_context_default_params()
     got_vision_ctx * got_vision_init_from_file(const char * path, got_vision_context_params params,
@@ -45,9 +47,15 @@ cdef extern from "got_vision.h" nogil:
     size_t got_vision_compute_buffer_size(const got_vision_ctx * ctx)
     int got_vision_max_batch_views(const got_vision_ctx * ctx)
     int got_vision_set_n_threads(got_vision_ctx * ctx, int n_threads)
+    int got_vision_cpu_kernels(const got_vision_ctx * ctx)
     int got_vision_encode(got_vision_ctx * ctx, const float * pixels, int n_views,
                           float * out, size_t out_len_floats)
     const char * got_vision_last_error(const got_vision_ctx * ctx)
+
+cdef extern from "cpu_gemm_test.h" nogil:
+    int cpu_gemm_test_run(const float * a, int64_t M, int64_t K, const void * b, int btype, int64_t ldb,
+                          int64_t N, const float * bias, int gelu, float * c, int n_threads, const char * isa)
+    const char * cpu_gemm_test_best_isa()
 
 BACKEND_CPU = GOT_VISION_BACKEND_CPU
 BACKEND_GPU = GOT_VISION_BACKEND_GPU
@@ -60,7 +68,8 @@ cdef class VisionContext:
 
     cdef got_vision_ctx * ctx
 
-    def __cinit__(self, path, int n_threads=0, backend="cpu", device=None, int max_batch_views=1):
+    def __cinit__(self, path, int n_threads=0, backend="cpu", device=None, int max_batch_views=1,
+                  bint cpu_kernels=True):
         cdef got_vision_context_params p = got_vision_context_default_params()
         cdef char err[1024]
         cdef bytes bpath = str(path).encode("utf-8")
@@ -72,6 +81,7 @@ cdef class VisionContext:
         p.n_threads = n_threads
         p.backend = _BACKENDS[backend]
         p.max_batch_views = max_batch_views
+        p.cpu_kernels = 1 if cpu_kernels else 0
         if device is not None:
             bdev = str(device).encode("utf-8")
             p.device = bdev
@@ -144,6 +154,10 @@ cdef class VisionContext:
     def max_batch_views(self):
         return got_vision_max_batch_views(self._live())
 
+    @property
+    def cpu_kernels(self):
+        return got_vision_cpu_kernels(self._live()) != 0
+
     def set_n_threads(self, int n_threads):
         cdef got_vision_ctx * c = self._live()
         if got_vision_set_n_threads(c, n_threads) != GOT_VISION_OK:
@@ -171,3 +185,38 @@ cdef class VisionContext:
             rc = got_vision_encode(c, src, <int>n, dst, out_len)
         if rc != GOT_VISION_OK:
             raise RuntimeError(got_vision_last_error(c).decode("utf-8", "replace"))
+
+
+def _gemm_for_tests(const float[:, ::1] a, const unsigned char[:, ::1] b, int btype, int n, bias, bint gelu,
+                    int n_threads=1, isa="best"):
+    """Tests only: the CPU GEMM of the vision encoder (native/cpu_gemm.h).
+
+    a: float32 [M, K]; b: raw rows [N, row bytes] of ggml type ``btype`` (n = N columns of C);
+    bias: float32 [N] or None. Returns float32 [M, N] = a . b^T (+ bias) (GELU-erf).
+    """
+    cdef int64_t M = a.shape[0], K = a.shape[1]
+    if b.shape[0] != n:
+        raise ValueError(f"b has {b.shape[0]} rows, expected {n}")
+    cdef const float[::1] bias_v
+    cdef const float * pbias = NULL
+    if bias is not None:
+        bias_v = np.ascontiguousarray(bias, dtype=np.float32)
+        if bias_v.shape[0] != n:
+            raise ValueError("bias must hold N floats")
+        pbias = &bias_v[0]
+    out = np.zeros((M, n), dtype=np.float32)
+    cdef float[:, ::1] c = out
+    cdef bytes bisa = str(isa).encode("ascii")
+    cdef const char * cisa = bisa
+    cdef int rc
+    with nogil:
+        rc = cpu_gemm_test_run(&a[0, 0], M, K, &b[0, 0], btype, b.shape[1], n, pbias, gelu, &c[0, 0],
+                               n_threads, cisa)
+    if rc != 0:
+        raise RuntimeError(f"cpu_gemm_test_run failed ({rc})")
+    return out
+
+
+def _gemm_best_isa():
+    """Tests only: the GEMM variant this CPU runs ("avx512", "avx2" or "generic")."""
+    return cpu_gemm_test_best_isa().decode("ascii")

@@ -41,6 +41,8 @@ struct got_vision_context_params {
     enum got_vision_backend_kind backend; // GOT_VISION_BACKEND_CPU by default
     const char * device;                  // ggml backend device name (e.g. "CUDA0"), NULL: first of the kind
     int  max_batch_views;                 // views per graph evaluation; bounds the compute buffer (<= 0: 1)
+    int  cpu_kernels;                     // non-zero (default): on the CPU backend, run the weight matmuls
+                                          // (+ bias, + GELU) on our own kernels instead of ggml's mul_mat
 };
 
 struct got_vision_context_params got_vision_context_default_params(void);
@@ -66,6 +68,7 @@ size_t       got_vision_weights_size     (const got_vision_ctx * ctx); // bytes 
 size_t       got_vision_compute_buffer_size(const got_vision_ctx * ctx); // bytes reserved for one batch graph
 int          got_vision_max_batch_views  (const got_vision_ctx * ctx);
 int          got_vision_set_n_threads    (got_vision_ctx * ctx, int n_threads);
+int          got_vision_cpu_kernels      (const got_vision_ctx * ctx); // 1 if our CPU kernels are in use
 
 // Encodes n_views views. pixels: float32 [n_views, C, S, S] row-major, already normalised.
 // out: float32 [n_views, T, E] row-major; out_len_floats must be >= n_views * T * E.

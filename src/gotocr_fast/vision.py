@@ -32,7 +32,9 @@ class VisionEncoder:
     ``n_threads``: CPU threads (default: the CPUs this process may use). ``backend``: ``"cpu"``
     (default), ``"gpu"`` (error if ggml offers none) or ``"auto"``; ``device`` names a ggml device.
     ``max_batch_views`` bounds how many views one graph evaluation holds (compute memory grows
-    with it; see ``compute_buffer_size``).
+    with it; see ``compute_buffer_size``). ``cpu_kernels`` (default on) runs the weight matmuls,
+    their bias and the MLP's GELU on the project's own CPU kernels when the backend is the CPU
+    (``False``: ggml's own ops everywhere; ``cpu_kernels`` then reads whether they are in use).
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class VisionEncoder:
         backend: str = "cpu",
         device: str | None = None,
         max_batch_views: int = 1,
+        cpu_kernels: bool = True,
     ) -> None:
         from gotocr_fast import _vision  # compiled module; imported here so errors name the cause
 
@@ -59,7 +62,7 @@ class VisionEncoder:
             raise VisionError(f"{path}: no such file")
         try:
             self._ctx = _vision.VisionContext(
-                os.fspath(path), n_threads, backend, device, max_batch_views
+                os.fspath(path), n_threads, backend, device, max_batch_views, bool(cpu_kernels)
             )
         except RuntimeError as e:
             raise VisionError(str(e)) from None
@@ -76,6 +79,7 @@ class VisionEncoder:
         self.weights_size: int = c.weights_size
         self.compute_buffer_size: int = c.compute_buffer_size
         self.max_batch_views: int = c.max_batch_views
+        self.cpu_kernels: bool = c.cpu_kernels
 
     @property
     def closed(self) -> bool:

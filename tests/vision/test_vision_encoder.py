@@ -47,9 +47,11 @@ def _errors(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
 
 @pytest.mark.parametrize("config,fixture", CONFIGS)
 @pytest.mark.parametrize("outtype", ["f32", "f16", "bf16", "q8_0"])
-def test_features_match_transformers(vision_gguf, oracle, config, fixture, outtype):
+@pytest.mark.parametrize("cpu_kernels", [True, False], ids=["cpu_kernels", "ggml"])
+def test_features_match_transformers(vision_gguf, oracle, config, fixture, outtype, cpu_kernels):
     want = oracle(fixture)["features"]
-    with VisionEncoder(vision_gguf(config, outtype), n_threads=1) as enc:
+    with VisionEncoder(vision_gguf(config, outtype), n_threads=1, cpu_kernels=cpu_kernels) as enc:
+        assert enc.cpu_kernels is cpu_kernels  # the CPU backend: on unless switched off
         assert (enc.tokens_per_view, enc.embedding_length) == want.shape[1:]
         got = enc.encode(oracle_pixels(config, n_views=want.shape[0]))
     assert got.shape == want.shape and got.dtype == np.float32
@@ -87,11 +89,13 @@ def test_views_are_independent_of_batching(tiny_vision_gguf):
 
 
 @pytest.mark.parametrize("config", ["tiny", "tiny-alt"])
-def test_bit_identical_across_runs_and_thread_counts(vision_gguf, config):
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+@pytest.mark.parametrize("cpu_kernels", [True, False], ids=["cpu_kernels", "ggml"])
+def test_bit_identical_across_runs_and_thread_counts(vision_gguf, config, outtype, cpu_kernels):
     px = oracle_pixels(config, n_views=2)
     outs = []
     for n_threads in (1, 2, 3):
-        with VisionEncoder(vision_gguf(config, "f16"), n_threads=n_threads) as enc:
+        with VisionEncoder(vision_gguf(config, outtype), n_threads=n_threads, cpu_kernels=cpu_kernels) as enc:
             outs.append(enc.encode(px))
             outs.append(enc.encode(px))
     for o in outs[1:]:

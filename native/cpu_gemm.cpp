@@ -1,0 +1,429 @@
+// cpu_gemm.cpp - see cpu_gemm.h. GotoBLAS-style blocking:
+//
+//   for each NC-wide column block of this thread's share of C
+//     for each KC-deep slice of K:   pack B[cols, slice] into NR-wide panels (converted to f32)
+//       for each MC-tall row block:  pack A[rows, slice] into MR-tall panels
+//         for each NR panel, for each MR panel: micro-kernel, an MR x NR tile held in registers
+//
+// C is the accumulator between K slices (loaded, updated, stored), which is exact, so an element's
+// value depends only on the K order, never on the blocking or on which thread owns it. The bias
+// and the GELU are applied to the tile while it is still in registers after the last K slice.
+
+// FMAs must be emitted for `acc += a * b` (ISO C++ modes default to -ffp-contract=off in GCC).
+// Contraction only changes rounding within this file; no result here is compared to an unfused
+// reference bit for bit.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=fast")
+#endif
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+
+#include "cpu_gemm.h"
+
+// The vector helpers below pass AVX/AVX-512 vectors by value; they are always inlined into the
+// target-specific wrappers, so the psABI note about such calls does not apply.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+
+#define CG_INLINE inline __attribute__((always_inline))
+
+namespace cpu_gemm {
+namespace {
+
+// Shared blocking: NC columns of packed B per block (a multiple of every NR), KC deep (a multiple
+// of 32 so quantised rows convert in whole blocks), MC rows of packed A (a multiple of every MR).
+constexpr int64_t KC = 256;
+constexpr int64_t NC = 1536;
+constexpr int64_t MC = 144;
+constexpr int64_t MAX_MR = 12, MAX_NR = 32;
+
+constexpr size_t align16(size_t n) { return (n + 15) / 16 * 16; }  // keep sub-buffers 64-byte aligned
+
+constexpr size_t SCRATCH_FLOATS = align16((size_t) (KC * NC))     // packed B
+                                + align16((size_t) (MC * KC))     // packed A
+                                + align16((size_t) KC)            // one converted B row slice
+                                + align16((size_t) (MAX_MR * MAX_NR))  // edge tile
+                                + align16((size_t) MAX_NR);       // zero-padded bias of an edge panel
+
+// ---------------------------------------------------------------------------------------------
+// element-wise GELU with the exact erf, vectorised
+//
+// erf(a), a = |x|/sqrt(2):
+//   a < 1:  Taylor series of erf to a^21 (next term < 1.3e-9 there);
+//   a >= 1: erfc(a) = t exp(-a^2 + R(t)), t = 1/(1 + a/2), with the Chebyshev fit R of Numerical
+//           Recipes' erfcc (relative error < 1.2e-7, so < 2e-8 absolute on erf here).
+// Both are evaluated for every lane and blended (no per-lane branches). Measured error of the
+// GELU against float64 math.erf: see tests/vision/test_cpu_gemm.py.
+
+template <int W> struct vec {
+    typedef float f __attribute__((vector_size(W * sizeof(float))));
+    typedef int32_t i __attribute__((vector_size(W * sizeof(float))));
+};
+
+template <class VF> CG_INLINE VF splat(float s) { return VF{} + s; }
+
+template <class VF> CG_INLINE VF load(const float * p) { VF v; memcpy(&v, p, sizeof v); return v; }
+template <class VF> CG_INLINE void store(float * p, VF v) { memcpy(p, &v, sizeof v); }
+
+// e^y for y in about [-80, 0] (here [-19, 0]); relative error ~2 ulp
+template <class VF, class VI> CG_INLINE VF exp_neg(VF y) {
+    const VF magic = splat<VF>(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer in the low bits
+    const VF t = y * 1.44269504088896341f + magic;
+    const VF n = t - magic;
+    VF r = y - n * 0.693145751953125f;        // ln2 split in two so r stays exact
+    r = r - n * 1.42860682030941723212e-6f;
+    VF p = splat<VF>(1.0f / 5040);
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const VI e = ((VI) t - (VI) magic) << 23;  // n as an int, into the exponent field
+    return (VF) ((VI) p + e);
+}
+
+template <class VF, class VI> CG_INLINE VF gelu_erf(VF x) {
+    const VF z = x * 0.70710678118654752f;
+    const VI sign = (VI) z & (int32_t) 0x80000000u;
+    VF a = (VF) ((VI) z & 0x7fffffff);
+    const VF four = splat<VF>(4.0f);           // erf(4) rounds to 1 in float
+    a = a < four ? a : four;
+    const VF s = a * a;
+
+    // a < 1: erf(a) = a * sum_n c_n s^n, c_n = 2/sqrt(pi) (-1)^n / (n! (2n + 1))
+    VF q = splat<VF>(1.12837916709551257f / 3628800.0f / 21.0f);        // n = 10
+    q = q * s - 1.12837916709551257f / 362880.0f / 19.0f;               // n = 9
+    q = q * s + 1.12837916709551257f / 40320.0f / 17.0f;                // n = 8
+    q = q * s - 1.12837916709551257f / 5040.0f / 15.0f;                 // n = 7
+    q = q * s + 1.12837916709551257f / 720.0f / 13.0f;                  // n = 6
+    q = q * s - 1.12837916709551257f / 120.0f / 11.0f;                  // n = 5
+    q = q * s + 1.12837916709551257f / 24.0f / 9.0f;                    // n = 4
+    q = q * s - 1.12837916709551257f / 6.0f / 7.0f;                     // n = 3
+    q = q * s + 1.12837916709551257f / 2.0f / 5.0f;                     // n = 2
+    q = q * s - 1.12837916709551257f / 3.0f;                            // n = 1
+    q = q * s + 1.12837916709551257f;                                   // n = 0
+    const VF erf_small = a * q;
+
+    // a >= 1: erf(a) = 1 - t exp(-a^2 + R(t))
+    const VF t = splat<VF>(1.0f) / (a * 0.5f + 1.0f);
+    VF r = splat<VF>(0.17087277f);
+    r = r * t - 0.82215223f;
+    r = r * t + 1.48851587f;
+    r = r * t - 1.13520398f;
+    r = r * t + 0.27886807f;
+    r = r * t - 0.18628806f;
+    r = r * t + 0.09678418f;
+    r = r * t + 0.37409196f;
+    r = r * t + 1.00002368f;
+    r = r * t - 1.26551223f;
+    const VF erf_large = splat<VF>(1.0f) - t * exp_neg<VF, VI>(r - s);
+
+    VF e = a < splat<VF>(1.0f) ? erf_small : erf_large;
+    e = (VF) ((VI) e | sign);
+    const VF h = x * 0.5f;
+    return h + h * e;
+}
+
+// ---------------------------------------------------------------------------------------------
+// one ISA variant: W floats per vector, MR x (NV * W) register tile
+
+template <int W, int MR, int NV> struct variant {
+    typedef typename vec<W>::f vf;
+    typedef typename vec<W>::i vi;
+    static constexpr int NR = NV * W;
+    static_assert(MC % MR == 0 && NC % NR == 0 && MR <= MAX_MR && NR <= MAX_NR, "blocking");
+
+    // acc(tile of C at c, row stride ldc) (+)= ap[kc x MR] . bp[kc x NR]; after the last K slice
+    // (`last`) adds the bias (NR floats, or null) and applies the GELU.
+    static CG_INLINE void micro(int64_t kc, const float * __restrict ap, const float * __restrict bp,
+                                float * __restrict c, int64_t ldc, bool first, bool last,
+                                const float * bias, bool gelu) {
+        vf acc[MR][NV];
+        if (first) {
+#pragma GCC unroll 16
+            for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++) acc[i][v] = vf{};
+        } else {
+#pragma GCC unroll 16
+            for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++) acc[i][v] = load<vf>(c + i * ldc + v * W);
+        }
+        for (int64_t k = 0; k < kc; k++) {
+            vf b[NV];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) b[v] = load<vf>(bp + v * W);
+#pragma GCC unroll 16
+            for (int i = 0; i < MR; i++) {
+                const float av = ap[i];
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++) acc[i][v] += av * b[v];
+            }
+            ap += MR;
+            bp += NR;
+        }
+        if (last) {
+            if (bias) {
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++) {
+                    const vf bv = load<vf>(bias + v * W);
+#pragma GCC unroll 16
+                    for (int i = 0; i < MR; i++) acc[i][v] += bv;
+                }
+            }
+        }
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) store(c + i * ldc + v * W, acc[i][v]);
+        if (last && gelu) {
+            // on the stored (L1-hot) tile: a rolled loop keeps acc[][] in registers above
+            for (int i = 0; i < MR; i++) {
+                for (int v = 0; v < NV; v++) {
+                    float * q = c + i * ldc + v * W;
+                    store(q, gelu_erf<vf, vi>(load<vf>(q)));
+                }
+            }
+        }
+    }
+
+    // rows [m0, m0+mc) x K slice [k0, k0+kc) of A -> MR-tall panels, [k][MR], zero rows past M
+    static CG_INLINE void pack_a(const args & p, int64_t m0, int64_t mc, int64_t k0, int64_t kc, float * dst) {
+        for (int64_t mp = 0; mp < mc; mp += MR) {
+            float * panel = dst + mp * kc;
+            for (int i = 0; i < MR; i++) {
+                const int64_t m = m0 + mp + i;
+                if (mp + i < mc && m < p.M) {
+                    const float * src = p.a + m * p.lda + k0;
+                    for (int64_t k = 0; k < kc; k++) panel[k * MR + i] = src[k];
+                } else {
+                    for (int64_t k = 0; k < kc; k++) panel[k * MR + i] = 0.0f;
+                }
+            }
+        }
+    }
+
+    // B rows (= columns of C) [n0, n0+nc) x K slice [k0, k0+kc) -> NR-wide panels, [k][NR], f32
+    static CG_INLINE void pack_b(const args & p, ggml_to_float_t to_float, int64_t blck, size_t blck_bytes,
+                                 int64_t n0, int64_t nc, int64_t k0, int64_t kc, float * dst, float * row) {
+        const int64_t ncp = (nc + NR - 1) / NR * NR;
+        for (int64_t j = 0; j < ncp; j++) {
+            float * out = dst + (j / NR) * kc * NR + (j % NR);
+            const int64_t n = n0 + j;
+            if (j >= nc || n >= p.N) {
+                for (int64_t k = 0; k < kc; k++) out[k * NR] = 0.0f;
+                continue;
+            }
+            const char * src = (const char *) p.b + (size_t) n * p.ldb;
+            const float * vals;
+            if (!to_float) {
+                vals = (const float *) src + k0;
+            } else {
+                to_float(src + (size_t) (k0 / blck) * blck_bytes, row, kc);
+                vals = row;
+            }
+            for (int64_t k = 0; k < kc; k++) out[k * NR] = vals[k];
+        }
+    }
+
+    static CG_INLINE void gemm(const args & p, int ith, int nth, float * scratch) {
+        float * bp_buf = scratch;
+        float * ap_buf = bp_buf + align16((size_t) (KC * NC));
+        float * row = ap_buf + align16((size_t) (MC * KC));
+        float * tile = row + align16((size_t) KC);
+        float * bias_pad = tile + align16((size_t) (MAX_MR * MAX_NR));
+
+        const ggml_type_traits * tr = ggml_get_type_traits(p.btype);
+        const ggml_to_float_t to_float = p.btype == GGML_TYPE_F32 ? nullptr : tr->to_float;
+        const int64_t blck = tr->blck_size;
+        const size_t blck_bytes = tr->type_size;
+
+        // This thread's share: contiguous runs of NR panels when there are enough of them to keep
+        // every thread busy, else contiguous runs of MR rows (B is then small to pack per thread).
+        const int64_t n_panels = (p.N + NR - 1) / NR;
+        int64_t n_lo = 0, n_hi = p.N, m_lo = 0, m_hi = p.M;
+        if (n_panels >= 4 * (int64_t) nth) {
+            const int64_t p0 = n_panels * ith / nth, p1 = n_panels * (ith + 1) / nth;
+            n_lo = p0 * NR;
+            n_hi = std::min(p.N, p1 * NR);
+        } else {
+            const int64_t units = (p.M + MR - 1) / MR;
+            const int64_t u0 = units * ith / nth, u1 = units * (ith + 1) / nth;
+            m_lo = u0 * MR;
+            m_hi = std::min(p.M, u1 * MR);
+        }
+        if (n_lo >= n_hi || m_lo >= m_hi) return;
+
+        for (int64_t jc = n_lo; jc < n_hi; jc += NC) {
+            const int64_t nc = std::min(NC, n_hi - jc);
+            for (int64_t pc = 0; pc < p.K; pc += KC) {
+                const int64_t kc = std::min(KC, p.K - pc);
+                const bool first = pc == 0, last = pc + kc == p.K;
+                pack_b(p, to_float, blck, blck_bytes, jc, nc, pc, kc, bp_buf, row);
+                for (int64_t ic = m_lo; ic < m_hi; ic += MC) {
+                    const int64_t mc = std::min(MC, m_hi - ic);
+                    pack_a(p, ic, mc, pc, kc, ap_buf);
+                    for (int64_t jr = 0; jr < nc; jr += NR) {
+                        const float * bpanel = bp_buf + (jr / NR) * kc * NR;
+                        const int64_t n = jc + jr, nr = std::min<int64_t>(NR, nc - jr);
+                        const float * bias = nullptr;
+                        if (last && p.bias) {
+                            if (nr == NR) {
+                                bias = p.bias + n;
+                            } else {
+                                for (int j = 0; j < NR; j++) bias_pad[j] = j < nr ? p.bias[n + j] : 0.0f;
+                                bias = bias_pad;
+                            }
+                        }
+                        for (int64_t ir = 0; ir < mc; ir += MR) {
+                            const float * apanel = ap_buf + ir * kc;
+                            const int64_t m = ic + ir, mr = std::min<int64_t>(MR, mc - ir);
+                            float * c = p.c + m * p.ldc + n;
+                            if (mr == MR && nr == NR) {
+                                micro(kc, apanel, bpanel, c, p.ldc, first, last, bias, p.gelu);
+                                continue;
+                            }
+                            // edge tile: the same kernel on a full tile in scratch, so edge
+                            // elements get the very same arithmetic as interior ones
+                            if (!first) {
+                                for (int64_t i = 0; i < mr; i++) memcpy(tile + i * NR, c + i * p.ldc, (size_t) nr * sizeof(float));
+                            }
+                            micro(kc, apanel, bpanel, tile, NR, first, last, bias, p.gelu);
+                            for (int64_t i = 0; i < mr; i++) memcpy(c + i * p.ldc, tile + i * NR, (size_t) nr * sizeof(float));
+                        }
+                    }
+                }
+            }
+        }
+    }
+};
+
+// The instantiations. Each wrapper is compiled for its instruction set, and everything above is
+// always_inline, so the whole GEMM (packing, kernel, GELU) is generated once per ISA.
+#if defined(__x86_64__) || defined(__i386__)
+#define CG_X86 1
+__attribute__((target("avx512f"))) void gemm_avx512(const args & p, int ith, int nth, float * s) {
+    variant<16, 12, 2>::gemm(p, ith, nth, s);  // 24 zmm accumulators of 32
+}
+__attribute__((target("avx2,fma"))) void gemm_avx2(const args & p, int ith, int nth, float * s) {
+    variant<8, 6, 2>::gemm(p, ith, nth, s);    // 12 ymm accumulators of 16
+}
+#endif
+void gemm_generic(const args & p, int ith, int nth, float * s) {
+    variant<4, 4, 2>::gemm(p, ith, nth, s);    // SSE2 / NEON class: 8 accumulators of 16
+}
+
+isa detect() {
+#ifdef CG_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return isa::avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return isa::avx2;
+#endif
+    return isa::generic;
+}
+
+isa best() {
+    static const isa chosen = detect();  // initialised once, thread-safe (C++11 statics)
+    return chosen;
+}
+
+} // namespace
+
+bool isa_available(isa which) {
+    const isa b = best();
+    switch (which) {
+        case isa::best:
+        case isa::generic: return true;
+        case isa::avx2:    return b == isa::avx2 || b == isa::avx512;  // AVX-512F CPUs have AVX2+FMA
+        case isa::avx512:  return b == isa::avx512;
+    }
+    return false;
+}
+
+const char * best_isa_name() {
+    switch (best()) {
+        case isa::avx512: return "avx512";
+        case isa::avx2:   return "avx2";
+        default:          return "generic";
+    }
+}
+
+bool supports(ggml_type btype, int64_t K) {
+    if (btype == GGML_TYPE_F32) return true;
+    const ggml_type_traits * tr = ggml_get_type_traits(btype);
+    return tr && tr->to_float && tr->blck_size > 0 && KC % tr->blck_size == 0 && K % tr->blck_size == 0;
+}
+
+size_t scratch_floats_per_thread() { return SCRATCH_FLOATS; }
+
+scratch::~scratch() { ::operator delete(data_, std::align_val_t(64)); }
+
+bool scratch::reserve(int n_threads) {
+    if (n_threads < 1) return false;
+    if (n_threads == n_) return true;
+    const size_t bytes = (size_t) n_threads * SCRATCH_FLOATS * sizeof(float);
+    float * p = (float *) ::operator new(bytes, std::align_val_t(64), std::nothrow);
+    if (!p) return false;
+    ::operator delete(data_, std::align_val_t(64));
+    data_ = p;
+    n_ = n_threads;
+    return true;
+}
+
+bool run(const args & p, int ith, int nth, float * scratch, isa which) {
+    if (nth < 1 || ith < 0 || ith >= nth || !scratch || p.M < 0 || p.N < 0 || p.K < 1 || !supports(p.btype, p.K)) {
+        return false;
+    }
+    if (which == isa::best) which = best();
+    if (!isa_available(which)) return false;
+    switch (which) {
+#ifdef CG_X86
+        case isa::avx512: gemm_avx512(p, ith, nth, scratch); return true;
+        case isa::avx2:   gemm_avx2(p, ith, nth, scratch); return true;
+#endif
+        default:          gemm_generic(p, ith, nth, scratch); return true;
+    }
+}
+
+} // namespace cpu_gemm
+
+// ---------------------------------------------------------------------------------------------
+// test entry (cpu_gemm_test.h)
+
+#include "cpu_gemm_test.h"
+
+extern "C" int cpu_gemm_test_run(const float * a, int64_t M, int64_t K, const void * b, int btype, int64_t ldb,
+                                 int64_t N, const float * bias, int gelu, float * c, int n_threads, const char * isa) {
+    using namespace cpu_gemm;
+    if (!a || !b || !c || !isa || n_threads < 1 || btype < 0 || btype >= GGML_TYPE_COUNT || ldb < 1) return -1;
+    cpu_gemm::isa which;
+    if (strcmp(isa, "best") == 0) which = isa::best;
+    else if (strcmp(isa, "generic") == 0) which = isa::generic;
+    else if (strcmp(isa, "avx2") == 0) which = isa::avx2;
+    else if (strcmp(isa, "avx512") == 0) which = isa::avx512;
+    else return -1;
+    if (!isa_available(which)) return -1;
+    args p;
+    p.a = a; p.lda = K;
+    p.b = b; p.ldb = (size_t) ldb; p.btype = (ggml_type) btype;
+    p.bias = bias; p.gelu = gelu != 0;
+    p.c = c; p.ldc = N;
+    p.M = M; p.N = N; p.K = K;
+    scratch s;
+    if (!s.reserve(1)) return -2;
+    for (int ith = 0; ith < n_threads; ith++) {
+        if (!run(p, ith, n_threads, s.for_thread(0), which)) return -1;
+    }
+    return 0;
+}
+
+extern "C" const char * cpu_gemm_test_best_isa(void) { return cpu_gemm::best_isa_name(); }

@@ -1,0 +1,25 @@
+// cpu_gemm_test.h - C entry to the CPU GEMM (cpu_gemm.h) for the tests (gotocr_fast._vision).
+#ifndef GOTOCR_CPU_GEMM_TEST_H
+#define GOTOCR_CPU_GEMM_TEST_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// C[M x N] = A[M x K] . B^T (+ bias) (GELU) with B rows of ggml type btype (row stride ldb bytes),
+// computed as n_threads threads' shares (run one after the other on the calling thread: results
+// must not depend on the split). isa: "best", "generic", "avx2" or "avx512".
+// Returns 0, -1 (bad arguments / type, or isa unknown or not supported by this CPU), -2 (no memory).
+int cpu_gemm_test_run(const float * a, int64_t M, int64_t K, const void * b, int btype, int64_t ldb,
+                      int64_t N, const float * bias, int gelu, float * c, int n_threads, const char * isa);
+
+// the variant "best" resolves to on this CPU
+const char * cpu_gemm_test_best_isa(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif // GOTOCR_CPU_GEMM_TEST_H
