@@ -8,6 +8,8 @@
 
 #include "got_vision.h"
 
+#include "cpu_gemm.h"
+
 #include "cpu_attention.h"
 
 #include "ggml.h"
@@ -92,6 +94,12 @@ struct cached_graph {
 
 int64_t conv_s2_out(int64_t n) { return (n + 2 - 3) / 2 + 1; } // k3 s2 p1
 
+// userdata of one CPU GEMM op (see linear())
+struct gemm_op {
+    const cpu_gemm::scratch * scratch = nullptr;
+    bool gelu = false;
+};
+
 } // namespace
 
 #ifdef GOT_VISION_PROFILE
@@ -114,6 +122,11 @@ struct got_vision_ctx {
     ggml_backend_set_n_threads_t set_n_threads_fn = nullptr;
     size_t graph_size = 0;
     bool fused_rel_pos = false;            // the main backend runs GGML_OP_ADD_REL_POS
+    bool want_cpu_kernels = true;          // got_vision_context_params.cpu_kernels
+    // CPU GEMM ops (cpu_gemm.h) for the weight matmuls: per-op parameters (userdata of cached
+    // graphs, so they live as long as the context) and the per-thread scratch they share
+    std::deque<gemm_op> gemm_ops;
+    cpu_gemm::scratch gemm_scratch;
     bool cpu_kernels = false;              // main backend is the CPU: use our fused CPU ops
     // fused CPU attention: per-layer op parameters (userdata of cached graphs, so they live as
     // long as the context) and the per-thread scratch they share
@@ -482,13 +495,62 @@ ggml_tensor * layer_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, g
     return ggml_add(ctx, x, b);
 }
 
+// ggml custom op: dst = src[0] . src[1]^T (+ src[2]) (GELU), on the CPU GEMM (cpu_gemm.h)
+void gemm_op_fn(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    const gemm_op & op = *(const gemm_op *) userdata;
+    const ggml_tensor * x = dst->src[0], * w = dst->src[1], * b = dst->src[2];
+    cpu_gemm::args p;
+    p.a = (const float *) x->data;
+    p.lda = x->ne[0];
+    p.b = w->data;
+    p.ldb = w->nb[1];
+    p.btype = w->type;
+    p.bias = b ? (const float *) b->data : nullptr;
+    p.gelu = op.gelu;
+    p.c = (float *) dst->data;
+    p.ldc = dst->ne[0];
+    p.M = x->ne[1] * x->ne[2] * x->ne[3];
+    p.N = w->ne[1];
+    p.K = x->ne[0];
+    // threads beyond the reserved scratch stay idle: the split never changes any result
+    const int n = std::min(nth, op.scratch->threads());
+    if (ith < n) {
+        cpu_gemm::run(p, ith, n, op.scratch->for_thread(ith));
+    }
+}
+
+// y = w . x (+ b) (then GELU-erf): x [K, ...] f32 activations, w [K, N] weights -> [N, ...].
+// One CPU GEMM op when the context runs CPU kernels, else ggml's mul_mat (+ add) (+ gelu_erf).
+// nullptr when out of memory.
+ggml_tensor * linear(ggml_context * ctx, got_vision_ctx * vc, ggml_tensor * w, ggml_tensor * x, ggml_tensor * b,
+                     bool gelu = false) {
+    if (vc->cpu_kernels && x->type == GGML_TYPE_F32 && cpu_gemm::supports(w->type, w->ne[0]) &&
+        ggml_is_contiguous(w) && (!b || (b->type == GGML_TYPE_F32 && ggml_is_contiguous(b)))) {
+        if (!ggml_is_contiguous(x)) x = ggml_cont(ctx, x);
+        try {
+            vc->gemm_ops.push_back(gemm_op{&vc->gemm_scratch, gelu});
+        } catch (const std::bad_alloc &) {
+            return nullptr;
+        }
+        ggml_tensor * args[3] = {x, w, b};
+        return ggml_custom_4d(ctx, GGML_TYPE_F32, w->ne[1], x->ne[1], x->ne[2], x->ne[3], args, b ? 3 : 2,
+                              gemm_op_fn, GGML_N_TASKS_MAX, &vc->gemm_ops.back());
+    }
+    ggml_tensor * y = ggml_mul_mat(ctx, w, x);
+    if (b) y = ggml_add(ctx, y, b);
+    if (gelu) y = ggml_gelu_erf(ctx, y);
+    return y;
+}
+
 // x: [C, W, H, B] channel-major tokens -> conv (weights [KW, KH, C, OC]) -> [OC, OW, OH, B]
-ggml_tensor * conv2d_tokens(ggml_context * ctx, ggml_tensor * kernel, ggml_tensor * x, int stride, int pad) {
+ggml_tensor * conv2d_tokens(ggml_context * ctx, got_vision_ctx * vc, ggml_tensor * kernel, ggml_tensor * x, int stride,
+                            int pad) {
     ggml_tensor * whcn = ggml_cont(ctx, ggml_permute(ctx, x, 2, 0, 1, 3));  // [W, H, C, B]
     ggml_tensor * cols = ggml_im2col(ctx, kernel, whcn, stride, stride, pad, pad, 1, 1, true, GGML_TYPE_F32);
     const int64_t K = cols->ne[0];
-    ggml_tensor * y = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, kernel, K, kernel->ne[3]),
-                                   ggml_reshape_2d(ctx, cols, K, cols->ne[1] * cols->ne[2] * cols->ne[3]));
+    ggml_tensor * y = linear(ctx, vc, ggml_reshape_2d(ctx, kernel, K, kernel->ne[3]),
+                             ggml_reshape_2d(ctx, cols, K, cols->ne[1] * cols->ne[2] * cols->ne[3]), nullptr);
+    if (!y) return nullptr;
     return ggml_reshape_4d(ctx, y, kernel->ne[3], cols->ne[1], cols->ne[2], cols->ne[3]);
 }
 
@@ -623,9 +685,9 @@ bool build_graph(got_vision_ctx * vc, cached_graph & cg, int B) {
 
     // patch embedding: conv k = s = P, + bias, + absolute position
     ggml_tensor * cols = ggml_im2col(ctx, vc->patch_w, cg.inp, (int) P, (int) P, 0, 0, 1, 1, true, GGML_TYPE_F32);
-    ggml_tensor * x = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, vc->patch_w, P * P * C, D),
-                                   ggml_reshape_2d(ctx, cols, P * P * C, G * G * B));
-    x = ggml_add(ctx, x, vc->patch_b);
+    ggml_tensor * x = linear(ctx, vc, ggml_reshape_2d(ctx, vc->patch_w, P * P * C, D),
+                             ggml_reshape_2d(ctx, cols, P * P * C, G * G * B), vc->patch_b);
+    if (!x) return false;
     x = ggml_reshape_4d(ctx, x, D, G, G, B);
     if (vc->pos) {
         x = ggml_add(ctx, x, vc->pos);
@@ -634,7 +696,8 @@ bool build_graph(got_vision_ctx * vc, cached_graph & cg, int B) {
     for (const layer & L : vc->layers) {
         ggml_tensor * res = x;
         ggml_tensor * h = layer_norm(ctx, x, L.ln1_w, L.ln1_b, hp.eps);
-        ggml_tensor * qkv = ggml_mul_mat(ctx, L.qkv_w, h);                     // [3D, G, G, B]
+        ggml_tensor * qkv = linear(ctx, vc, L.qkv_w, h, nullptr);              // [3D, G, G, B]
+        if (!qkv) return false;
         if (vc->cpu_kernels) {
             h = attention_cpu(ctx, vc, L, qkv);                                // adds the bias, windows inside
             if (!h) return false;
@@ -652,27 +715,34 @@ bool build_graph(got_vision_ctx * vc, cached_graph & cg, int B) {
             h = attention(ctx, hp, L, qkv, vc->fused_rel_pos);
             h = window_unpartition(ctx, h, L.S, G, B);                         // [D, G, G, B]
         }
-        h = ggml_add(ctx, ggml_mul_mat(ctx, L.out_w, h), L.out_b);            // projection on real tokens
+        h = linear(ctx, vc, L.out_w, h, L.out_b);                             // projection on real tokens
+        if (!h) return false;
         x = ggml_add(ctx, res, ggml_reshape_4d(ctx, h, D, G, G, B));
         h = layer_norm(ctx, x, L.ln2_w, L.ln2_b, hp.eps);
-        h = ggml_add(ctx, ggml_mul_mat(ctx, L.up_w, h), L.up_b);
-        h = ggml_gelu_erf(ctx, h);
-        h = ggml_add(ctx, ggml_mul_mat(ctx, L.down_w, h), L.down_b);
+        h = linear(ctx, vc, L.up_w, h, L.up_b, true);                         // + GELU
+        if (!h) return false;
+        h = linear(ctx, vc, L.down_w, h, L.down_b);
+        if (!h) return false;
         x = ggml_add(ctx, x, h);
     }
 
     // neck: conv1x1 -> LayerNorm2d -> conv3x3 -> LayerNorm2d (norms over channels = ne0)
     const int64_t N = hp.neck_ch;
-    x = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, vc->neck_conv1, D, N), ggml_reshape_2d(ctx, x, D, G * G * B));
+    x = linear(ctx, vc, ggml_reshape_2d(ctx, vc->neck_conv1, D, N), ggml_reshape_2d(ctx, x, D, G * G * B), nullptr);
+    if (!x) return false;
     x = layer_norm(ctx, x, vc->neck_ln1_w, vc->neck_ln1_b, hp.neck_eps);
-    x = conv2d_tokens(ctx, vc->neck_conv2, ggml_reshape_4d(ctx, x, N, G, G, B), 1, 1);
+    x = conv2d_tokens(ctx, vc, vc->neck_conv2, ggml_reshape_4d(ctx, x, N, G, G, B), 1, 1);
+    if (!x) return false;
     x = layer_norm(ctx, x, vc->neck_ln2_w, vc->neck_ln2_b, hp.neck_eps);
 
     // projector: two stride-2 convs, then a linear layer per token
-    x = conv2d_tokens(ctx, vc->mm_conv1, x, 2, 1);
-    x = conv2d_tokens(ctx, vc->mm_conv2, x, 2, 1);               // [E, G2, G2, B]
+    x = conv2d_tokens(ctx, vc, vc->mm_conv1, x, 2, 1);
+    if (!x) return false;
+    x = conv2d_tokens(ctx, vc, vc->mm_conv2, x, 2, 1);           // [E, G2, G2, B]
+    if (!x) return false;
     x = ggml_reshape_3d(ctx, x, hp.out_len, hp.grid2 * hp.grid2, B);
-    x = ggml_add(ctx, ggml_mul_mat(ctx, vc->mm_proj_w, x), vc->mm_proj_b);
+    x = linear(ctx, vc, vc->mm_proj_w, x, vc->mm_proj_b);
+    if (!x) return false;
 
     cg.out = x;
     ggml_set_name(cg.out, "embeddings");
@@ -925,7 +995,10 @@ bool backend_has_add_rel_pos(ggml_backend_t backend) {
 
 void init_compute(got_vision_ctx * vc, int max_batch) {
     vc->fused_rel_pos = backend_has_add_rel_pos(vc->backend);
-    vc->cpu_kernels = vc->backend == vc->backend_cpu;
+    vc->cpu_kernels = vc->want_cpu_kernels && vc->backend == vc->backend_cpu;
+    if (vc->cpu_kernels && !vc->gemm_scratch.reserve(vc->n_threads)) {
+        throw load_error("out of memory (GEMM scratch)");
+    }
     if (vc->cpu_kernels && !reserve_attn_scratch(vc, vc->n_threads)) {
         throw load_error("out of memory (attention scratch)");
     }
@@ -980,6 +1053,7 @@ got_vision_context_params got_vision_context_default_params(void) {
     p.backend = GOT_VISION_BACKEND_CPU;
     p.device = nullptr;
     p.max_batch_views = 1;
+    p.cpu_kernels = 1;
     return p;
 }
 
@@ -999,6 +1073,7 @@ got_vision_ctx * got_vision_init_from_file(const char * path, got_vision_context
         init_backends(vc, params);
         apply_threads(vc, params.n_threads);
         load_model(vc, path);
+        vc->want_cpu_kernels = params.cpu_kernels != 0;
         init_compute(vc, params.max_batch_views > 0 ? params.max_batch_views : 1);
     } catch (const std::exception & e) {
         copy_err(err, err_len, std::string(path) + ": " + e.what());
@@ -1024,10 +1099,18 @@ size_t got_vision_weights_size(const got_vision_ctx * ctx) {
 }
 size_t got_vision_compute_buffer_size(const got_vision_ctx * ctx) { return ctx ? ctx->compute_size : 0; }
 int got_vision_max_batch_views(const got_vision_ctx * ctx) { return ctx ? ctx->max_batch : 0; }
+int got_vision_cpu_kernels(const got_vision_ctx * ctx) { return ctx && ctx->cpu_kernels ? 1 : 0; }
 
 int got_vision_set_n_threads(got_vision_ctx * ctx, int n_threads) {
     if (!ctx) return GOT_VISION_ERR_INVALID_ARGUMENT;
     std::lock_guard<std::mutex> lock(ctx->mu);
+    if (ctx->cpu_kernels) {
+        const int n = n_threads > 0 ? n_threads : std::max(1, (int) std::thread::hardware_concurrency());
+        if (!ctx->gemm_scratch.reserve(n)) {
+            set_error(ctx, "out of memory (GEMM scratch)");
+            return GOT_VISION_ERR_ALLOC;
+        }
+    }
     if (ctx->cpu_kernels) {
         const int n = n_threads > 0 ? n_threads : std::max(1, (int) std::thread::hardware_concurrency());
         if (!reserve_attn_scratch(ctx, n)) {
