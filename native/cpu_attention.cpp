@@ -30,7 +30,6 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
-#define CA_INLINE inline __attribute__((always_inline))
 
 namespace {
 
@@ -84,91 +83,6 @@ plan make_plan(int64_t S, int64_t hd, int MR, int NR) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// vector helpers (W floats)
-
-template <int W> struct vt {
-    typedef float f __attribute__((vector_size(W * 4)));
-    typedef int32_t i __attribute__((vector_size(W * 4)));
-    typedef float fu __attribute__((vector_size(W * 4), aligned(4), may_alias));  // unaligned access
-};
-
-template <int W> CA_INLINE typename vt<W>::f vload(const float * p) { return *(const typename vt<W>::fu *) p; }
-template <int W> CA_INLINE void vstore(float * p, const typename vt<W>::f & v) { *(typename vt<W>::fu *) p = v; }
-template <int W> CA_INLINE typename vt<W>::f vsplat(float s) {
-    typename vt<W>::f r;
-    for (int i = 0; i < W; i++) r[i] = s;
-    return r;
-}
-template <int W> CA_INLINE float hsum(const typename vt<W>::f & v) {
-    float s = 0.0f;
-    for (int i = 0; i < W; i++) s += v[i];
-    return s;
-}
-template <int W> CA_INLINE float hmax(const typename vt<W>::f & v) {
-    float s = v[0];
-    for (int i = 1; i < W; i++) s = std::max(s, v[i]);
-    return s;
-}
-
-// exp(x) for x <= 0 (softmax arguments): Cody-Waite range reduction to r in [-ln2/2, ln2/2],
-// Cephes' degree-5 polynomial for (exp(r) - 1 - r) / r^2, 2^n through the exponent bits.
-// Max relative error ~1.2e-7; below -87 it returns exp(-87) instead of a denormal (which is
-// ~0 next to the row maximum's exp(0) = 1).
-template <int W> CA_INLINE typename vt<W>::f vexp(const typename vt<W>::f & xin) {
-    typedef typename vt<W>::f vf;
-    typedef typename vt<W>::i vi;
-    const vf lo = vsplat<W>(-87.0f);
-    const vf x = xin < lo ? lo : xin;
-    const vf magic = vsplat<W>(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-    const vf n = (x * vsplat<W>(1.44269504088896341f) + magic) - magic;
-    vf r = x - n * vsplat<W>(0.693359375f);
-    r = r - n * vsplat<W>(-2.12194440e-4f);
-    vf p = vsplat<W>(1.9875691500e-4f);
-    p = p * r + vsplat<W>(1.3981999507e-3f);
-    p = p * r + vsplat<W>(8.3334519073e-3f);
-    p = p * r + vsplat<W>(4.1665795894e-2f);
-    p = p * r + vsplat<W>(1.6666665459e-1f);
-    p = p * r + vsplat<W>(5.0000001201e-1f);
-    p = p * (r * r) + r + vsplat<W>(1.0f);
-    const vi e = (__builtin_convertvector(n, vi) + 127) << 23;
-    return p * (vf) e;
-}
-
-template <int W> CA_INLINE float sexp(float x) { return vexp<W>(vsplat<W>(x))[0]; }
-
-template <int W> CA_INLINE float dot(const float * a, const float * b, int64_t n) {
-    typedef typename vt<W>::f vf;
-    vf acc = vsplat<W>(0.0f);
-    int64_t i = 0;
-    for (; i + W <= n; i += W) acc += vload<W>(a + i) * vload<W>(b + i);
-    float s = hsum<W>(acc);
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-// C[MR][NV*W] (+)= A[MR][K] (row stride lda, broadcast) x B[K][NV*W] (contiguous panel)
-template <int W, int MR, int NV>
-CA_INLINE void micro(int64_t K, const float * A, int64_t lda, const float * B, float * C, int64_t ldc, bool acc) {
-    typedef typename vt<W>::f vf;
-    constexpr int NR = W * NV;
-    vf c[MR][NV];
-    for (int i = 0; i < MR; i++) {
-        for (int v = 0; v < NV; v++) c[i][v] = acc ? vload<W>(C + i * ldc + v * W) : vsplat<W>(0.0f);
-    }
-    for (int64_t k = 0; k < K; k++) {
-        vf b[NV];
-        for (int v = 0; v < NV; v++) b[v] = vload<W>(B + k * NR + v * W);
-        for (int i = 0; i < MR; i++) {
-            const vf a = vsplat<W>(A[i * lda + k]);
-            for (int v = 0; v < NV; v++) c[i][v] += a * b[v];
-        }
-    }
-    for (int i = 0; i < MR; i++) {
-        for (int v = 0; v < NV; v++) vstore<W>(C + i * ldc + v * W, c[i][v]);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // the op
 
 struct op_view {
@@ -180,165 +94,27 @@ struct op_view {
     int64_t B, nw;                      // views, windows per side
 };
 
-template <int W, int MR, int NV>
-CA_INLINE void run(const cpu_attn_params & pr, const op_view & ov, float * scratch, const plan & pl,
-                   int64_t t0, int64_t t1) {
-    typedef typename vt<W>::f vf;
-    constexpr int NR = W * NV;
-    const int64_t D = pr.D, H = pr.H, hd = pr.hd, S = pr.S, G = pr.G, T = pl.T, hdp = pl.hdp;
-    const int64_t nw = ov.nw;
-    float * Kp = scratch + pl.o_kp, * Vp = scratch + pl.o_vp;
-    float * qu = scratch + pl.o_qu, * qs = scratch + pl.o_qs;
-    float * rh = scratch + pl.o_rh, * rw = scratch + pl.o_rw;
-    float * Sb = scratch + pl.o_s, * O = scratch + pl.o_o, * M = scratch + pl.o_m, * L = scratch + pl.o_l;
-    const float * bias = ov.bias;
-    const bool add_bias = !pr.qkv_has_bias;
 
-    // q/k/v of one token of view b at grid (y, x), or the bias for padding outside the grid
-    auto token = [&](int64_t b, int64_t y, int64_t x) -> const float * {
-        if (y >= G || x >= G) return nullptr;
-        return (const float *) (ov.qkv + b * ov.nb3 + y * ov.nb2 + x * ov.nb1);
-    };
+// ---------------------------------------------------------------------------------------------
+// the kernels, one namespace per instruction set
 
-    int64_t packed_g = -1, packed_h = -1;
-    for (int64_t t = t0; t < t1; t++) {
-        const int64_t qbi = t % pl.nqb, h = (t / pl.nqb) % H, g = t / (pl.nqb * H);
-        const int64_t b = g / (nw * nw), wy = (g / nw) % nw, wx = g % nw;
-        const int64_t vh = std::min(S, G - wy * S), vw = std::min(S, G - wx * S);  // real tokens
-        const int64_t q0 = qbi * pl.qb, q1 = std::min(vh * vw, q0 + pl.qb);
-        if (q0 >= q1) continue;  // an edge window has fewer real queries
-        const int64_t nr = q1 - q0, nrp = round_up(nr, MR);
-
-        if (g != packed_g || h != packed_h) {
-            // K: per chunk, panels of NR keys as [c][NR]; V: panels of NR channels as [key][NR]
-            std::memset(Kp, 0, sizeof(float) * (size_t) (pl.nchunk * pl.kcp * hd));
-            if (hdp != hd) std::memset(Vp, 0, sizeof(float) * (size_t) (hdp * T));
-            for (int64_t j = 0; j < T; j++) {
-                const int64_t ky = j / S, kx = j % S;
-                const float * src = token(b, wy * S + ky, wx * S + kx);
-                const float * k = src ? src + D + h * hd : bias + D + h * hd;
-                const float * v = src ? src + 2 * D + h * hd : bias + 2 * D + h * hd;
-                const float * kb = src && add_bias ? bias + D + h * hd : nullptr;
-                const float * vb = src && add_bias ? bias + 2 * D + h * hd : nullptr;
-                const int64_t ci = j / pl.kc, jj = j % pl.kc;
-                float * kd = Kp + ci * pl.kcp * hd + (jj / NR) * hd * NR + jj % NR;
-                for (int64_t c = 0; c < hd; c++) kd[c * NR] = kb ? k[c] + kb[c] : k[c];
-                float * vd = Vp + j * NR;
-                for (int64_t c = 0; c < hd; c++) vd[(c / NR) * T * NR + c % NR] = vb ? v[c] + vb[c] : v[c];
-            }
-            packed_g = g;
-            packed_h = h;
-        }
-
-        // queries: unscaled (rel-pos) and scaled (scores); padding rows of the last tile are 0
-        for (int64_t r = 0; r < nrp; r++) {
-            float * u = qu + r * hd, * s = qs + r * hd;
-            if (r >= nr) {
-                std::memset(u, 0, sizeof(float) * (size_t) hd);
-                std::memset(s, 0, sizeof(float) * (size_t) hd);
-                continue;
-            }
-            const int64_t qi = q0 + r, ly = qi / vw, lx = qi % vw;
-            const float * q = token(b, wy * S + ly, wx * S + lx) + h * hd;
-            for (int64_t c = 0; c < hd; c++) {
-                u[c] = add_bias ? q[c] + bias[h * hd + c] : q[c];
-                s[c] = u[c] * pr.scale;
-            }
-            if (pr.rel_pos) {
-                for (int64_t k = 0; k < S; k++) {
-                    rh[r * S + k] = dot<W>(u, ov.tab_h + (ly * S + k) * hd, hd);
-                    rw[r * S + k] = dot<W>(u, ov.tab_w + (lx * S + k) * hd, hd);
-                }
-            }
-        }
-        std::memset(O, 0, sizeof(float) * (size_t) (nrp * hdp));
-
-        for (int64_t ci = 0; ci < pl.nchunk; ci++) {
-            const int64_t ky0 = ci * pl.kr, ky1 = std::min(S, ky0 + pl.kr);
-            const int64_t j0 = ky0 * S, nk = (ky1 - ky0) * S;
-            const float * Kc = Kp + ci * pl.kcp * hd;
-
-            for (int64_t p = 0; p < ceil_div(nk, NR); p++) {
-                for (int64_t r0 = 0; r0 < nrp; r0 += MR) {
-                    micro<W, MR, NV>(hd, qs + r0 * hd, hd, Kc + p * hd * NR, Sb + r0 * pl.kcp + p * NR, pl.kcp, false);
-                }
-            }
-
-            for (int64_t r = 0; r < nr; r++) {
-                float * s = Sb + r * pl.kcp;
-                vf vmax = vsplat<W>(-std::numeric_limits<float>::infinity());
-                float smax = -std::numeric_limits<float>::infinity();
-                if (pr.rel_pos) {
-                    const float * rwr = rw + r * S;
-                    for (int64_t ky = ky0; ky < ky1; ky++) {
-                        float * row = s + (ky - ky0) * S;
-                        const float bh = rh[r * S + ky];
-                        const vf vbh = vsplat<W>(bh);
-                        int64_t kx = 0;
-                        for (; kx + W <= S; kx += W) {
-                            const vf x = vload<W>(row + kx) + (vload<W>(rwr + kx) + vbh);
-                            vstore<W>(row + kx, x);
-                            vmax = x > vmax ? x : vmax;
-                        }
-                        for (; kx < S; kx++) {
-                            row[kx] += rwr[kx] + bh;
-                            smax = std::max(smax, row[kx]);
-                        }
-                    }
-                } else {
-                    int64_t j = 0;
-                    for (; j + W <= nk; j += W) {
-                        const vf x = vload<W>(s + j);
-                        vmax = x > vmax ? x : vmax;
-                    }
-                    for (; j < nk; j++) smax = std::max(smax, s[j]);
-                }
-                const float m_old = M[r];
-                const float m_new = std::max(std::max(smax, hmax<W>(vmax)), ci == 0 ? smax : m_old);
-                const vf vm = vsplat<W>(m_new);
-                vf vsum = vsplat<W>(0.0f);
-                int64_t j = 0;
-                for (; j + W <= nk; j += W) {
-                    const vf e = vexp<W>(vload<W>(s + j) - vm);
-                    vstore<W>(s + j, e);
-                    vsum += e;
-                }
-                float sum = hsum<W>(vsum);
-                for (; j < nk; j++) {
-                    s[j] = sexp<W>(s[j] - m_new);
-                    sum += s[j];
-                }
-                if (ci == 0) {
-                    L[r] = sum;
-                } else {
-                    const float alpha = sexp<W>(m_old - m_new);
-                    L[r] = L[r] * alpha + sum;
-                    if (alpha != 1.0f) {
-                        float * o = O + r * hdp;
-                        for (int64_t c = 0; c < hdp; c++) o[c] *= alpha;
-                    }
-                }
-                M[r] = m_new;
-            }
-            // rows nr..nrp of the tile hold P of zero queries: finite, computed, never written out
-
-            for (int64_t cp = 0; cp < hdp / NR; cp++) {
-                for (int64_t r0 = 0; r0 < nrp; r0 += MR) {
-                    micro<W, MR, NV>(nk, Sb + r0 * pl.kcp, pl.kcp, Vp + cp * T * NR + j0 * NR, O + r0 * hdp + cp * NR,
-                                     hdp, true);
-                }
-            }
-        }
-
-        for (int64_t r = 0; r < nr; r++) {
-            const int64_t qi = q0 + r, y = wy * S + qi / vw, x = wx * S + qi % vw;
-            float * dst = ov.out + ((b * G + y) * G + x) * D + h * hd;
-            const float inv = 1.0f / L[r];
-            const float * o = O + r * hdp;
-            for (int64_t c = 0; c < hd; c++) dst[c] = o[c] * inv;
-        }
-    }
+#if defined(__x86_64__) || defined(__i386__)
+#define CA_TARGET __attribute__((target("avx512f")))
+namespace k_avx512 {
+#include "cpu_attention_kernels.inc"
 }
+#undef CA_TARGET
+#define CA_TARGET __attribute__((target("avx2,fma")))
+namespace k_avx2 {
+#include "cpu_attention_kernels.inc"
+}
+#undef CA_TARGET
+#endif
+#define CA_TARGET
+namespace k_generic {
+#include "cpu_attention_kernels.inc"
+}
+#undef CA_TARGET
 
 // ---------------------------------------------------------------------------------------------
 // variants and dispatch
@@ -387,15 +163,15 @@ plan plan_for(int64_t S, int64_t hd) {
 #if defined(__x86_64__) || defined(__i386__)
 __attribute__((target("avx512f"))) void run_avx512(const cpu_attn_params & pr, const op_view & ov, float * s,
                                                    const plan & pl, int64_t t0, int64_t t1) {
-    run<CA_AVX512>(pr, ov, s, pl, t0, t1);
+    k_avx512::run<CA_AVX512>(pr, ov, s, pl, t0, t1);
 }
 __attribute__((target("avx2,fma"))) void run_avx2(const cpu_attn_params & pr, const op_view & ov, float * s,
                                                   const plan & pl, int64_t t0, int64_t t1) {
-    run<CA_AVX2>(pr, ov, s, pl, t0, t1);
+    k_avx2::run<CA_AVX2>(pr, ov, s, pl, t0, t1);
 }
 #endif
 void run_generic(const cpu_attn_params & pr, const op_view & ov, float * s, const plan & pl, int64_t t0, int64_t t1) {
-    run<CA_GENERIC>(pr, ov, s, pl, t0, t1);
+    k_generic::run<CA_GENERIC>(pr, ov, s, pl, t0, t1);
 }
 
 } // namespace
