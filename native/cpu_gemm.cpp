@@ -231,11 +231,12 @@ template <int W, int MR, int NV> struct variant {
         const int64_t blck = tr->blck_size;
         const size_t blck_bytes = tr->type_size;
 
-        // This thread's share: contiguous runs of NR panels when there are enough of them to keep
-        // every thread busy, else contiguous runs of MR rows (B is then small to pack per thread).
+        // This thread's share: contiguous runs of NR panels (columns) or of MR rows. A thread packs
+        // all of A under a column split and all of B under a row split, so split the longer side
+        // (rows for the encoder's 4096-token matmuls, columns for the 256-token projector).
         const int64_t n_panels = (p.N + NR - 1) / NR;
         int64_t n_lo = 0, n_hi = p.N, m_lo = 0, m_hi = p.M;
-        if (n_panels >= 4 * (int64_t) nth) {
+        if (p.N > p.M) {
             const int64_t p0 = n_panels * ith / nth, p1 = n_panels * (ith + 1) / nth;
             n_lo = p0 * NR;
             n_hi = std::min(p.N, p1 * NR);
