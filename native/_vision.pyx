@@ -57,6 +57,12 @@ cdef extern from "cpu_gemm_test.h" nogil:
                           int64_t N, const float * bias, int gelu, float * c, int n_threads, const char * isa)
     const char * cpu_gemm_test_best_isa()
 
+cdef extern from "cpu_attention_test.h" nogil:
+    int cpu_attn_test_run(const float * qkv, int64_t B, int64_t G, int64_t D, int64_t H, int64_t S,
+                          const float * bias, int qkv_has_bias, const float * tab_h, const float * tab_w,
+                          float scale, float * out, int n_threads, const char * isa)
+    const char * cpu_attn_test_best_isa()
+
 BACKEND_CPU = GOT_VISION_BACKEND_CPU
 BACKEND_GPU = GOT_VISION_BACKEND_GPU
 BACKEND_AUTO = GOT_VISION_BACKEND_AUTO
@@ -220,3 +226,48 @@ def _gemm_for_tests(const float[:, ::1] a, const unsigned char[:, ::1] b, int bt
 def _gemm_best_isa():
     """Tests only: the GEMM variant this CPU runs ("avx512", "avx2" or "generic")."""
     return cpu_gemm_test_best_isa().decode("ascii")
+
+
+def _attn_for_tests(const float[:, :, :, ::1] qkv, int H, int S, const float[::1] bias, bint qkv_has_bias,
+                    tab_h, tab_w, float scale, int n_threads=1, isa="best"):
+    """Tests only: the fused CPU attention of the vision encoder (native/cpu_attention.h).
+
+    qkv: float32 [B, G, G, 3D]; bias: float32 [3D]; tab_h, tab_w: float32 [S, S, D/H] or both
+    None. Returns float32 [B, G, G, D].
+    """
+    cdef int64_t B = qkv.shape[0], G = qkv.shape[1], D3 = qkv.shape[3]
+    if qkv.shape[2] != G or D3 % 3 != 0 or bias.shape[0] != D3:
+        raise ValueError("qkv must be [B, G, G, 3D] and bias [3D]")
+    cdef int64_t D = D3 // 3
+    cdef const float[:, :, ::1] th
+    cdef const float[:, :, ::1] tw
+    cdef const float * pth = NULL
+    cdef const float * ptw = NULL
+    if (tab_h is None) != (tab_w is None):
+        raise ValueError("tab_h and tab_w: both or neither")
+    if tab_h is not None:
+        tab_h = np.ascontiguousarray(tab_h, dtype=np.float32)
+        tab_w = np.ascontiguousarray(tab_w, dtype=np.float32)
+        if H < 1 or D % H != 0 or any(t.shape[0] != S or t.shape[1] != S or t.shape[2] != D // H
+                                      for t in (tab_h, tab_w)):
+            raise ValueError("rel-pos tables must be [S, S, D/H]")
+        th = tab_h
+        tw = tab_w
+        pth = &th[0, 0, 0]
+        ptw = &tw[0, 0, 0]
+    out = np.zeros((B, G, G, D), dtype=np.float32)
+    cdef float[:, :, :, ::1] o = out
+    cdef bytes bisa = str(isa).encode("ascii")
+    cdef const char * cisa = bisa
+    cdef int rc
+    with nogil:
+        rc = cpu_attn_test_run(&qkv[0, 0, 0, 0], B, G, D, H, S, &bias[0], qkv_has_bias, pth, ptw, scale,
+                               &o[0, 0, 0, 0], n_threads, cisa)
+    if rc != 0:
+        raise RuntimeError(f"cpu_attn_test_run failed ({rc})")
+    return out
+
+
+def _attn_best_isa():
+    """Tests only: the widest attention variant this CPU runs ("avx512", "avx2" or "generic")."""
+    return cpu_attn_test_best_isa().decode("ascii")

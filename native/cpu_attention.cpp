@@ -128,16 +128,20 @@ enum isa_kind { ISA_GENERIC = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 
 template <int W, int MR, int NV> struct shape { static constexpr int mr = MR, nr = W * NV; };
 
-isa_kind detect_isa() {
-    isa_kind best = ISA_GENERIC;
+bool isa_available(isa_kind k) {
+    (void) k;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) {
-        best = ISA_AVX512;
-    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        best = ISA_AVX2;
-    }
+    if (k == ISA_AVX512) return __builtin_cpu_supports("avx512f");
+    if (k == ISA_AVX2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return true;
+#else
+    return k == ISA_GENERIC;
 #endif
+}
+
+isa_kind detect_isa() {
+    isa_kind best = isa_available(ISA_AVX512) ? ISA_AVX512 : isa_available(ISA_AVX2) ? ISA_AVX2 : ISA_GENERIC;
     if (const char * e = std::getenv("GOTOCR_CPU_ATTN_ISA")) {
         if (strcmp(e, "generic") == 0) best = ISA_GENERIC;
         else if (strcmp(e, "avx2") == 0 && best >= ISA_AVX2) best = ISA_AVX2;
@@ -150,8 +154,8 @@ isa_kind selected_isa() {
     return isa;
 }
 
-plan plan_for(int64_t S, int64_t hd) {
-    switch (selected_isa()) {
+plan plan_for(isa_kind isa, int64_t S, int64_t hd) {
+    switch (isa) {
 #if defined(__x86_64__) || defined(__i386__)
         case ISA_AVX512: return make_plan(S, hd, shape<CA_AVX512>::mr, shape<CA_AVX512>::nr);
         case ISA_AVX2:   return make_plan(S, hd, shape<CA_AVX2>::mr, shape<CA_AVX2>::nr);
@@ -172,6 +176,25 @@ __attribute__((target("avx2,fma"))) void run_avx2(const cpu_attn_params & pr, co
 #endif
 void run_generic(const cpu_attn_params & pr, const op_view & ov, float * s, const plan & pl, int64_t t0, int64_t t1) {
     k_generic::run<CA_GENERIC>(pr, ov, s, pl, t0, t1);
+}
+
+// thread ith of nth: its contiguous share of a fixed task list (the tasks, and so the arithmetic,
+// do not depend on nth); threads beyond the scratch's count stay idle
+void run_share(isa_kind isa, const cpu_attn_params & pr, const op_view & ov, int ith, int nth) {
+    const plan pl = plan_for(isa, pr.S, pr.hd);
+    GGML_ASSERT(pr.scratch && pr.scratch->buf && pr.scratch->per_thread >= pl.total);
+    const int nwork = std::min(nth, pr.scratch->n_threads);
+    if (ith >= nwork) return;
+    const int64_t ntask = ov.B * ov.nw * ov.nw * pr.H * pl.nqb;
+    const int64_t t0 = ntask * ith / nwork, t1 = ntask * (ith + 1) / nwork;
+    float * s = pr.scratch->buf + (size_t) ith * pr.scratch->per_thread;
+    switch (isa) {
+#if defined(__x86_64__) || defined(__i386__)
+        case ISA_AVX512: run_avx512(pr, ov, s, pl, t0, t1); break;
+        case ISA_AVX2:   run_avx2(pr, ov, s, pl, t0, t1); break;
+#endif
+        default:         run_generic(pr, ov, s, pl, t0, t1); break;
+    }
 }
 
 } // namespace
@@ -195,7 +218,7 @@ bool cpu_attn_scratch::reserve(int n, size_t floats) {
     return true;
 }
 
-size_t cpu_attn_scratch_floats(int64_t S, int64_t hd) { return plan_for(S, hd).total; }
+size_t cpu_attn_scratch_floats(int64_t S, int64_t hd) { return plan_for(selected_isa(), S, hd).total; }
 
 const char * cpu_attn_isa() {
     switch (selected_isa()) {
@@ -208,8 +231,6 @@ const char * cpu_attn_isa() {
 void cpu_attn_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const cpu_attn_params & pr = *(const cpu_attn_params *) userdata;
     const ggml_tensor * qkv = dst->src[0];
-    const plan pl = plan_for(pr.S, pr.hd);
-    GGML_ASSERT(pr.scratch && pr.scratch->buf && pr.scratch->per_thread >= pl.total);
     GGML_ASSERT(qkv->type == GGML_TYPE_F32 && qkv->nb[0] == sizeof(float) && qkv->ne[0] == 3 * pr.D);
     GGML_ASSERT(qkv->ne[1] == pr.G && qkv->ne[2] == pr.G && ggml_is_contiguous(dst));
 
@@ -224,19 +245,46 @@ void cpu_attn_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     ov.out = (float *) dst->data;
     ov.B = qkv->ne[3];
     ov.nw = ceil_div(pr.G, pr.S);
+    run_share(selected_isa(), pr, ov, ith, nth);
+}
 
-    // a fixed task list split into contiguous ranges: the tasks (and so the arithmetic) do not
-    // depend on nth; threads beyond the scratch's count stay idle
-    const int nwork = std::min(nth, pr.scratch->n_threads);
-    if (ith >= nwork) return;
-    const int64_t ntask = ov.B * ov.nw * ov.nw * pr.H * pl.nqb;
-    const int64_t t0 = ntask * ith / nwork, t1 = ntask * (ith + 1) / nwork;
-    float * s = pr.scratch->buf + (size_t) ith * pr.scratch->per_thread;
-    switch (selected_isa()) {
-#if defined(__x86_64__) || defined(__i386__)
-        case ISA_AVX512: run_avx512(pr, ov, s, pl, t0, t1); break;
-        case ISA_AVX2:   run_avx2(pr, ov, s, pl, t0, t1); break;
-#endif
-        default:         run_generic(pr, ov, s, pl, t0, t1); break;
+extern "C" int cpu_attn_test_run(const float * qkv, int64_t B, int64_t G, int64_t D, int64_t H, int64_t S,
+                                 const float * bias, int qkv_has_bias, const float * tab_h, const float * tab_w,
+                                 float scale, float * out, int n_threads, const char * isa) {
+    if (!qkv || !bias || !out || !isa || (!tab_h) != (!tab_w) || n_threads < 1 || B < 1 || G < 1 || D < 1 ||
+        H < 1 || D % H != 0 || S < 1 || S > G) {
+        return -1;
     }
+    isa_kind k;
+    if (strcmp(isa, "best") == 0) k = selected_isa();
+    else if (strcmp(isa, "generic") == 0) k = ISA_GENERIC;
+    else if (strcmp(isa, "avx2") == 0) k = ISA_AVX2;
+    else if (strcmp(isa, "avx512") == 0) k = ISA_AVX512;
+    else return -1;
+    if (!isa_available(k)) return -1;
+    cpu_attn_scratch scratch;
+    cpu_attn_params pr;
+    pr.D = D; pr.H = H; pr.hd = D / H; pr.S = S; pr.G = G; pr.scale = scale;
+    pr.qkv_has_bias = qkv_has_bias != 0;
+    pr.rel_pos = tab_h != nullptr;
+    pr.scratch = &scratch;
+    if (!scratch.reserve(n_threads, plan_for(k, S, pr.hd).total)) return -2;
+    op_view ov;
+    ov.qkv = (const char *) qkv;
+    ov.nb1 = (size_t) (3 * D) * sizeof(float);
+    ov.nb2 = ov.nb1 * (size_t) G;
+    ov.nb3 = ov.nb2 * (size_t) G;
+    ov.bias = bias;
+    ov.tab_h = tab_h;
+    ov.tab_w = tab_w;
+    ov.out = out;
+    ov.B = B;
+    ov.nw = ceil_div(G, S);
+    // the threads' shares one after the other on this thread: results must not depend on the split
+    for (int ith = 0; ith < n_threads; ith++) run_share(k, pr, ov, ith, n_threads);
+    return 0;
+}
+
+extern "C" const char * cpu_attn_test_best_isa(void) {
+    return isa_available(ISA_AVX512) ? "avx512" : isa_available(ISA_AVX2) ? "avx2" : "generic";
 }
