@@ -50,7 +50,8 @@ struct plan {
     int64_t kc = 0;      // keys per full chunk
     int64_t kcp = 0;     // kc rounded up to NR: the packed chunk width
     int64_t nchunk = 0;
-    size_t o_kp = 0, o_vp = 0, o_qu = 0, o_qs = 0, o_rh = 0, o_rw = 0, o_s = 0, o_o = 0, o_m = 0, o_l = 0;
+    int64_t sp = 0;      // S rounded up to NR: row stride of the rel-pos terms and tables
+    size_t o_th = 0, o_tw = 0, o_kp = 0, o_vp = 0, o_qu = 0, o_qs = 0, o_rh = 0, o_rw = 0, o_s = 0, o_o = 0, o_m = 0, o_l = 0;
     size_t total = 0;    // floats per thread
 };
 
@@ -66,14 +67,17 @@ plan make_plan(int64_t S, int64_t hd, int MR, int NR) {
     p.kc = p.kr * S;
     p.kcp = round_up(p.kc, NR);
     p.nchunk = ceil_div(S, p.kr);
+    p.sp = round_up(S, NR);
     size_t off = 0;
     auto take = [&](size_t n) { const size_t o = off; off += round_up_z(n); return o; };
+    p.o_th = take((size_t) (S * hd * p.sp));
+    p.o_tw = take((size_t) (S * hd * p.sp));
     p.o_kp = take((size_t) (p.nchunk * p.kcp * hd));
     p.o_vp = take((size_t) (p.hdp * p.T));
     p.o_qu = take((size_t) (p.qb * hd));
     p.o_qs = take((size_t) (p.qb * hd));
-    p.o_rh = take((size_t) (p.qb * S));
-    p.o_rw = take((size_t) (p.qb * S));
+    p.o_rh = take((size_t) (p.qb * p.sp));
+    p.o_rw = take((size_t) (p.qb * p.sp));
     p.o_s  = take((size_t) (p.qb * p.kcp));
     p.o_o  = take((size_t) (p.qb * p.hdp));
     p.o_m  = take((size_t) p.qb);
