@@ -74,50 +74,68 @@ template <class VF> CG_INLINE VF splat(float s) { return VF{} + s; }
 template <class VF> CG_INLINE VF load(const float * p) { VF v; memcpy(&v, p, sizeof v); return v; }
 template <class VF> CG_INLINE void store(float * p, const VF & v) { memcpy(p, &v, sizeof v); }
 
+// Both functions below work on NB independent vectors in lockstep, step by step: each vector is
+// one long dependency chain (a division, then ~20 dependent FMAs), and GCC does not schedule
+// instructions before register allocation on x86, so a loop over single vectors runs at the
+// chain's latency (measured ~80 cycles per AVX2 vector). Interleaving NB chains in the source
+// lets them overlap. The arithmetic of each lane is the same whatever NB is.
+#define CG_EACH _Pragma("GCC unroll 8") for (int j = 0; j < NB; j++)
+
 // e^y for y in about [-80, 0] (here [-19, 0]); relative error ~2 ulp
-template <class VF, class VI> CG_INLINE VF exp_neg(const VF & y) {
+template <class VF, class VI, int NB> CG_INLINE void exp_neg(const VF * y, VF * out) {
     const VF magic = splat<VF>(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer in the low bits
-    const VF t = y * 1.44269504088896341f + magic;
-    const VF n = t - magic;
-    VF r = y - n * 0.693145751953125f;        // ln2 split in two so r stays exact
-    r = r - n * 1.42860682030941723212e-6f;
-    VF p = splat<VF>(1.0f / 5040);
-    p = p * r + 1.0f / 720;
-    p = p * r + 1.0f / 120;
-    p = p * r + 1.0f / 24;
-    p = p * r + 1.0f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const VI e = ((VI) t - (VI) magic) << 23;  // n as an int, into the exponent field
-    return (VF) ((VI) p + e);
+    VF t[NB], r[NB], p[NB];
+    CG_EACH t[j] = y[j] * 1.44269504088896341f + magic;
+    CG_EACH {
+        const VF n = t[j] - magic;
+        r[j] = y[j] - n * 0.693145751953125f;  // ln2 split in two so r stays exact
+        r[j] = r[j] - n * 1.42860682030941723212e-6f;
+    }
+    CG_EACH p[j] = splat<VF>(1.0f / 5040) * r[j] + 1.0f / 720;
+    CG_EACH p[j] = p[j] * r[j] + 1.0f / 120;
+    CG_EACH p[j] = p[j] * r[j] + 1.0f / 24;
+    CG_EACH p[j] = p[j] * r[j] + 1.0f / 6;
+    CG_EACH p[j] = p[j] * r[j] + 0.5f;
+    CG_EACH p[j] = p[j] * r[j] + 1.0f;
+    CG_EACH p[j] = p[j] * r[j] + 1.0f;
+    CG_EACH {
+        const VI e = ((VI) t[j] - (VI) magic) << 23;  // n as an int, into the exponent field
+        out[j] = (VF) ((VI) p[j] + e);
+    }
 }
 
-template <class VF, class VI> CG_INLINE VF gelu_erf(const VF & x) {
-    const VF z = x * 0.70710678118654752f;
-    const VI sign = (VI) z & (int32_t) 0x80000000u;
-    VF a = (VF) ((VI) z & 0x7fffffff);
+// x = GELU(x), in place, for NB vectors
+template <class VF, class VI, int NB> CG_INLINE void gelu_erf(VF * x) {
+    VF a[NB], t[NB], r[NB];
+    VI sign[NB];
     const VF four = splat<VF>(4.0f);           // erf(4) rounds to 1 in float
-    a = a < four ? a : four;
-    const VF s = a * a;
-
+    CG_EACH {
+        const VF z = x[j] * 0.70710678118654752f;
+        sign[j] = (VI) z & (int32_t) 0x80000000u;
+        a[j] = (VF) ((VI) z & 0x7fffffff);
+        a[j] = a[j] < four ? a[j] : four;
+    }
     // erf(a) = 1 - t exp(-a^2 + R(t))
-    const VF t = splat<VF>(1.0f) / (a * 0.5f + 1.0f);
-    VF r = splat<VF>(0.17087277f);
-    r = r * t - 0.82215223f;
-    r = r * t + 1.48851587f;
-    r = r * t - 1.13520398f;
-    r = r * t + 0.27886807f;
-    r = r * t - 0.18628806f;
-    r = r * t + 0.09678418f;
-    r = r * t + 0.37409196f;
-    r = r * t + 1.00002368f;
-    r = r * t - 1.26551223f;
-    VF e = splat<VF>(1.0f) - t * exp_neg<VF, VI>(r - s);
-    e = (VF) ((VI) e | sign);
-    const VF h = x * 0.5f;
-    return h + h * e;
+    CG_EACH t[j] = splat<VF>(1.0f) / (a[j] * 0.5f + 1.0f);
+    CG_EACH r[j] = splat<VF>(0.17087277f) * t[j] - 0.82215223f;
+    CG_EACH r[j] = r[j] * t[j] + 1.48851587f;
+    CG_EACH r[j] = r[j] * t[j] - 1.13520398f;
+    CG_EACH r[j] = r[j] * t[j] + 0.27886807f;
+    CG_EACH r[j] = r[j] * t[j] - 0.18628806f;
+    CG_EACH r[j] = r[j] * t[j] + 0.09678418f;
+    CG_EACH r[j] = r[j] * t[j] + 0.37409196f;
+    CG_EACH r[j] = r[j] * t[j] + 1.00002368f;
+    CG_EACH r[j] = r[j] * t[j] - 1.26551223f;
+    CG_EACH r[j] = r[j] - a[j] * a[j];
+    exp_neg<VF, VI, NB>(r, r);
+    CG_EACH {
+        VF e = splat<VF>(1.0f) - t[j] * r[j];
+        e = (VF) ((VI) e | sign[j]);
+        const VF h = x[j] * 0.5f;
+        x[j] = h + h * e;
+    }
 }
+#undef CG_EACH
 
 // ---------------------------------------------------------------------------------------------
 // one ISA variant: W floats per vector, MR x (NV * W) register tile
@@ -126,6 +144,8 @@ template <int W, int MR, int NV> struct variant {
     typedef typename vec<W>::f vf;
     typedef typename vec<W>::i vi;
     static constexpr int NR = NV * W;
+    // rows per GELU batch: 4 independent vectors for NV = 2 (more spill registers on AVX2)
+    static constexpr int GELU_ROWS = NV >= 4 ? 1 : 4 / NV;
     static_assert(MC % MR == 0 && NC % NR == 0 && MR <= MAX_MR && NR <= MAX_NR, "blocking");
 
     // acc(tile of C at c, row stride ldc) (+)= ap[kc x MR] . bp[kc x NR]; after the last K slice
@@ -184,12 +204,16 @@ template <int W, int MR, int NV> struct variant {
 #pragma GCC unroll 4
             for (int v = 0; v < NV; v++) store(c + i * ldc + v * W, acc[i][v]);
         if (last && gelu) {
-            // on the stored (L1-hot) tile: a rolled loop keeps acc[][] in registers above
-            for (int i = 0; i < MR; i++) {
-                for (int v = 0; v < NV; v++) {
-                    float * q = c + i * ldc + v * W;
-                    store(q, gelu_erf<vf, vi>(load<vf>(q)));
-                }
+            // on the stored (L1-hot) tile, GELU_ROWS rows (GELU_ROWS * NV vectors) at a time: a
+            // rolled outer loop keeps acc[][] in registers above
+            static_assert(MR % GELU_ROWS == 0, "GELU batches");
+            for (int i = 0; i < MR; i += GELU_ROWS) {
+                vf x[GELU_ROWS * NV];
+#pragma GCC unroll 8
+                for (int j = 0; j < GELU_ROWS * NV; j++) x[j] = load<vf>(c + (i + j / NV) * ldc + (j % NV) * W);
+                gelu_erf<vf, vi, GELU_ROWS * NV>(x);
+#pragma GCC unroll 8
+                for (int j = 0; j < GELU_ROWS * NV; j++) store(c + (i + j / NV) * ldc + (j % NV) * W, x[j]);
             }
         }
     }
