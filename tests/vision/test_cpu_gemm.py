@@ -99,6 +99,27 @@ def test_gelu_epilogue_matches_exact_erf():
         assert got[0] == 0.0 and got[-1] == 100.0
 
 
+@pytest.mark.parametrize("shape", [(13, 33, 64), (150, 70, 300), (290, 40, 513)], ids=lambda s: "x".join(map(str, s)))
+def test_gemm_gelu_whole_tiles(shape):
+    """Bias + GELU epilogue on interior (in-place) tiles as well as edge tiles, across the MC row
+    block and K slices; the epilogue works on several rows of a tile at once, so M is off MR and
+    the thread split must still not change a bit."""
+    m, n, k = shape
+    rng = np.random.default_rng(m * 7 + n * 11 + k)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    raw, w = _weights(rng, n, k, F32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    pre = a.astype(np.float64) @ w.T + bias
+    want = _gelu(pre)
+    tol = 1e-5 * math.sqrt(k) * (np.abs(a).max() * np.abs(w).max() * math.sqrt(k) + 1)
+    for isa in _isas():
+        got = _vision._gemm_for_tests(a, raw, F32, n, bias, True, 1, isa)
+        # GELU' is within [-0.13, 1.13]: the matmul error passes through at most ~1.13x
+        assert np.abs(got - want).max() <= 1.13 * tol + 1e-7 + 2e-7 * np.abs(pre).max(), isa
+        for n_threads in (2, 3):
+            np.testing.assert_array_equal(_vision._gemm_for_tests(a, raw, F32, n, bias, True, n_threads, isa), got)
+
+
 def test_gemm_rejects_bad_arguments():
     a = np.ones((2, 4), dtype=np.float32)
     b = np.ones((3, 4), dtype=np.float32).view(np.uint8).reshape(3, -1)
