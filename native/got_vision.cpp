@@ -11,6 +11,7 @@
 #include "cpu_gemm.h"
 
 #include "cpu_attention.h"
+#include "cpu_layernorm.h"
 
 #include "ggml.h"
 #include "ggml-alloc.h"
@@ -489,7 +490,14 @@ void read_at(FILE * f, uint64_t off, void * dst, size_t n, const char * what) {
 // ---------------------------------------------------------------------------------------------
 // graph
 
-ggml_tensor * layer_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b, float eps) {
+// eps: a member of the context's hparams (the fused op keeps a pointer to it)
+ggml_tensor * layer_norm(ggml_context * ctx, const got_vision_ctx * vc, ggml_tensor * x, ggml_tensor * w,
+                         ggml_tensor * b, const float & eps) {
+    if (vc->cpu_kernels && cpu_layernorm_supports(x, w, b)) {
+        ggml_tensor * args[3] = {x, w, b};
+        return ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0], x->ne[1], x->ne[2], x->ne[3], args, 3, cpu_layernorm_op,
+                              GGML_N_TASKS_MAX, const_cast<float *>(&eps));
+    }
     x = ggml_norm(ctx, x, eps);
     x = ggml_mul(ctx, x, w);
     return ggml_add(ctx, x, b);
@@ -695,7 +703,7 @@ bool build_graph(got_vision_ctx * vc, cached_graph & cg, int B) {
 
     for (const layer & L : vc->layers) {
         ggml_tensor * res = x;
-        ggml_tensor * h = layer_norm(ctx, x, L.ln1_w, L.ln1_b, hp.eps);
+        ggml_tensor * h = layer_norm(ctx, vc, x, L.ln1_w, L.ln1_b, hp.eps);
         ggml_tensor * qkv = linear(ctx, vc, L.qkv_w, h, nullptr);              // [3D, G, G, B]
         if (!qkv) return false;
         if (vc->cpu_kernels) {
@@ -718,7 +726,7 @@ bool build_graph(got_vision_ctx * vc, cached_graph & cg, int B) {
         h = linear(ctx, vc, L.out_w, h, L.out_b);                             // projection on real tokens
         if (!h) return false;
         x = ggml_add(ctx, res, ggml_reshape_4d(ctx, h, D, G, G, B));
-        h = layer_norm(ctx, x, L.ln2_w, L.ln2_b, hp.eps);
+        h = layer_norm(ctx, vc, x, L.ln2_w, L.ln2_b, hp.eps);
         h = linear(ctx, vc, L.up_w, h, L.up_b, true);                         // + GELU
         if (!h) return false;
         h = linear(ctx, vc, L.down_w, h, L.down_b);
@@ -730,10 +738,10 @@ bool build_graph(got_vision_ctx * vc, cached_graph & cg, int B) {
     const int64_t N = hp.neck_ch;
     x = linear(ctx, vc, ggml_reshape_2d(ctx, vc->neck_conv1, D, N), ggml_reshape_2d(ctx, x, D, G * G * B), nullptr);
     if (!x) return false;
-    x = layer_norm(ctx, x, vc->neck_ln1_w, vc->neck_ln1_b, hp.neck_eps);
+    x = layer_norm(ctx, vc, x, vc->neck_ln1_w, vc->neck_ln1_b, hp.neck_eps);
     x = conv2d_tokens(ctx, vc, vc->neck_conv2, ggml_reshape_4d(ctx, x, N, G, G, B), 1, 1);
     if (!x) return false;
-    x = layer_norm(ctx, x, vc->neck_ln2_w, vc->neck_ln2_b, hp.neck_eps);
+    x = layer_norm(ctx, vc, x, vc->neck_ln2_w, vc->neck_ln2_b, hp.neck_eps);
 
     // projector: two stride-2 convs, then a linear layer per token
     x = conv2d_tokens(ctx, vc, vc->mm_conv1, x, 2, 1);
