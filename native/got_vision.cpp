@@ -649,6 +649,15 @@ bool reserve_attn_scratch(got_vision_ctx * vc, int n) {
     return vc->attn_scratch.reserve(n, floats);
 }
 
+// per-thread scratch of the CPU kernels for n threads (none without them); nullptr when done,
+// else what ran out
+const char * reserve_cpu_scratch(got_vision_ctx * vc, int n) {
+    if (!vc->cpu_kernels) return nullptr;
+    if (!vc->gemm_scratch.reserve(n)) return "out of memory (GEMM scratch)";
+    if (!reserve_attn_scratch(vc, n)) return "out of memory (attention scratch)";
+    return nullptr;
+}
+
 // x: [D, Gp, Gp, B] with Gp a multiple of w -> windows [D, w*w, nw*nw*B]
 ggml_tensor * window_partition(ggml_context * ctx, ggml_tensor * x, int64_t w) {
     const int64_t D = x->ne[0], Gp = x->ne[1], B = x->ne[3];
@@ -809,11 +818,17 @@ void init_backends(got_vision_ctx * vc, const got_vision_context_params & p) {
     vc->set_n_threads_fn = (ggml_backend_set_n_threads_t) ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_n_threads");
 }
 
-void apply_threads(got_vision_ctx * vc, int n) {
+// n <= 0: one thread per hardware thread
+int resolve_threads(int n) {
     if (n <= 0) {
         n = (int) std::thread::hardware_concurrency();
         if (n <= 0) n = 1;
     }
+    return n;
+}
+
+void apply_threads(got_vision_ctx * vc, int n) {
+    n = resolve_threads(n);
     vc->n_threads = n;
     if (vc->set_n_threads_fn) {
         vc->set_n_threads_fn(vc->backend_cpu, n);
@@ -1004,11 +1019,8 @@ bool backend_has_add_rel_pos(ggml_backend_t backend) {
 void init_compute(got_vision_ctx * vc, int max_batch) {
     vc->fused_rel_pos = backend_has_add_rel_pos(vc->backend);
     vc->cpu_kernels = vc->want_cpu_kernels && vc->backend == vc->backend_cpu;
-    if (vc->cpu_kernels && !vc->gemm_scratch.reserve(vc->n_threads)) {
-        throw load_error("out of memory (GEMM scratch)");
-    }
-    if (vc->cpu_kernels && !reserve_attn_scratch(vc, vc->n_threads)) {
-        throw load_error("out of memory (attention scratch)");
+    if (const char * e = reserve_cpu_scratch(vc, vc->n_threads)) {
+        throw load_error(e);
     }
     vc->graph_size = graph_nodes_for(vc->hp);
     ggml_backend_t backends[2] = {vc->backend, vc->backend_cpu};
@@ -1112,21 +1124,12 @@ int got_vision_cpu_kernels(const got_vision_ctx * ctx) { return ctx && ctx->cpu_
 int got_vision_set_n_threads(got_vision_ctx * ctx, int n_threads) {
     if (!ctx) return GOT_VISION_ERR_INVALID_ARGUMENT;
     std::lock_guard<std::mutex> lock(ctx->mu);
-    if (ctx->cpu_kernels) {
-        const int n = n_threads > 0 ? n_threads : std::max(1, (int) std::thread::hardware_concurrency());
-        if (!ctx->gemm_scratch.reserve(n)) {
-            set_error(ctx, "out of memory (GEMM scratch)");
-            return GOT_VISION_ERR_ALLOC;
-        }
+    const int n = resolve_threads(n_threads);
+    if (const char * e = reserve_cpu_scratch(ctx, n)) {
+        set_error(ctx, e);
+        return GOT_VISION_ERR_ALLOC;
     }
-    if (ctx->cpu_kernels) {
-        const int n = n_threads > 0 ? n_threads : std::max(1, (int) std::thread::hardware_concurrency());
-        if (!reserve_attn_scratch(ctx, n)) {
-            set_error(ctx, "out of memory (attention scratch)");
-            return GOT_VISION_ERR_ALLOC;
-        }
-    }
-    apply_threads(ctx, n_threads);
+    apply_threads(ctx, n);
     return GOT_VISION_OK;
 }
 
