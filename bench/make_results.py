@@ -340,7 +340,11 @@ def render(data: dict, stat: str = "min") -> str:
             w(cells)
         w("")
 
-    server = sorted(by_stage.get("server", []), key=lambda b: b["extra_info"].get("concurrency", 0))
+    # a server benchmark that failed mid-way has no latencies: its round time means nothing
+    server_all = by_stage.get("server", [])
+    server = sorted((b for b in server_all if "requests_per_s" in b["extra_info"]),
+                    key=lambda b: b["extra_info"].get("concurrency", 0))
+    failed_server = [b for b in server_all if "requests_per_s" not in b["extra_info"]]
     if server:
         w("## HTTP server under load (`test_server_load.py`)")
         w("")
@@ -356,6 +360,9 @@ def render(data: dict, stat: str = "min") -> str:
               f"{e['units'] / t:.3f} | {_fmt_time(e.get('latency_p50_s', 0))} | "
               f"{_fmt_time(e.get('latency_p95_s', 0))} |")
         w("")
+        for b in failed_server:
+            w(f"`{b['name']}` did not finish in this run (no latencies): left out.")
+            w("")
 
     ours_pages = [b for b in by_stage.get("page", []) if "encode_ms" in b["extra_info"]]
     if ours_pages:
