@@ -342,9 +342,9 @@ def render(data: dict, stat: str = "min") -> str:
 
     # a server benchmark that failed mid-way has no latencies: its round time means nothing
     server_all = by_stage.get("server", [])
-    server = sorted((b for b in server_all if "requests_per_s" in b["extra_info"]),
+    server = sorted((b for b in server_all if "latency_p95_s" in b["extra_info"]),
                     key=lambda b: b["extra_info"].get("concurrency", 0))
-    failed_server = [b for b in server_all if "requests_per_s" not in b["extra_info"]]
+    failed_server = [b for b in server_all if "latency_p95_s" not in b["extra_info"]]
     if server:
         w("## HTTP server under load (`test_server_load.py`)")
         w("")
