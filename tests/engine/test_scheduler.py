@@ -265,13 +265,23 @@ def test_shared_part_copies_from_a_running_sequence_later():
         sched.submit([long_seq])
         while len(long_seq.generated) < 3:
             time.sleep(0.001)
-        fake.logits = fake_logits
+
+        def long_never_stops(rows):  # the donor keeps running; the others get the real logits
+            out = fake_logits(rows)
+            for k in range(len(rows)):
+                if fake.out_rows[k] == long_seq.slot:
+                    out[k] = 0.0
+                    out[k, 1000] = 10.0
+            return out
+
+        fake.logits = long_never_stops
         req = OcrRequest("late", 1)
         seq = make_seq(fake, req, 7.0, suffix=(4, 9), share_key=b"page")
         sched.submit([seq])
         req.result(10)
         assert seq.kv_copied and fake.copies[-1][2] == 23
         long_req.cancel()
+        fake.logits = fake_logits
         # the same prompt computed on its own gives the same tokens
         req2 = OcrRequest("alone", 1)
         seq2 = make_seq(fake, req2, 7.0, suffix=(4, 9))
