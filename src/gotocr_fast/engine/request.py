@@ -144,7 +144,7 @@ class Sequence:
 
     @property
     def prompt_tokens(self) -> int:
-        return len(self.prefix) + self.n_image_tokens + len(self.suffix)
+        return self.n_shared + len(self.suffix)
 
     def add_token(self, token: int, stop_ids: frozenset[int]) -> bool:
         """Record a sampled token; return True when the sequence is finished."""

@@ -186,7 +186,7 @@ class Scheduler:
         if key is None:
             seq.state = Sequence.PREFIX
         elif key in self._donors:
-            self._copy_shared(self._donors[key], seq)
+            self._attach(self._donors[key], seq)
         elif key in self._filling:
             seq.state = Sequence.ATTACH
         else:
@@ -199,8 +199,14 @@ class Scheduler:
                 return s
         return None
 
-    def _copy_shared(self, donor: Sequence, seq: Sequence) -> None:
-        self.model.copy_sequence(donor.slot, seq.slot, seq.n_shared)
+    def _attach(self, donor: Sequence, seq: Sequence) -> None:
+        """Copy the shared part from ``donor``; if llama.cpp refuses, ``seq`` computes it itself."""
+        try:
+            self.model.copy_sequence(donor.slot, seq.slot, seq.n_shared)
+        except ModelError:
+            log.warning("KV copy from slot %d to %d failed; computing the prompt instead", donor.slot, seq.slot)
+            seq.state = Sequence.PREFIX
+            return
         seq.n_past = seq.n_shared
         seq.embeddings = None
         seq.kv_copied = True
@@ -217,10 +223,7 @@ class Scheduler:
         self._donors.setdefault(key, seq)
         for w in list(self._running.values()):
             if w.state == Sequence.ATTACH and w.share_key == key and not w.cancelled:
-                try:
-                    self._copy_shared(seq, w)
-                except ModelError as e:
-                    self._finish_seq(w, error=e)
+                self._attach(seq, w)
 
     def _step(self) -> None:
         model = self.model
