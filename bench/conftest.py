@@ -15,6 +15,7 @@ import gc
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -84,6 +85,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json["gotocr_skipped"] = list(_SKIPPED)
+    output_json["gotocr_idle_after_suite"] = list(_IDLE)
 
 
 def _versions() -> dict[str, str]:
@@ -133,13 +135,45 @@ def _release_memory() -> None:
         pass
 
 
+def _thread_names() -> list[str]:
+    names = []
+    for comm in Path("/proc/self/task").glob("*/comm"):
+        try:
+            names.append(comm.read_text().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return sorted(names)
+
+
+def _idle_cpu(seconds: float = 1.0) -> float:
+    """CPU seconds per second this process burns while the main thread sleeps.
+
+    After a suite has freed its models nothing of ours should run; threads left spinning (a
+    pool not shut down, a model not freed) would slow every later suite, the server's above all.
+    """
+    t0, c0 = time.perf_counter(), time.process_time()
+    time.sleep(seconds)
+    return (time.process_time() - c0) / (time.perf_counter() - t0)
+
+
+_IDLE: list[dict] = []
+
+
 @pytest.fixture(scope="module", autouse=True)
-def _suite_memory():
+def _suite_memory(request):
     """Autouse + module scope: set up before, torn down after, the suite's own model fixtures."""
     _release_memory()
     _reset_peak_rss()
     yield
     _release_memory()
+    if not any(_names_bench(a) for a in request.config.args):
+        return  # benchmarks were skipped: nothing ran
+    busy = _idle_cpu()
+    threads = _thread_names()
+    _IDLE.append({"suite": request.node.name, "idle_cpu": round(busy, 3), "threads": threads})
+    if busy > 0.05:
+        print(f"\n[bench] WARNING: after {request.node.name} the process still uses {busy:.0%} CPU "
+              f"while idle; threads: {', '.join(threads)}")
 
 
 @pytest.fixture(autouse=True)

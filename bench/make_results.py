@@ -204,12 +204,14 @@ def join_runs(runs: list[dict]) -> dict:
     joined = dict(runs[0])
     joined["benchmarks"] = []
     joined["gotocr_skipped"] = []
+    joined["gotocr_idle_after_suite"] = []
     for i, run in enumerate(runs):
         for b in run.get("benchmarks", []):
             b = dict(b)
             b["extra_info"] = dict(b.get("extra_info") or {}, _run=i)
             joined["benchmarks"].append(b)
         joined["gotocr_skipped"] += run.get("gotocr_skipped") or []
+        joined["gotocr_idle_after_suite"] += run.get("gotocr_idle_after_suite") or []
     joined["gotocr_runs"] = runs
     return joined
 
@@ -348,17 +350,21 @@ def render(data: dict, stat: str = "min") -> str:
     if server:
         w("## HTTP server under load (`test_server_load.py`)")
         w("")
-        w("`gotocr serve` in a child process; N clients each send requests one after another. "
-          "Requests/s from the chosen statistic of the round time; latencies from the last round.")
+        w("`gotocr serve` in a child process; N clients each send requests one after another, "
+          "every request a page not sent before (no embedding-cache hits). Requests/s from the "
+          "chosen statistic of the round time; latencies from the last round. CPU columns: cores "
+          "busy on average during the round, in the server and in the benchmark's client process.")
         w("")
-        w("| model | clients | requests / round | round time | requests/s | p50 latency | p95 latency |")
-        w("|---|---:|---:|---:|---:|---:|---:|")
+        w("| model | clients | requests / round | round time | requests/s | p50 latency | p95 latency "
+          "| server CPU | client CPU |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for b in server:
             e = b["extra_info"]
             t = b["stats"][stat]
             w(f"| {_variant(e)} | {e.get('concurrency', '?')} | {e['units']} | {_fmt_time(t)} | "
               f"{e['units'] / t:.3f} | {_fmt_time(e.get('latency_p50_s', 0))} | "
-              f"{_fmt_time(e.get('latency_p95_s', 0))} |")
+              f"{_fmt_time(e.get('latency_p95_s', 0))} | {e.get('server_cpu_cores', '–')} | "
+              f"{e.get('client_cpu_cores', '–')} |")
         w("")
         for b in failed_server:
             w(f"`{b['name']}` did not finish in this run (no latencies): left out.")
@@ -430,6 +436,24 @@ def render(data: dict, stat: str = "min") -> str:
             peak = max(r["extra_info"].get("rss_peak_mib", 0) for r in rows)
             start = min(r["extra_info"].get("rss_start_mib", 0) for r in rows)
             w(f"| {name} | {peak:.0f} MiB | {start:.0f} MiB |")
+        w("")
+
+    idle = data.get("gotocr_idle_after_suite") or []
+    if idle:
+        busy = [i for i in idle if i["idle_cpu"] > 0.05]
+        w("## Left running after each suite")
+        w("")
+        w("After each suite freed its models, the pytest process slept 1 s and its CPU time was "
+          "read: anything above zero is work left running that slows the suites after it.")
+        w("")
+        if busy:
+            w("| suite | CPU while idle | threads |")
+            w("|---|---:|---:|")
+            for i in busy:
+                w(f"| {i['suite']} | {100 * i['idle_cpu']:.0f} % | {len(i['threads'])} |")
+        else:
+            worst = max(i["idle_cpu"] for i in idle)
+            w(f"Nothing: at most {100 * worst:.1f} % of a core after any of the {len(idle)} suites.")
         w("")
 
     skipped = data.get("gotocr_skipped") or []
