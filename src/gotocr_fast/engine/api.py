@@ -149,6 +149,9 @@ class OcrEngine:
 
     ``share_cpu``: the vision encoder and the LM decode loop run in turns instead of at the same
     time (see ``cpu_turns.py``); by default whenever their threads together exceed the CPUs.
+
+    ``flash_attn``: llama.cpp's flash attention; by default off on a CPU-only build (slower
+    decode there) and with an f32 KV cache, llama.cpp's "auto" with a GPU build.
     """
 
     def __init__(

@@ -90,6 +90,20 @@ def _load_native():
     return _llama
 
 
+def _default_flash_attn(ll, kv_type: str) -> bool | None:
+    """False, or None for llama.cpp's "auto" (on wherever the backend supports it).
+
+    Off with an f32 cache: ggml's CPU flash attention rounds Q/K/V through f16 (≈2e-3 logit
+    error on an f32 model, too much for parity). Off on a CPU-only build as well: on the full-size
+    model, one view's prompt, 2 threads, it made decode 10-15 % slower per token (prefill ≈10 %
+    faster, but a page decodes 256 tokens for one prefill), measured against stock llama.cpp,
+    which also runs without it. With a GPU build, llama.cpp's auto.
+    """
+    if kv_type != "f16":
+        return False
+    return None if ll.llama_supports_gpu_offload() else False
+
+
 class TextModel:
     """The Qwen2 LM in llama.cpp with ``n_slots`` independent sequences of ``n_ctx_slot`` tokens each."""
 
@@ -132,10 +146,8 @@ class TextModel:
             cparams.no_perf = True
             # f16 KV halves cache memory; f32 keeps logits within 1e-3 of an f32 reference
             cparams.type_k = cparams.type_v = _KV_TYPES[kv_type]
-            # ggml's CPU flash attention rounds Q/K/V through f16 (≈2e-3 logit error on an f32
-            # model): off with an f32 cache (parity), llama.cpp's "auto" otherwise.
             if flash_attn is None:
-                flash_attn = None if kv_type == "f16" else False
+                flash_attn = _default_flash_attn(ll, kv_type)
             cparams.flash_attn_type = -1 if flash_attn is None else int(bool(flash_attn))
             self._ctx = ll.llama_init_from_model(self._model, cparams)
             if not self._ctx:
