@@ -116,6 +116,20 @@ def test_same_greedy_alone_and_among_8_concurrent(engine):
     assert len({a.text for a in alone}) > 1  # different images → different outputs (the image matters)
 
 
+def test_sequences_moved_to_lower_slots_keep_their_output(engine):
+    # requests finishing at different steps leave holes below running sequences; the scheduler
+    # moves those down (llama.cpp KV stream copy), which must not change what they generate
+    imgs = [_image(200 + i) for i in range(6)]
+    limits = [40, 3, 40, 5, 40, 2]
+    alone = [engine.ocr(im, max_tokens=m) for im, m in zip(imgs, limits)]
+    moves = engine.scheduler.slot_moves
+    reqs = [engine.submit(im, max_tokens=m) for im, m in zip(imgs, limits)]
+    together = [r.result(120) for r in reqs]
+    assert engine.scheduler.slot_moves > moves
+    for a, b in zip(alone, together):
+        assert (a.text, a.completion_tokens, a.finish_reason) == (b.text, b.completion_tokens, b.finish_reason)
+
+
 def test_streaming_deltas_concatenate_to_text(engine):
     stream = engine.ocr_stream(_image(7), max_tokens=40)
     deltas = list(stream)

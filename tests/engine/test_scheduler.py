@@ -31,6 +31,8 @@ class FakeText:
         self.embd_batches = 0
         self.embd_rows = 0
         self.copies: list[tuple[int, int, int]] = []
+        self.moves: list[tuple[int, int]] = []
+        self.batch_slots: list[list[int]] = []  # seq ids of each token batch, in batch order
         self.lock = threading.Lock()
         self.fail_next = False
 
@@ -49,6 +51,7 @@ class FakeText:
         self.token_batches += 1
         assert tokens.dtype == np.int32 and len(tokens) <= self.n_batch
         self.out_rows = []
+        self.batch_slots.append([int(x) for x in seq])
         for t, p, s, o in zip(tokens, pos, seq, logits):
             self._put(int(s), int(p), ("t", int(t)))
             if o:
@@ -80,6 +83,12 @@ class FakeText:
         assert len(self.kv[src]) >= n_keep, "copy of a shared part the source does not hold yet"
         self.kv[dst] = list(self.kv[src][:n_keep])
         self.copies.append((src, dst, n_keep))
+
+    def move_sequence(self, src, dst, n_keep):
+        assert not self.kv[dst], f"move into the non-empty sequence {dst}"
+        assert len(self.kv[src]) == n_keep, "a move must keep every cell of the sequence"
+        self.kv[dst], self.kv[src] = self.kv[src], []
+        self.moves.append((src, dst))
 
     def piece(self, t):
         return f"<{t}>".encode()
@@ -127,6 +136,33 @@ def test_alone_equals_concurrent_and_positions_are_contiguous():
         assert all(s.finish_reason == "stop" and s.generated[-1] == IM_END_ID for s in seqs)
         # 3 slots, 7 requests: slots were reused, and every finished sequence freed its cells
         assert sched.n_free_slots == 3 and all(not c for c in fake.kv.values())
+    finally:
+        sched.close()
+
+
+def test_running_sequences_stay_packed_in_the_lowest_slots():
+    # llama.cpp (one KV stream per slot) runs a batch as one pass only if its seq ids are
+    # consecutive and increasing: a finished sequence's slot is refilled by the highest one
+    fake = FakeText(n_slots=4, n_batch=64)
+    sched = Scheduler(fake, max_queue=32)
+    try:
+        alone = [run_one(fake, sched, float(v), max_tokens=m).generated
+                 for v, m in zip(range(4), (30, 2, 30, 3))]
+        fake.batch_slots.clear()
+        reqs, seqs = [], []
+        for v, m in zip(range(4), (30, 2, 30, 3)):  # the 2nd and 4th finish first
+            r = OcrRequest(f"r{v}", 1)
+            reqs.append(r)
+            seqs.append(make_seq(fake, r, float(v), max_tokens=m))
+        sched.submit(seqs)
+        for r in reqs:
+            r.result(10)
+        assert [s.generated for s in seqs] == alone  # moved sequences keep their KV
+        assert sched.slot_moves >= 1 and fake.moves
+        for slots in fake.batch_slots:
+            distinct = list(dict.fromkeys(slots))
+            assert distinct == list(range(len(distinct))), f"unpacked batch: {slots}"
+        assert sched.n_free_slots == 4 and all(not c for c in fake.kv.values())
     finally:
         sched.close()
 

@@ -224,6 +224,11 @@ class TextModel:
             ll.llama_memory_seq_rm(self._mem, dst, -1, -1)
             raise ModelError(f"llama.cpp could not trim the copied sequence {dst} to {n_keep} positions")
 
+    def move_sequence(self, src: int, dst: int, n_keep: int) -> None:
+        """Move ``src``'s first ``n_keep`` positions to the empty slot ``dst``; ``src`` ends empty."""
+        self.copy_sequence(src, dst, n_keep)
+        self.free_sequence(src)
+
     def clear(self) -> None:
         self._ll.llama_memory_clear(self._mem, True)
 
