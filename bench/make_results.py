@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -340,6 +341,27 @@ def render(data: dict, stat: str = "min") -> str:
             for s in serial:
                 cells += f" {req_s * per_unit(s, stat):.2f}× |"
             w(cells)
+        w("")
+
+    paired = sorted(by_stage.get("decode_paired", []), key=_sort_key)
+    if paired:
+        w("## Decode against llama.cpp, interleaved (`test_decode_paired.py`)")
+        w("")
+        w("Rounds alternate: one llama.cpp round, then one of ours, on the same GGUF in the same "
+          "process, so drift of the machine hits both series alike. Each side's statistic is "
+          f"the {stat} over its own rounds.")
+        w("")
+        w("| ours | theirs | ours / token | theirs / token | speedup | rounds |")
+        w("|---|---|---:|---:|---:|---:|")
+        pick = {"min": min, "median": statistics.median, "mean": statistics.fmean}[stat]
+        for b in paired:
+            e = b["extra_info"]
+            base = e.get("baseline_round_s") or []
+            if not base:
+                continue
+            ot, tt = per_unit(b, stat), pick(base) / max(1, e["units"])
+            w(f"| {_variant(e)} | {e.get('baseline', '?')} {e.get('dtype', '')} | {_fmt_time(ot)} | "
+              f"{_fmt_time(tt)} | **{tt / ot:.2f}×** | {b['stats']['rounds']} + {len(base)} |")
         w("")
 
     # a server benchmark that failed mid-way has no latencies: its round time means nothing
