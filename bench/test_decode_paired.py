@@ -14,20 +14,18 @@ import time
 
 import pytest
 
-from harness import SETTINGS, construct, need, need_attr, run_rounds, tag
-from test_lm import _embeddings, _split, decode, prefill
+from harness import SETTINGS, run_rounds, tag
+from test_lm import _embeddings, _split, decode, open_text_model, prefill
 
 DTYPES = ["f16", "q8_0"]
 
 
 @pytest.fixture(scope="module", params=DTYPES)
 def both(request, model_files):
-    need("llama_cpp", hint="pip install llama-cpp-python==0.3.36")
+    files = model_files(request.param)
+    ours = open_text_model(files.text)  # skips without llama_cpp / our native part
     from baselines import llamacpp_lm
 
-    TextModel = need_attr("gotocr_fast.engine.model", "TextModel")
-    files = model_files(request.param)
-    ours = construct(TextModel, files.text, n_slots=1, n_ctx_slot=4096, n_batch=2048, n_threads=SETTINGS.threads)
     theirs = llamacpp_lm.open_model(files.text, SETTINGS.threads)
     yield request.param, ours, theirs
     theirs.close()

@@ -18,12 +18,16 @@ from harness import SETTINGS, construct, need, need_attr, run_rounds, tag
 DTYPES = ["f16", "q8_0"]
 
 
-@pytest.fixture(scope="module", params=DTYPES)
-def text_model(request, model_files):
+def open_text_model(text_gguf):
+    """Our ``TextModel`` as the benchmarks use it: one slot of 4096 tokens (or skip)."""
     need("llama_cpp", hint="pip install llama-cpp-python==0.3.36")
     TextModel = need_attr("gotocr_fast.engine.model", "TextModel")
-    files = model_files(request.param)
-    tm = construct(TextModel, files.text, n_slots=1, n_ctx_slot=4096, n_batch=2048, n_threads=SETTINGS.threads)
+    return construct(TextModel, text_gguf, n_slots=1, n_ctx_slot=4096, n_batch=2048, n_threads=SETTINGS.threads)
+
+
+@pytest.fixture(scope="module", params=DTYPES)
+def text_model(request, model_files):
+    tm = open_text_model(model_files(request.param).text)
     yield request.param, tm
     tm.close()
 
