@@ -42,6 +42,11 @@ def _names_bench(arg: str) -> bool:
     return path == BENCH_DIR or BENCH_DIR in path.parents
 
 
+def _bench_named(config) -> bool:
+    """Whether the command line names bench/ (or a file in it): only then do benchmarks run."""
+    return any(_names_bench(a) for a in config.args)
+
+
 _LOAD_AT_START = [round(x, 2) for x in os.getloadavg()]
 
 
@@ -53,7 +58,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    if any(_names_bench(a) for a in config.args):
+    if _bench_named(config):
         return
     skip = pytest.mark.skip(reason="benchmarks run only when bench/ is named: pytest bench/ --benchmark-only")
     for item in items:
@@ -166,7 +171,7 @@ def _suite_memory(request):
     _reset_peak_rss()
     yield
     _release_memory()
-    if not any(_names_bench(a) for a in request.config.args):
+    if not _bench_named(request.config):
         return  # benchmarks were skipped: nothing ran
     busy = _idle_cpu()
     threads = _thread_names()
