@@ -343,24 +343,33 @@ def render(data: dict, stat: str = "min") -> str:
             w(cells)
         w("")
 
-    paired = sorted(by_stage.get("decode_paired", []), key=_sort_key)
-    if paired:
-        w("## Decode against llama.cpp, interleaved (`test_decode_paired.py`)")
+    paired_sections = [
+        ("decode_paired", "Decode against llama.cpp, interleaved (`test_decode_paired.py`)",
+         "one llama.cpp round, then one of ours, on the same GGUF", "token"),
+        ("page_paired", "One page against transformers, interleaved (`test_page_paired.py`)",
+         "one transformers `generate` round, then one `OcrEngine.ocr` round of ours, on the same "
+         "page image", "page"),
+    ]
+    pick = {"min": min, "median": statistics.median, "mean": statistics.fmean}[stat]
+    for stage, title, what, unit in paired_sections:
+        paired = sorted(by_stage.get(stage, []), key=_sort_key)
+        if not paired:
+            continue
+        w(f"## {title}")
         w("")
-        w("Rounds alternate: one llama.cpp round, then one of ours, on the same GGUF in the same "
-          "process, so drift of the machine hits both series alike. Each side's statistic is "
-          f"the {stat} over its own rounds.")
+        w(f"Rounds alternate: {what}, in the same process, so drift of the machine hits both "
+          f"series alike. Each side's statistic is the {stat} over its own rounds.")
         w("")
-        w("| ours | theirs | ours / token | theirs / token | speedup | rounds |")
+        w(f"| ours | theirs | ours / {unit} | theirs / {unit} | speedup | rounds |")
         w("|---|---|---:|---:|---:|---:|")
-        pick = {"min": min, "median": statistics.median, "mean": statistics.fmean}[stat]
         for b in paired:
             e = b["extra_info"]
             base = e.get("baseline_round_s") or []
             if not base:
                 continue
             ot, tt = per_unit(b, stat), pick(base) / max(1, e["units"])
-            w(f"| {_variant(e)} | {e.get('baseline', '?')} {e.get('dtype', '')} | {_fmt_time(ot)} | "
+            theirs = f"{e.get('baseline', '?')} {e.get('baseline_dtype', e.get('dtype', ''))}"
+            w(f"| {_variant(e)} | {theirs} | {_fmt_time(ot)} | "
               f"{_fmt_time(tt)} | **{tt / ot:.2f}×** | {b['stats']['rounds']} + {len(base)} |")
         w("")
 
