@@ -344,8 +344,9 @@ def render(data: dict, stat: str = "min") -> str:
         w("")
 
     paired_sections = [
-        ("decode_paired", "Decode against llama.cpp, interleaved (`test_decode_paired.py`)",
-         "one llama.cpp round, then one of ours, on the same GGUF", "token"),
+        ("decode_paired", "Decode against the baselines, interleaved (`test_decode_paired.py`)",
+         "one round of the baseline (llama.cpp on our GGUF, or transformers), then one of ours",
+         "token"),
         ("page_paired", "One page against transformers, interleaved (`test_page_paired.py`)",
          "one transformers `generate` round, then one `OcrEngine.ocr` round of ours, on the same "
          "page image", "page"),
