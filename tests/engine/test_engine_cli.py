@@ -53,3 +53,43 @@ def test_batch_pdf_resume_and_failures(tiny_model_dir, fixtures_dir, tmp_path, c
     assert rec["input"].endswith("doc.pdf#page=2") and (out / "doc.p0002.md").read_text() == rec["text"] + "\n"
     batch_main([str(src), *base])
     assert "0 page(s) done, 3 skipped" in capsys.readouterr().err
+
+
+@pytest.fixture
+def engine_kwargs(monkeypatch):
+    """The keyword arguments each CLI command builds its ``OcrEngine`` with (the real engine runs)."""
+    from gotocr_fast.engine import api
+
+    seen: list[dict] = []
+
+    class Recording(api.OcrEngine):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(api, "OcrEngine", Recording)
+    return seen
+
+
+def test_ocr_sizes_its_slots_to_the_inputs(tiny_model_dir, fixtures_dir, engine_kwargs, capsys):
+    # every slot's KV cache is allocated up front: one image must not pay for a server's four
+    img = str(fixtures_dir / "images" / "wide.png")
+    base = ["--model", str(tiny_model_dir), "--max-tokens", "2", "--threads", "2", "--json"]
+    ocr_main([img, *base])
+    ocr_main([img, img, *base, "--box", "0,0,50,50"])
+    ocr_main([img, img, img, *base, "--box", "0,0,50,50", "--box", "10,10,60,60"])  # 6 sequences
+    ocr_main([img, img, img, *base, "--multi-page"])
+    ocr_main([img, *base, "--slots", "3"])
+    assert [kw["max_slots"] for kw in engine_kwargs] == [1, 2, 4, 1, 3]
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="max_slots must be an integer >= 1"):
+        ocr_main([img, *base, "--slots", "0"])
+
+
+def test_batch_keeps_the_default_slots(tiny_model_dir, fixtures_dir, engine_kwargs, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(fixtures_dir / "images" / "wide.png", src / "a.png")
+    batch_main([str(src), "--out", str(tmp_path / "out"), "--model", str(tiny_model_dir), "--max-tokens", "2",
+                "--no-progress", "--threads", "2"])
+    assert [kw["max_slots"] for kw in engine_kwargs] == [4]

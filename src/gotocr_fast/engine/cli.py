@@ -14,6 +14,7 @@ from .pdf import DEFAULT_DPI, is_pdf, render_pdf_pages
 
 __all__ = ["ocr_main", "batch_main"]
 
+DEFAULT_SLOTS = 4
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jp2", ".ppm", ".qoi", ".avif"}
 
 
@@ -42,17 +43,23 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--dpi", type=int, default=DEFAULT_DPI, help=f"PDF render resolution (default {DEFAULT_DPI})")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--slots", type=int, default=4, help="concurrent sequences in llama.cpp")
+    p.add_argument("--slots", type=int, default=None,
+                   help=f"concurrent sequences in llama.cpp (default {DEFAULT_SLOTS}; `ocr`: no more than its "
+                        "inputs × boxes need). Each slot holds a KV cache of --ctx tokens")
     p.add_argument("--ctx", type=int, default=8192, help="context tokens per request")
 
 
-def _engine(args):
+def _engine(args, sequences: int | None = None):
+    """The engine for a command; ``sequences``: how many can ever run at once (None: unbounded)."""
     if not args.model:
         raise InvalidRequest("no model: pass --model DIR (a converted model folder) or set GOTOCR_MODEL")
     from .api import OcrEngine
 
-    return OcrEngine(args.model, args.vision, n_threads=args.threads, n_ctx=args.ctx, max_slots=args.slots,
-                     max_queue=max(64, args.slots * 4))
+    # llama.cpp allocates every slot's KV cache up front (≈ 0.8 GB per 8192 tokens at full size):
+    # one image needs one slot, not the server-sized default
+    slots = args.slots if args.slots is not None else min(DEFAULT_SLOTS, sequences or DEFAULT_SLOTS)
+    return OcrEngine(args.model, args.vision, n_threads=args.threads, n_ctx=args.ctx, max_slots=slots,
+                     max_queue=max(64, slots * 4))
 
 
 def _options(args, box=None) -> dict:
@@ -97,7 +104,8 @@ def ocr_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     items = [it for path in args.inputs for it in _expand(path, args.dpi)]
     opts = _options(args, args.box)
-    with _engine(args) as engine:
+    sequences = (1 if args.multi_page else len(items)) * max(1, len(args.box or ()))
+    with _engine(args, sequences) as engine:
         if args.multi_page:
             r = engine.ocr([img for _, img in items], **opts)
             out = [("+".join(lbl for lbl, _ in items), r)]
