@@ -288,6 +288,11 @@ def render(data: dict, stat: str = "min") -> str:
     w("Speedup = their time per unit ÷ our time per unit, both measured in this run "
       "(> 1: we are faster). llama.cpp runs our own GGUF, so it is paired with the same "
       "weight type only; transformers and onnxruntime with each of our weight types.")
+    if by_stage.get("decode_paired") or by_stage.get("page_paired"):
+        w("")
+        w("These pairs come from separate suites, timed minutes apart; for decode and the page the "
+          "interleaved sections further down (each of our rounds right after a baseline round) "
+          "are the ones to read, as machine drift cancels there.")
     w("")
     any_pair = False
     for stage, desc in STAGES.items():
