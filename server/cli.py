@@ -18,8 +18,14 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--ray" or a.startswith("--ray=") or a == "--ray-help" for a in args):
+        # engine replicas in a Ray cluster (the optional `ray` extra): gotocr_fast/ray/serve.py
+        from gotocr_fast.ray.serve import main as ray_main
+
+        return ray_main(args)
     try:
-        settings = settings_from_args(list(sys.argv[1:] if argv is None else argv))
+        settings = settings_from_args(args)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
