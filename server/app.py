@@ -24,7 +24,7 @@ from litestar.types import Message, Receive, Scope, Send
 
 from gotocr_fast import __version__
 
-from . import routes_ocr, routes_openai, routes_ops
+from . import routes_ocr, routes_openai, routes_ops, routes_web
 from .errors import ApiError, exception_handlers
 from .fetch import UrlFetcher
 from .inputs import InputLimits, InputResolver
@@ -141,7 +141,8 @@ def create_app(
     if settings.api_key:
         components.append(Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}))
     app = Litestar(
-        route_handlers=[v1, routes_ops.health, routes_ops.version, routes_ops.metrics],
+        route_handlers=[v1, routes_ops.health, routes_ops.version, routes_ops.metrics,
+                        *([routes_web.web_router()] if settings.ui else [])],
         dependencies={"rt": Provide(lambda: runtime, use_cache=True, sync_to_thread=False)},
         exception_handlers=exception_handlers,
         on_startup=[on_startup],

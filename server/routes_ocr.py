@@ -13,10 +13,12 @@ from litestar import Request, post
 from litestar.datastructures import UploadFile
 
 from gotocr_fast.tokens import IM_END_ID
+from gotocr_fast.web.render import render_document
 
 from .errors import ApiError
 from .modes import normalize_boxes, sampling_options
 from .openapi import OCR_ERRORS, OcrOperation, error_responses
+from .render import check_render
 from .runner import until_disconnect
 from .runtime import Runtime
 from .schemas import OcrChoice, OcrRequest, OcrResponse, Usage
@@ -25,7 +27,7 @@ __all__ = ["ocr", "decode_json_body"]
 
 _UPLOAD_FIELDS = ("file", "files", "image", "images", "file[]", "files[]")
 _FORM_FIELDS = ("image_file", "type", "box", "color", "crop", "max_tokens", "temperature", "top_p",
-                "repetition_penalty", "seed")
+                "repetition_penalty", "seed", "render")
 
 
 def decode_json_body(body: bytes, typ: type) -> Any:
@@ -64,7 +66,7 @@ async def _read_multipart(request: Request) -> tuple[OcrRequest, list[tuple[str,
         fields["image_file"] = []
     if "box" in fields:
         fields["box"] = _json_field("box", fields["box"])
-    for key in ("color", "seed", "max_tokens"):
+    for key in ("color", "seed", "max_tokens", "render"):
         if fields.get(key) == "":
             del fields[key]
     try:
@@ -115,6 +117,7 @@ async def ocr(request: Request, rt: Runtime) -> OcrResponse:
         options["color"] = body.color
     if (box := normalize_boxes(body.box)) is not None:
         options["box"] = box
+    check_render(body.render, body.type)
     rt.holder.require()  # 503 while loading: before any input work
 
     async def work() -> OcrResponse:
@@ -129,18 +132,19 @@ async def ocr(request: Request, rt: Runtime) -> OcrResponse:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)  # every engine request is cancelled
             raise
-        return _response(rt, results)
+        return _response(rt, results, body.render)
 
     return await until_disconnect(request.receive, work)
 
 
-def _response(rt: Runtime, results: list[Any]) -> OcrResponse:
+def _response(rt: Runtime, results: list[Any], render: str | None = None) -> OcrResponse:
     choices = [
         OcrChoice(
             index=i,
             text=r.text,
             finish_reason=r.finish_reason,
             stop_reason=IM_END_ID if r.finish_reason == "stop" else None,
+            **({"html": render_document(r.text)} if render else {}),
         )
         for i, r in enumerate(results)
     ]

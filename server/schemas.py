@@ -58,6 +58,11 @@ class OcrRequest(msgspec.Struct, kw_only=True):
     top_p: TopP = 1.0
     repetition_penalty: RepetitionPenalty = 1.0
     seed: int | None = None
+    render: Annotated[
+        Literal["html"] | None,
+        Meta(description="html: each choice also carries `html`, a standalone HTML document of its text "
+             "(math typeset, tables drawn, works offline); needs type format"),
+    ] = None
 
 
 class Usage(msgspec.Struct):
@@ -74,6 +79,8 @@ class OcrChoice(msgspec.Struct):
     stop_reason: int | None = None
     """The stop token id (151645 = ``<|im_end|>``) when ``finish_reason`` is ``stop``, else null."""
     prompt_logprobs: None = None
+    html: str | msgspec.UnsetType = msgspec.UNSET
+    """With ``render: "html"``: the rendered document (absent otherwise)."""
 
 
 class OcrResponse(msgspec.Struct):

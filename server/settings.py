@@ -75,6 +75,8 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_timeout: float = 30.0
     """Seconds to let in-flight requests finish on SIGTERM/SIGINT."""
     log_level: str = "info"
+    ui: bool = True
+    """Serve the web page at ``/`` (``--no-ui``: the HTTP API only)."""
 
     def __post_init__(self) -> None:
         positive = (
@@ -131,6 +133,7 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("api_key", str, "require 'Authorization: Bearer KEY' on /v1 (prefer env GOTOCR_API_KEY)"),
     ("shutdown_timeout", float, "graceful shutdown seconds"),
     ("log_level", str, "uvicorn log level"),
+    ("ui", bool, "serve the web page at / (--no-ui: the HTTP API only)"),
 )
 
 _TRUE = {"1", "true", "yes", "on"}
