@@ -96,28 +96,41 @@ class QwenBpe:
         return len(self.tokens)
 
 
-def find_qwen_tiktoken() -> Path:
-    """Locate ``dashscope/resources/qwen.tiktoken`` of the installed dashscope (not imported).
+def bundled_qwen_tiktoken() -> Path:
+    """``gotocr_fast/data/qwen.tiktoken``: the copy shipped in this package (see its NOTICE)."""
+    # Found through the package, not this file: in a source tree convert/ is not inside it.
+    package = importlib.util.find_spec(__name__.split(".")[0])
+    return Path(package.origin).parent / "data" / TIKTOKEN_FILENAME
 
-    dashscope 2.0.2 ships the exact Qwen vocabulary GOT uses; importing dashscope would pull in
-    its network dependencies, so only its package location is looked up.
+
+def find_qwen_tiktoken() -> Path:
+    """Qwen's ``qwen.tiktoken``: the package's own copy, else an installed dashscope's.
+
+    The package ships the file (2.5 MB, Apache-2.0, copied from dashscope 2.0.2) so a base
+    install needs nothing more; dashscope itself would bring ~45 packages of network client.
+    dashscope is only looked up (never imported) when the bundled copy is missing, e.g. in a
+    source tree whose data folder was stripped.
     """
+    bundled = bundled_qwen_tiktoken()
+    if bundled.is_file():
+        return bundled
     try:
         spec = importlib.util.find_spec("dashscope")
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
         raise ConvertError(
-            "qwen.tiktoken not found: install dashscope==2.0.2 (`pip install --no-deps "
-            "dashscope==2.0.2`), which ships the Qwen vocabulary"
+            f"qwen.tiktoken not found: {bundled} is missing from this install; reinstall gotocr-fast "
+            "or install dashscope==2.0.2 (`pip install --no-deps dashscope==2.0.2`), which ships it"
         )
     for location in spec.submodule_search_locations:
         candidate = Path(location) / "resources" / TIKTOKEN_FILENAME
         if candidate.is_file():
             return candidate
     raise ConvertError(
-        f"the installed dashscope ({', '.join(spec.submodule_search_locations)}) has no "
-        f"resources/{TIKTOKEN_FILENAME}; install dashscope==2.0.2"
+        f"qwen.tiktoken not found: {bundled} is missing and the installed dashscope "
+        f"({', '.join(spec.submodule_search_locations)}) has no resources/{TIKTOKEN_FILENAME}; "
+        "reinstall gotocr-fast or install dashscope==2.0.2"
     )
 
 

@@ -524,7 +524,7 @@ def _original_tokenizer_config() -> dict:
 
 
 def qwen_tiktoken_path() -> Path:
-    """``qwen.tiktoken`` as shipped in dashscope==2.0.2 (GOT's tokenizer ranks)."""
+    """``qwen.tiktoken`` (GOT's tokenizer ranks): the package's bundled copy of dashscope 2.0.2's file."""
     from gotocr_fast.convert.vocab import find_qwen_tiktoken
 
     return Path(find_qwen_tiktoken())

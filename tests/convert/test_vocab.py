@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import unicodedata
+from pathlib import Path
 
 import pytest
 
@@ -21,26 +22,64 @@ def bpe():
     return vocab.load_qwen_bpe(vocab.find_qwen_tiktoken())
 
 
-def test_find_qwen_tiktoken_is_dashscope_file(qwen_tiktoken_file):
-    assert vocab.find_qwen_tiktoken().resolve() == qwen_tiktoken_file.resolve()
+def test_find_qwen_tiktoken_is_the_bundled_copy_of_dashscopes_file(qwen_tiktoken_file):
+    import hashlib
+    import importlib.util
+
+    found = vocab.find_qwen_tiktoken()
+    package_dir = Path(importlib.util.find_spec("gotocr_fast").origin).parent
+    assert found.resolve() == (package_dir / "data" / "qwen.tiktoken").resolve()
+    # the copy is dashscope 2.0.2's file, byte for byte (its hash is also written in the NOTICE)
+    digest = hashlib.sha256(found.read_bytes()).hexdigest()
+    assert digest == hashlib.sha256(qwen_tiktoken_file.read_bytes()).hexdigest()
+    notice = (package_dir / "data" / "NOTICE.qwen-tiktoken").read_text()
+    assert digest in notice and "Apache License 2.0" in notice
+    assert "Apache License" in (package_dir / "data" / "LICENSE.qwen-tiktoken").read_text()
 
 
-def test_find_qwen_tiktoken_does_not_import_dashscope():
+def test_find_qwen_tiktoken_needs_no_dashscope():
+    """What a base install (no test extra) sees: dashscope cannot even be found."""
     import subprocess
     import sys
 
     code = (
-        "import sys; from gotocr_fast.convert.vocab import find_qwen_tiktoken; p = find_qwen_tiktoken(); "
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'dashscope': raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from gotocr_fast.convert.vocab import find_qwen_tiktoken, load_qwen_bpe\n"
+        "assert len(load_qwen_bpe(find_qwen_tiktoken())) == 151643\n"
+        "assert 'dashscope' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_find_qwen_tiktoken_falls_back_to_dashscope(monkeypatch, tmp_path, qwen_tiktoken_file):
+    monkeypatch.setattr(vocab, "bundled_qwen_tiktoken", lambda: tmp_path / "qwen.tiktoken")
+    assert vocab.find_qwen_tiktoken().resolve() == qwen_tiktoken_file.resolve()
+
+
+def test_find_qwen_tiktoken_does_not_import_dashscope(tmp_path):
+    import subprocess
+    import sys
+
+    # the fallback path: the bundled copy hidden, dashscope only looked up
+    code = (
+        "import sys, pathlib; from gotocr_fast.convert import vocab; "
+        f"vocab.bundled_qwen_tiktoken = lambda: pathlib.Path({str(tmp_path / 'none')!r}); "
+        "p = vocab.find_qwen_tiktoken(); assert 'dashscope' in str(p), p; "
         "assert p.is_file(); assert 'dashscope' not in sys.modules, 'dashscope was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_find_qwen_tiktoken_missing_dashscope(monkeypatch):
+def test_find_qwen_tiktoken_missing_everywhere(monkeypatch, tmp_path):
     import importlib.util
 
+    monkeypatch.setattr(vocab, "bundled_qwen_tiktoken", lambda: tmp_path / "qwen.tiktoken")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
-    with pytest.raises(ConvertError, match="dashscope==2.0.2"):
+    with pytest.raises(ConvertError, match="reinstall gotocr-fast or install dashscope==2.0.2"):
         vocab.find_qwen_tiktoken()
 
 
