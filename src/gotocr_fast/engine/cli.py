@@ -101,7 +101,14 @@ def ocr_main(argv: list[str]) -> int:
                    help="region x1,y1,x2,y2 in pixels (repeat for several boxes)")
     p.add_argument("--multi-page", action="store_true", help="all inputs (and PDF pages) as ONE multi-page prompt")
     p.add_argument("--json", action="store_true", help="print JSON (one object per input, or a list)")
+    p.add_argument("--render", metavar="FILE.html", default=None,
+                   help="also write the answers as a standalone HTML page (math typeset, tables drawn; "
+                        "needs --type format)")
     args = p.parse_args(argv)
+    if args.render and args.type != "format":
+        raise InvalidRequest("--render needs --type format (plain text has no markup to render)")
+    if args.render and not Path(args.render).absolute().parent.is_dir():
+        raise InvalidRequest(f"--render: no such folder for {args.render!r}")
     items = [it for path in args.inputs for it in _expand(path, args.dpi)]
     opts = _options(args, args.box)
     sequences = (1 if args.multi_page else len(items)) * max(1, len(args.box or ()))
@@ -111,11 +118,15 @@ def ocr_main(argv: list[str]) -> int:
             out = [("+".join(lbl for lbl, _ in items), r)]
         elif len(items) == 1 and not args.json:
             stream = engine.ocr_stream(items[0][1], **opts)
+            pieces = []
             with stream:
                 for delta in stream:
+                    pieces.append(delta)
                     sys.stdout.write(delta)
                     sys.stdout.flush()
             sys.stdout.write("\n")
+            if args.render:
+                _write_render(args.render, [(items[0][0], "".join(pieces))])
             return 0
         else:
             reqs = [(lbl, engine.submit(img, _stream=False, **opts)) for lbl, img in items]
@@ -128,7 +139,15 @@ def ocr_main(argv: list[str]) -> int:
                 if len(out) > 1:
                     print(f"==> {lbl} <==")
                 print(r.text)
+        if args.render:
+            _write_render(args.render, [(lbl, r.text) for lbl, r in out])
     return 0
+
+
+def _write_render(path: str, answers: list[tuple[str, str]]) -> None:
+    from ..web.render import write_document
+
+    write_document(path, answers)
 
 
 def _batch_items(src: Path, dpi: int):
