@@ -174,3 +174,17 @@ def test_static_files_exist():
     for name in ("index.html", "app.js", "app.css", "gotrender.js", "gotrender-page.js", "gotrender.css"):
         assert (STATIC_DIR / name).is_file(), name
     assert Path(STATIC_DIR / "index.html").read_text().count("/ui/") >= 6
+
+
+def test_web_files_are_in_the_installed_wheel():
+    import importlib.metadata
+
+    record = {str(f) for f in importlib.metadata.files("gotocr-fast") or ()}
+    if any(f.startswith(("_editable", "__editable__")) for f in record):
+        pytest.skip("editable install: the package files are served from the source tree")
+    web = STATIC_DIR.parent
+    shipped = [p for base in (STATIC_DIR, VENDOR_DIR) for p in base.rglob("*") if p.is_file()]
+    missing = [str(p.relative_to(web)) for p in shipped
+               if "gotocr_fast/web/" + p.relative_to(web).as_posix() not in record]
+    assert not missing, missing
+    assert sum(f.endswith(".woff2") for f in record) == 20
