@@ -26,6 +26,7 @@ from pathlib import Path
 import gguf
 
 from gotocr_fast import tokens
+from gotocr_fast.llama_log import llama_cpp_module
 
 from . import names as N
 from .checkpoint import Checkpoint
@@ -137,21 +138,14 @@ def _metadata(ckpt: Checkpoint, file_type: gguf.LlamaFileType) -> Callable[[gguf
 def _quantize_q8_0(src: Path, dst: Path) -> None:
     """Quantize a GGUF with llama.cpp's own quantizer (through llama-cpp-python)."""
     try:
-        import llama_cpp
+        # llama.cpp's log through ours: only errors unless a caller asked for more
+        llama_cpp = llama_cpp_module()
     except ImportError:
         raise ConvertError("--outtype q8_0 needs llama-cpp-python (llama.cpp's quantizer)") from None
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
     params.nthread = os.cpu_count() or 1
-    # llama-cpp-python routes llama.cpp's log through its logger: keep only errors while quantizing.
-    from llama_cpp import _logger
-
-    previous = _logger.logger.level
-    _logger.set_verbose(False)
-    try:
-        rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
-    finally:
-        _logger.logger.setLevel(previous)
+    rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
     if rc != 0:
         raise ConvertError(f"llama.cpp failed to quantize the text model to q8_0 (status {rc})")
 

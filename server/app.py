@@ -53,6 +53,8 @@ def default_engine_factory(settings: ServerSettings) -> Callable[[], Any]:
             # just has to be large enough never to refuse them.
             max_queue=max(64, settings.slots * 64),
             max_pixels=settings.max_image_pixels,
+            # llama.cpp's own log lines (load details, warnings) only at --log-level debug
+            verbose=settings.log_level.lower() == "debug",
         )
 
     return load

@@ -58,6 +58,7 @@ def test_version_reports_package_and_ggml():
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == f"gotocr_fast {gotocr_fast.__version__}"
     assert "ggml " in r.stdout  # the native core is importable in an installed package
+    assert "llama.cpp extra buffer types: " in r.stdout  # and says how text models will load
 
 
 def test_import_and_help_stay_light():

@@ -11,9 +11,11 @@ from pathlib import Path
 
 
 def open_model(text_gguf: Path, threads: int, n_ctx: int = 4096):
-    from llama_cpp import Llama
+    """``Llama`` with the model parameters our engine loads with (same extra buffer types), so the
+    comparison stays like for like."""
+    from gotocr_fast.llama_load import open_stock_llama
 
-    return Llama(
+    return open_stock_llama(
         model_path=str(text_gguf), n_ctx=n_ctx, n_batch=512, n_ubatch=512,
         n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False,
     )

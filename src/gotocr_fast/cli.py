@@ -83,6 +83,13 @@ def _version_text() -> str:
         lines.append(f"ggml {info['version']} ({info['commit']}), backends: {', '.join(info['backends'])}")
         if features:
             lines.append(f"CPU features: {features}")
+        from .llama_load import extra_bufts
+
+        try:
+            choice = extra_bufts()
+            lines.append(f"llama.cpp extra buffer types: {'on' if choice.enabled else 'off'} ({choice.reason})")
+        except ValueError as exc:  # a bad GOTOCR_EXTRA_BUFTS value
+            lines.append(f"llama.cpp extra buffer types: {exc}")
     return "\n".join(lines)
 
 

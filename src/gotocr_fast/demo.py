@@ -38,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--keep", metavar="DIR", default=None, help="keep the converted model in DIR")
     p.add_argument("--image", default=None, help="OCR this image instead of the sample page")
+    p.add_argument("--verbose", action="store_true", help="show llama.cpp's and gotocr_fast's log lines")
     args = p.parse_args(argv)
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
     from .convert import convert_checkpoint
     from .engine import OcrEngine
@@ -55,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"random '{args.config}' checkpoint written and converted in {t1 - t0:.1f} s: "
               f"{files.text.name}, {files.vision.name}", file=sys.stderr)
         image = args.image if args.image else sample_image()
-        with OcrEngine(model_dir, n_ctx=max(512, args.max_tokens + 2048), max_slots=1) as engine:
+        with OcrEngine(model_dir, n_ctx=max(512, args.max_tokens + 2048), max_slots=1,
+                       verbose=args.verbose) as engine:
             r = engine.ocr(image, max_tokens=args.max_tokens)
         print(f"--- OCR output (random weights, {r.completion_tokens} tokens, finish_reason={r.finish_reason}) ---")
         print(r.text)

@@ -83,10 +83,13 @@ def _llama_logits(model_path: Path, ids: list[int] | np.ndarray, n_ctx: int = 64
     """Logits [len(ids), n_vocab] of a GGUF text model through llama-cpp-python."""
     import llama_cpp
 
+    from gotocr_fast.llama_load import open_stock_llama
+
     # f32 KV cache: llama.cpp's default f16 cache alone moves tiny-model logits by ~1e-2.
-    llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
-                          n_threads=2, type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32,
-                          verbose=False)
+    # Loaded with the engine's model parameters (no AMX buffers where they crash).
+    llm = open_stock_llama(model_path=str(model_path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
+                           n_threads=2, type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32,
+                           verbose=False)
     try:
         ids = [int(i) for i in ids]
         llm.eval(ids)
@@ -104,13 +107,13 @@ def llama_logits() -> Callable[..., np.ndarray]:
 @pytest.fixture(scope="session")
 def llama_vocab() -> Callable[[Path], object]:
     """A vocab-only llama-cpp-python model per GGUF (cached): tokenize / detokenize only."""
-    import llama_cpp
+    from gotocr_fast.llama_load import open_stock_llama
 
     cache: dict[Path, object] = {}
 
     def load(path: Path):
         if path not in cache:
-            cache[path] = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+            cache[path] = open_stock_llama(model_path=str(path), vocab_only=True, verbose=False)
         return cache[path]
 
     yield load

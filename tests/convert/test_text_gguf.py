@@ -106,8 +106,10 @@ def test_metadata(converted_model, read_gguf, config):
 def test_llama_sees_gguf_vocab(converted_model):
     import llama_cpp
 
+    from gotocr_fast.llama_load import open_stock_llama
+
     path = converted_model("tiny", "hf", "f32") / "got-text-f32.gguf"
-    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    llm = open_stock_llama(model_path=str(path), vocab_only=True, verbose=False)
     try:
         assert llm.n_vocab() == tokens.VOCAB_SIZE
         assert llm.token_eos() == tokens.IM_END_ID

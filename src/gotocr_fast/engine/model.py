@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..cpus import available_cpus
+from ..llama_load import model_params
+from ..llama_log import llama_cpp_module
 from .errors import ModelError
 
 __all__ = ["ModelPaths", "resolve_model_paths", "TextModel", "load_llama_cpp"]
@@ -64,18 +66,17 @@ _backend_ready = False
 
 
 def load_llama_cpp(verbose: bool = False):
-    """Import llama-cpp-python, initialise the backend once, route llama.cpp's log."""
+    """Import llama-cpp-python, initialise the backend once, route llama.cpp's log (errors only
+    unless ``verbose``)."""
     global _backend_ready
     try:
-        import llama_cpp
-        from llama_cpp import _logger
+        llama_cpp = llama_cpp_module(verbose)
     except ImportError as e:  # pragma: no cover - dependency missing
         raise ModelError("llama-cpp-python==0.3.36 is required: pip install llama-cpp-python==0.3.36") from e
     with _backend_lock:
         if not _backend_ready:
             llama_cpp.llama_backend_init()
             _backend_ready = True
-        _logger.set_verbose(verbose)
     return llama_cpp
 
 
@@ -126,7 +127,10 @@ class TextModel:
         self.path = Path(path)
         n_threads = n_threads or available_cpus()
         self.n_threads = n_threads
-        mparams = ll.llama_model_default_params()
+        try:
+            mparams = model_params(ll)
+        except ValueError as e:  # a bad GOTOCR_EXTRA_BUFTS
+            raise ModelError(str(e)) from None
         self._model = ll.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
             raise ModelError(f"llama.cpp could not load the text model {self.path}")
