@@ -7,7 +7,8 @@ Each string is one of:
   any other ``scheme://`` is refused (403);
 * otherwise a local path: relative paths are taken from the allowed root, absolute ones must lie
   under it once symlinks and ``..`` are resolved. A folder gives its images (by extension,
-  natural-sorted by name); a PDF (recognised by its ``%PDF-`` header) gives its pages.
+  natural-sorted by name); a PDF (recognised by its ``%PDF-`` header) gives its pages, rendered by
+  :mod:`gotocr_fast.inputs` with the limits below.
 
 Expansion into prompts (DESIGN §4): a top-level string that yields several pages (folder, PDF)
 becomes one result *per page*; an inner list is *one* multi-page prompt made of all its strings'
@@ -23,11 +24,9 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
-import math
 import os
 import re
 import stat
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import anyio
 from PIL import Image
 
+from gotocr_fast.inputs import PdfError, TooManyPdfPages, is_pdf, pdf_page_count, render_pdf_pages
 from gotocr_fast.preprocess import ImageError, ImageTooLarge, load_image
 
 from .errors import ApiError
@@ -47,7 +47,6 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", 
 
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _DATA_RE = re.compile(r"^data:(?P<type>[^;,]*)(?P<params>(?:;[^;,]*)*),", re.DOTALL)
-_PDFIUM_LOCK = threading.Lock()  # pdfium is not thread-safe: one document operation at a time
 _O_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -78,10 +77,6 @@ class PageBudget:
 
 def _natural_key(name: str) -> list[Any]:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
-
-
-def is_pdf(data: bytes) -> bool:
-    return b"%PDF-" in data[:1024]
 
 
 class InputResolver:
@@ -276,45 +271,18 @@ class InputResolver:
             raise ApiError(415, f"{_short(shown)} is not a usable image: {exc}", "invalid_image") from None
 
     def _render_pdf(self, data: bytes, shown: str, budget: PageBudget) -> list[Image.Image]:
-        import pypdfium2 as pdfium
-
-        limits = self.limits
-        rendered: list[Image.Image] = []
-        with _PDFIUM_LOCK:
-            try:
-                pdf = pdfium.PdfDocument(data)
-            except pdfium.PdfiumError as exc:
-                raise ApiError(415, f"{_short(shown)} is not a readable PDF ({exc})", "invalid_pdf") from None
-            try:
-                n = len(pdf)
-                if n == 0:
-                    raise ApiError(415, f"{_short(shown)} has no pages", "invalid_pdf")
-                if n > limits.max_pdf_pages:
-                    raise ApiError(413, f"{_short(shown)} has {n} pages (limit {limits.max_pdf_pages})",
-                                   "too_many_pdf_pages")
-                budget.ensure_room(n)
-                for i in range(n):
-                    page = pdf[i]
-                    try:
-                        w, h = page.get_size()  # points (1/72 inch)
-                        if not (w > 0 and h > 0 and math.isfinite(w) and math.isfinite(h)):
-                            raise ApiError(415, f"{_short(shown)} page {i + 1} has no area", "invalid_pdf")
-                        scale = limits.pdf_dpi / 72.0
-                        # keep the rendered page under the pixel limit (huge MediaBoxes are a PDF bomb)
-                        scale = min(scale, math.sqrt(limits.max_image_pixels / (w * h)) * 0.999)
-                        bitmap = page.render(scale=scale)
-                        try:
-                            image = bitmap.to_pil()
-                        finally:
-                            bitmap.close()
-                    except pdfium.PdfiumError as exc:
-                        raise ApiError(415, f"{_short(shown)} page {i + 1} cannot be rendered ({exc})",
-                                       "invalid_pdf") from None
-                    finally:
-                        page.close()
-                    rendered.append(image)
-            finally:
-                pdf.close()
+        limits, name = self.limits, _short(shown)
+        try:
+            # counted first: a request over its page budget renders nothing
+            budget.ensure_room(pdf_page_count(data, max_pages=limits.max_pdf_pages, name=name))
+            rendered = render_pdf_pages(data, dpi=limits.pdf_dpi, max_pixels=limits.max_image_pixels,
+                                        max_pages=limits.max_pdf_pages, name=name)
+        except TooManyPdfPages as exc:
+            raise ApiError(413, str(exc), "too_many_pdf_pages") from None
+        except ImageTooLarge as exc:
+            raise ApiError(413, str(exc), "image_too_large") from None
+        except PdfError as exc:
+            raise ApiError(415, str(exc), "invalid_pdf") from None
         pages = [self._decode_image(im, f"{shown} page {i + 1}") for i, im in enumerate(rendered)]
         budget.take(len(pages))
         return pages

@@ -72,6 +72,20 @@ def test_pdf_render_capped_by_pixel_limit(image_root):
     assert w * h <= 250_000 and w > 400  # scaled down to the limit, not refused
 
 
+def test_pdf_page_over_the_format_limit_refused(image_root):
+    import io
+
+    import pypdfium2 as pdfium
+
+    doc = pdfium.PdfDocument.new()
+    doc.new_page(20000, 20000).close()  # 278 inches a side: a bomb, not a page
+    buf = io.BytesIO()
+    doc.save(buf)
+    doc.close()
+    (image_root / "bomb.pdf").write_bytes(buf.getvalue())
+    assert error(resolver(image_root), "bomb.pdf") == (413, "image_too_large")
+
+
 @pytest.mark.parametrize("spec", ["../secret.png", "sub/../../secret.png", "/etc/passwd", "/", "..", "~/../../x"])
 def test_paths_outside_root_forbidden(image_root, spec):
     assert error(resolver(image_root), spec) == (403, "path_outside_root")

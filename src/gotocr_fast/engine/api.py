@@ -31,6 +31,7 @@ import numpy as np
 from ..prompt import InvalidPrompt, OcrMode, build_prompt, build_queries, image_token_span
 from ..tokens import IMG_PAD_ID
 from ..cpus import available_cpus
+from ..inputs import load_pages
 from .cache import EmbeddingCache, image_key
 from .cpu_turns import CpuTurns, NoTurns
 from .errors import Cancelled, ContextOverflow, EngineClosed, InvalidRequest, ModelError, OcrError, Overloaded
@@ -397,18 +398,23 @@ class OcrEngine:
         pages = list(image_or_pages) if isinstance(image_or_pages, (list, tuple)) else [image_or_pages]
         if not pages:
             raise InvalidRequest("no image given")
-        multi_page = len(pages) > 1
+        pp = self._preprocess
+        images = []
+        for src in pages:
+            try:  # an image is one page; a PDF (bytes or path) gives all of its pages
+                images.extend(load_pages(src, max_pixels=self.max_pixels))
+            except pp.ImageError as e:
+                raise InvalidRequest(str(e)) from e
+        if len(images) > 1 and len(pages) == 1 and not isinstance(image_or_pages, (list, tuple)):
+            raise InvalidRequest(
+                f"the PDF has {len(images)} pages: OCR them one by one (gotocr_fast.inputs.render_pdf_pages) "
+                "or pass [pdf] to read them as one multi-page prompt"
+            )
+        multi_page = len(images) > 1
         try:
             mode = OcrMode(type=type_, boxes=boxes, color=color, crop=crop, multi_page=multi_page)
         except InvalidPrompt as e:
             raise InvalidRequest(str(e)) from e
-        pp = self._preprocess
-        images = []
-        for src in pages:
-            try:
-                images.append(pp.load_image(src, max_pixels=self.max_pixels))
-            except pp.ImageError as e:
-                raise InvalidRequest(str(e)) from e
         try:
             queries = build_queries(mode, images[0].size)
         except InvalidPrompt as e:

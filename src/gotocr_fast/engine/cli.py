@@ -9,8 +9,9 @@ import sys
 from collections import deque
 from pathlib import Path
 
+from ..inputs import DEFAULT_PDF_DPI, is_pdf, pdf_page_count, render_pdf_pages
+from ..preprocess import ImageError
 from .errors import InvalidRequest, OcrError
-from .pdf import DEFAULT_DPI, is_pdf, render_pdf_pages
 
 __all__ = ["ocr_main", "batch_main"]
 
@@ -41,12 +42,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--dpi", type=int, default=DEFAULT_DPI, help=f"PDF render resolution (default {DEFAULT_DPI})")
+    p.add_argument("--dpi", type=float, default=DEFAULT_PDF_DPI,
+                   help=f"PDF render resolution (default {DEFAULT_PDF_DPI:g}; lowered for pages over the pixel limit)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--slots", type=int, default=None,
                    help=f"concurrent sequences in llama.cpp (default {DEFAULT_SLOTS}; `ocr`: no more than its "
                         "inputs × boxes need). Each slot holds a KV cache of --ctx tokens")
     p.add_argument("--ctx", type=int, default=8192, help="context tokens per request")
+    p.add_argument("--verbose", action="store_true", help="show llama.cpp's and gotocr_fast's log lines")
 
 
 def _engine(args, sequences: int | None = None):
@@ -55,11 +58,15 @@ def _engine(args, sequences: int | None = None):
         raise InvalidRequest("no model: pass --model DIR (a converted model folder) or set GOTOCR_MODEL")
     from .api import OcrEngine
 
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     # llama.cpp allocates every slot's KV cache up front (≈ 0.8 GB per 8192 tokens at full size):
     # one image needs one slot, not the server-sized default
     slots = args.slots if args.slots is not None else min(DEFAULT_SLOTS, sequences or DEFAULT_SLOTS)
     return OcrEngine(args.model, args.vision, n_threads=args.threads, n_ctx=args.ctx, max_slots=slots,
-                     max_queue=max(64, slots * 4))
+                     max_queue=max(64, slots * 4), verbose=args.verbose)
 
 
 def _options(args, box=None) -> dict:
@@ -77,7 +84,7 @@ def _expand(path: str, dpi: int):
     if not p.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if is_pdf(p):
-        for i, img in render_pdf_pages(p, dpi=dpi):
+        for i, img in enumerate(render_pdf_pages(p, dpi=dpi)):
             yield f"{path}#page={i + 1}", img
     else:
         yield path, p
@@ -156,7 +163,8 @@ def _batch_items(src: Path, dpi: int):
     for f in files:
         rel = f.relative_to(src) if src.is_dir() else Path(f.name)
         stem = str(rel.with_suffix("")).replace(os.sep, "__")
-        if is_pdf(f):
+        # by content, or by name: a broken file called .pdf is reported, not skipped
+        if is_pdf(f) or f.suffix.lower() == ".pdf":
             yield stem, f, "pdf"
         elif f.suffix.lower() in IMAGE_SUFFIXES:
             yield stem, f, "image"
@@ -187,10 +195,8 @@ def batch_main(argv: list[str]) -> int:
             pages.append((stem, str(f), f))
             continue
         try:
-            from .pdf import pdf_page_count
-
-            n = pdf_page_count(f)
-        except (OcrError, OSError) as e:
+            n = pdf_page_count(f, max_pages=None)  # pages are rendered one at a time: no count limit
+        except (OcrError, ImageError, OSError) as e:
             failures.append((str(f), str(e)))
             continue
         for i in range(n):
@@ -210,7 +216,7 @@ def batch_main(argv: list[str]) -> int:
     def load(loader):
         if isinstance(loader, tuple):
             f, i = loader
-            return next(iter(render_pdf_pages(f, dpi=args.dpi, pages=[i])))[1]
+            return render_pdf_pages(f, dpi=args.dpi, pages=[i])[0]
         return loader
 
     def write(stem: str, label: str, r) -> None:
@@ -241,7 +247,7 @@ def batch_main(argv: list[str]) -> int:
                 drain_one()
             try:
                 req = engine.submit(load(loader), _stream=False, **opts)
-            except (OcrError, OSError) as e:
+            except (OcrError, ImageError, OSError) as e:
                 failures.append((label, str(e)))
                 if bar is not None:
                     bar.update(1)
