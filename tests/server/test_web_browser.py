@@ -361,3 +361,69 @@ def test_standalone_document_renders_offline(browser, tmp_path, shots):
     finally:
         context.close()
     assert not problems, problems
+
+
+# (source, expected): katex = typeset spans, display = display blocks, errors = spans shown as
+# invalid TeX, text = a fragment of the visible text, tex = a fragment of a typeset span's source,
+# notex = never in any typeset span's source
+RULES = [
+    (r"\(\left( x\)", {"katex": 1, "errors": 0, "notex": r"\left"}),  # unbalanced: \left dropped
+    (r"\(\left\{ x \right.\)", {"katex": 1, "errors": 0, "tex": r"\left\{ x \right."}),  # balanced: kept
+    (r"\(\left( x \right) \right)\)", {"katex": 1, "errors": 0, "notex": "\\right"}),
+    (r"a $$x^2$$ b", {"katex": 1, "display": 1}),
+    (r"text \[x\] text", {"katex": 1, "display": 1, "text": "text"}),
+    (r"$ x$ and a$b", {"katex": 0, "text": "$ x$ and a$b"}),
+    (r"\$5 and \$6", {"katex": 0, "text": "$5 and $6"}),
+    (r"\(\frac{\)", {"katex": 0, "errors": 1, "text": r"\(\frac{\)"}),
+    (r"\begin{tabular}{cc} a & b", {"tables": 0, "text": r"\begin{tabular}{cc} a & b"}),
+    (r"\subsection*{Intro}", {"h3": "Intro"}),
+    ("[a](javascript:alert(1)) \\(\\href{javascript:alert(1)}{x}\\)", {"anchors": []}),
+]
+
+
+@pytest.mark.parametrize("source, want", RULES, ids=[f"rule{i}" for i in range(len(RULES))])
+def test_render_rules(page, server, source, want):
+    _open(page, server)
+    got = page.evaluate("""(src) => {
+        const el = document.createElement('div');
+        el.innerHTML = GotRender.renderToHtml(src);
+        const tex = [...el.querySelectorAll('annotation')].map(a => a.textContent);
+        return {katex: el.querySelectorAll('.katex').length, display: el.querySelectorAll('.katex-display').length,
+                errors: el.querySelectorAll('.math-error').length, tables: el.querySelectorAll('table').length,
+                text: el.textContent, tex: tex.join(' | '), h3: (el.querySelector('h3') || {}).textContent,
+                anchors: [...el.querySelectorAll('a')].map(a => a.getAttribute('href'))};
+    }""", source)
+    for key, value in want.items():
+        if key == "text":
+            assert value in got["text"], got
+        elif key == "tex":
+            assert value in got["tex"], got
+        elif key == "notex":
+            assert value not in got["tex"], got
+        else:
+            assert got[key] == value, (key, got)
+
+
+def test_page_with_the_real_engine(browser, start_server, tiny_model_dir, page_png, shots):
+    """The tiny random-weight model: meaningless text, but the whole path from the page runs."""
+    server = start_server("--model", str(tiny_model_dir), "--threads", "2", "--slots", "1", "--n-ctx", "1024",
+                          "--default-max-tokens", "12", fake=False, timeout=300)
+    context = browser.new_context()
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    problems: list[str] = []
+    pg.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+    pg.on("pageerror", lambda e: problems.append(str(e)))
+    try:
+        _open(pg, server, page_png)
+        pg.check('input[name="mode"][value="format"]')
+        _run_and_wait(pg)
+        state = pg.text_content("#stat-state")
+        assert state in ("done (stop)", "done (length)"), (state, pg.text_content("#error"))
+        prompt, completion = (int(v) for v in pg.text_content("#stat-tokens").split(" / "))
+        assert prompt > 16 and 1 <= completion <= 12
+        assert pg.is_visible("#rendered-box")
+        pg.screenshot(path=str(shots / "real_engine.png"), full_page=True)
+    finally:
+        context.close()
+    assert not problems, problems
