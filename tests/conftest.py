@@ -9,6 +9,7 @@ oracles in ``tests/fixtures/`` were made with), built once per session in tempor
   ``got-text-<outtype>.gguf`` + ``got-vision-<outtype>.gguf`` from ``gotocr_fast.convert``.
 - ``tiny_model_dir`` (tiny, hf layout, f32), ``tiny_model_dir_f16``, ``tiny_alt_model_dir`` (f32),
   ``tiny_original_model_dir`` (tiny, original layout, f32).
+- ``full_vision_gguf``: the full-size vision GGUF (f32) alone, in a folder removed after the session.
 - ``fixtures_dir``, ``oracle(name)``: the committed oracle files (``tests/fixtures/<name>.npz`` +
   ``<name>.json``), see ``tests/fixtures/README.md``.
 
@@ -18,7 +19,10 @@ Nothing here imports torch: the converter and the oracles are numpy / gguf only.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +119,34 @@ def converted_model(synth_checkpoint, tmp_path_factory) -> Callable[..., Path]:
         return cache[key]
 
     return build
+
+
+@pytest.fixture(scope="session")
+def full_vision_gguf() -> Iterator[Path]:
+    """``got-vision-f32.gguf`` of the full config (0.4 GB), made once per session and deleted after it.
+
+    Not through ``converted_model``: that keeps a 2.3 GB checkpoint and a 2 GB text GGUF in pytest's
+    tmp folders, which pytest keeps for three runs (15 GB). Here the checkpoint has the full vision
+    config and a one-layer LM of the real hidden size (the projector's output) and vocabulary (the
+    tokenizer's); synth draws each tensor from its name and the seed, so the vision tensors are the
+    full config's. Only the vision GGUF is written, then the checkpoint is deleted: at most 1.4 GB
+    on disk, for the conversion.
+    """
+    from gotocr_fast import synth
+    from gotocr_fast.convert.checkpoint import open_checkpoint
+    from gotocr_fast.convert.vision_gguf import plan_vision, write_vision_gguf
+
+    full = synth.CONFIGS["full"]
+    cfg = replace(full, name="full-vision", text=replace(full.text, num_layers=1, ffn_dim=64))
+    with tempfile.TemporaryDirectory(prefix="gotocr-full-vision-") as tmp:
+        src = synth.write_checkpoint(Path(tmp) / "checkpoint", cfg, "hf", seed=0)
+        ckpt = open_checkpoint(src)
+        assert ckpt.vision.image_size == full.vision.image_size and ckpt.text.hidden_size == full.text.hidden_size
+        path = Path(tmp) / "got-vision-f32.gguf"
+        write_vision_gguf(ckpt, plan_vision(ckpt, "f32"), path, "f32", lambda n: None)
+        del ckpt
+        shutil.rmtree(src)
+        yield path
 
 
 @pytest.fixture(scope="session")

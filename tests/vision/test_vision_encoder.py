@@ -338,12 +338,12 @@ def test_failed_loads_do_not_leak(rewrite, tiny_vision_gguf):
 # --- the real-size config (converts a 2.3 GB checkpoint, encodes one 1024² view) ------------------
 
 
-# On by default (about 80 s on 2 cores, ~5 GB of temporary files): the real sizes are what users
-# run. GOTOCR_SKIP_FULL_TESTS=1 skips it for quick local iterations.
+# On by default (about 60 s on 2 cores; 1.4 GB of temporary files at most, removed after the session):
+# the real sizes are what users run. GOTOCR_SKIP_FULL_TESTS=1 skips it for quick local iterations.
 @pytest.mark.skipif(os.environ.get("GOTOCR_SKIP_FULL_TESTS") == "1", reason="GOTOCR_SKIP_FULL_TESTS=1")
-def test_full_config_rows_match_transformers(converted_model, oracle):
+def test_full_config_rows_match_transformers(full_vision_gguf, oracle):
     o = oracle("full_vision")
-    path = converted_model("full", "hf", "f32") / "got-vision-f32.gguf"
+    path = full_vision_gguf
     with VisionEncoder(path, n_threads=2) as enc:
         assert (enc.image_size, enc.tokens_per_view, enc.embedding_length) == (1024, 256, 1024)
         got = enc.encode(synth.synth_pixels(1024, n_views=1, seed=0))[0]
