@@ -371,6 +371,7 @@ RULES = [
     (r"\(\left\{ x \right.\)", {"katex": 1, "errors": 0, "tex": r"\left\{ x \right."}),  # balanced: kept
     (r"\(\left( x \right) \right)\)", {"katex": 1, "errors": 0, "notex": "\\right"}),
     (r"a $$x^2$$ b", {"katex": 1, "display": 1}),
+    (r"\( x \\) y \)", {"katex": 1, "errors": 0, "tex": r"x \\) y"}),  # "\\)" is a line break and ")"
     (r"text \[x\] text", {"katex": 1, "display": 1, "text": "text"}),
     (r"$ x$ and a$b", {"katex": 0, "text": "$ x$ and a$b"}),
     (r"\$5 and \$6", {"katex": 0, "text": "$5 and $6"}),

@@ -73,11 +73,12 @@
     return ch === " " || ch === "\t" || ch === "\n" || ch === "\r";
   }
 
-  /** Index of `close` at or after `from`, skipping backslash-escaped characters; -1 if none. */
+  /** Index of `close` at or after `from`; -1 if none. A backslash and the character after it
+   * are one unit, so the "\\)" of "a \\) b" (a TeX line break, then ")") closes nothing. */
   function findClose(src, from, close, end) {
     for (var i = from; i + close.length <= end; i++) {
       if (src.startsWith(close, i)) return i;
-      if (src.charCodeAt(i) === 0x5c /* \ */ && close.charAt(0) !== "\\") i++;
+      if (src.charCodeAt(i) === 0x5c /* \ */) i++;
     }
     return -1;
   }
