@@ -81,4 +81,5 @@ def ui_file(name: str) -> Response[bytes]:
 
 
 def web_router() -> Router:
+    _files()  # read the files now, not inside the first request
     return Router(path="/", route_handlers=[index, ui_file])
