@@ -306,6 +306,21 @@ def test_colour_and_crop_modes(page, server, page_png):
     assert page.text_content("#raw") == "plain|-|-|crop=1|640x360#255,255,255"
 
 
+def test_several_images_one_after_another(page, server, page_png, tmp_path):
+    small = tmp_path / "small.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (255, 255, 255)).save(small)
+    _open(page, server, [page_png, small])
+    _run_and_wait(page)
+    assert page.text_content("#raw") == (f"==> page.png <==\n{_expected_plain()}\n\n"
+                                         f"==> small.png <==\n{_expected_plain(size=(64, 48))}")
+    assert page.text_content("#stat-state") == "done (stop, stop)"
+    prompt = 2 * (PROMPT_TOKENS_FIXED + PROMPT_TOKENS_PER_PAGE)
+    completion = len(_expected_plain()) + len(_expected_plain(size=(64, 48))) + 2
+    assert page.text_content("#stat-tokens") == f"{prompt} / {completion}"
+
+
 def test_paste_an_image(page, server):
     _open(page, server)
     page.evaluate("""async () => {

@@ -417,6 +417,9 @@
   function init() {
     $("file").addEventListener("change", function (ev) { setFiles(ev.target.files); ev.target.value = ""; });
     var drop = $("drop");
+    drop.addEventListener("keydown", function (ev) {
+      if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); $("file").click(); }
+    });
     drop.addEventListener("dragover", function (ev) { ev.preventDefault(); drop.classList.add("over"); });
     drop.addEventListener("dragleave", function () { drop.classList.remove("over"); });
     drop.addEventListener("drop", function (ev) {
