@@ -394,6 +394,9 @@ RULES = [
     (r"\begin{tabular}{cc} a & b", {"tables": 0, "text": r"\begin{tabular}{cc} a & b"}),
     (r"\subsection*{Intro}", {"h3": "Intro"}),
     ("[a](javascript:alert(1)) \\(\\href{javascript:alert(1)}{x}\\)", {"anchors": []}),
+    (r"a \textbf{bold \(x\)} \emph{it} \foo{x}", {"strong": "bold x", "em": "it", "katex": 1, "text": r"\foo{x}"}),
+    ("\\begin{itemize}\n\\item one \\(y\\)\n\\item[b] two\n\\end{itemize}\nafter",
+     {"li": ["one y", "two"], "katex": 1, "text": "after"}),
 ]
 
 
@@ -404,9 +407,18 @@ def test_render_rules(page, server, source, want):
         const el = document.createElement('div');
         el.innerHTML = GotRender.renderToHtml(src);
         const tex = [...el.querySelectorAll('annotation')].map(a => a.textContent);
+        // text with each typeset span replaced by its TeX source
+        const plain = (node) => {
+            if (!node) return null;
+            const c = node.cloneNode(true);
+            c.querySelectorAll('.katex').forEach(k => k.replaceWith(k.querySelector('annotation').textContent));
+            return c.textContent.trim();
+        };
         return {katex: el.querySelectorAll('.katex').length, display: el.querySelectorAll('.katex-display').length,
                 errors: el.querySelectorAll('.math-error').length, tables: el.querySelectorAll('table').length,
                 text: el.textContent, tex: tex.join(' | '), h3: (el.querySelector('h3') || {}).textContent,
+                strong: plain(el.querySelector('strong')), em: plain(el.querySelector('em')),
+                li: [...el.querySelectorAll('ul > li')].map(plain),
                 anchors: [...el.querySelectorAll('a')].map(a => a.getAttribute('href'))};
     }""", source)
     for key, value in want.items():

@@ -12,7 +12,8 @@
  *    (\left( -> (, \right) -> ), \left. -> nothing): KaTeX refuses unbalanced pairs.
  *  - \begin{tabular} ... \end{tabular} becomes an HTML table (\hline, \cline, \multicolumn,
  *    \multirow; cells are markdown with math).
- *  - \title / \section / \subsection lines become headings.
+ *  - \title / \section / \subsection lines become headings, \begin{itemize|enumerate} lists,
+ *    \textbf / \textit / \emph / \underline bold, italic, underlined text.
  *  - nothing from the text is ever markup: markdown-it runs with html off, KaTeX with trust off,
  *    table cells go through the same escaping; images are never loaded (their alt text is shown).
  */
@@ -148,6 +149,32 @@
     return true;
   }
 
+  // LaTeX text styles -> markdown-it's own emphasis tokens; the argument is parsed as inline
+  // markdown (so math and nested styles inside work). Unknown commands stay text.
+  var TEXT_STYLES = { "\\textbf": "strong", "\\textit": "em", "\\emph": "em", "\\underline": "u" };
+  var TEXT_STYLE_RE = /^\\(textbf|textit|emph|underline)\{/;
+
+  function textStyle(state, silent) {
+    var src = state.src, pos = state.pos;
+    if (src.charCodeAt(pos) !== 0x5c) return false;
+    var m = TEXT_STYLE_RE.exec(src.slice(pos, pos + 12));
+    if (!m) return false;
+    var arg = braced(src, pos + m[0].length - 1);
+    if (!arg || arg[1] > state.posMax) return false;
+    if (!silent) {
+      var tag = TEXT_STYLES["\\" + m[1]];
+      var oldMax = state.posMax;
+      state.push(tag + "_open", tag, 1);
+      state.pos = pos + m[0].length;
+      state.posMax = arg[1] - 1;
+      state.md.inline.tokenize(state);
+      state.posMax = oldMax;
+      state.push(tag + "_close", tag, -1);
+    }
+    state.pos = arg[1];
+    return true;
+  }
+
   // Blocks that start a line: display math and tables may span lines.
   var BLOCK_DELIMS = [["\\[", "\\]"], ["$$", "$$"], ["\\begin{tabular}", "\\end{tabular}"]];
 
@@ -219,6 +246,43 @@
     state.push("heading_close", "h" + level, -1);
     state.line = startLine + 1;
     return true;
+  }
+
+  var LIST_RE = /^\\begin\{(itemize|enumerate)\}/;
+
+  /** \begin{itemize|enumerate} ... \end{...} from the start of a line: a list of its \item's. */
+  function latexList(state, startLine, endLine, silent) {
+    var start = state.bMarks[startLine] + state.tShift[startLine];
+    var src = state.src;
+    var m = LIST_RE.exec(src.slice(start, start + 20));
+    if (!m) return false;
+    var close = "\\end{" + m[1] + "}";
+    var at = src.indexOf(close, start);
+    if (at < 0) return false;
+    var after = at + close.length;
+    var lineEnd = src.indexOf("\n", after);
+    if (lineEnd < 0) lineEnd = src.length;
+    if (src.slice(after, lineEnd).trim() !== "") return false;
+    if (silent) return true;
+    var line = startLine;
+    while (line < endLine && state.eMarks[line] < after) line++;
+    var tok = state.push("latex_list", m[1] === "itemize" ? "ul" : "ol", 0);
+    tok.content = src.slice(start + m[0].length, at);
+    tok.block = true;
+    tok.map = [startLine, line + 1];
+    state.line = line + 1;
+    return true;
+  }
+
+  function renderList(md, token, env) {
+    var items = token.content.split(/\\item\b/).slice(1);
+    var html = ["<" + token.tag + ' class="latex-list">'];
+    for (var i = 0; i < items.length; i++) {
+      var text = items[i].replace(/^\s*\[[^\]]*\]/, "").trim();  // \item[label]: the label is dropped
+      html.push("<li>" + md.renderInline(text, env) + "</li>");
+    }
+    html.push("</" + token.tag + ">\n");
+    return html.join("");
   }
 
   // ------------------------------------------------------------------ tabular -> HTML table
@@ -365,13 +429,18 @@
       return '<span class="image-alt">[' + escapeHtml(self.renderInlineAsText(tokens[idx].children, options, env)) + "]</span>";
     };
     md.inline.ruler.before("escape", "math_inline", mathInline);
+    md.inline.ruler.before("escape", "latex_text_style", textStyle);
     md.block.ruler.before("table", "math_block", mathBlock, { alt: ["paragraph", "reference", "blockquote", "list"] });
     md.block.ruler.before("heading", "latex_heading", latexHeading, { alt: ["paragraph", "reference", "blockquote"] });
+    md.block.ruler.before("table", "latex_list", latexList, { alt: ["paragraph", "reference", "blockquote", "list"] });
     md.renderer.rules.math_inline = function (tokens, idx) {
       return renderMath(tokens[idx].content, tokens[idx].meta.display);
     };
     md.renderer.rules.math_block = function (tokens, idx) {
       return '<div class="math-display">' + renderMath(tokens[idx].content, true) + "</div>\n";
+    };
+    md.renderer.rules.latex_list = function (tokens, idx, _options, env) {
+      return renderList(md, tokens[idx], env);
     };
     md.renderer.rules.tabular = function (tokens, idx, _options, env) {
       return renderTabular(md, tokens[idx].content, env) + (tokens[idx].block ? "\n" : "");
