@@ -171,6 +171,11 @@ def _batch_items(src: Path, dpi: int):
 
 
 def batch_main(argv: list[str]) -> int:
+    if any(a == "--ray" or a.startswith("--ray=") for a in argv):
+        # a Ray Data pipeline over a cluster (the optional `ray` extra): gotocr_fast/ray/batch.py
+        from ..ray.batch import main as ray_batch_main
+
+        return ray_batch_main(argv)
     p = argparse.ArgumentParser(prog="gotocr batch",
                                 description="OCR every image / PDF page under a folder (or one PDF); "
                                             "one .md + .json per page, resumable.")

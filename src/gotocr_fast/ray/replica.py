@@ -30,7 +30,8 @@ class EngineReplica:
         from gotocr_fast.server.app import default_engine_factory
 
         self.engine = default_engine_factory(settings)()
-        self.cancelled = 0  # requests this replica cancelled because their caller went away
+        self.accepted = 0  # requests this replica's engine accepted
+        self.cancelled = 0  # of those, cancelled because their caller went away
 
     async def generate(self, source: Any, options: dict[str, Any]) -> AsyncIterator[tuple[str, Any]]:
         loop = asyncio.get_running_loop()
@@ -45,6 +46,7 @@ class EngineReplica:
         except Exception as exc:  # noqa: BLE001 - every submission error goes back to the caller
             yield (wire.ERROR, wire.pack_error(exc))
             return
+        self.accepted += 1
         yield (wire.ACCEPTED, None)
 
         # The request keeps every delta from its start; one thread drains it into this loop.
@@ -86,8 +88,8 @@ class EngineReplica:
                 self.cancelled += 1
 
     def stats(self) -> dict[str, Any]:
-        """The engine's statistics, with this replica's process id and cancellation count."""
-        return {**self.engine.stats(), "pid": os.getpid(), "cancelled": self.cancelled}
+        """The engine's statistics, with this replica's process id and request counts."""
+        return {**self.engine.stats(), "pid": os.getpid(), "accepted": self.accepted, "cancelled": self.cancelled}
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)

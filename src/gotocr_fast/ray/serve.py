@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .cluster import connect, require_ray
+from .cluster import connect, require_ray, split_ray_option
 
 __all__ = ["RayServeOptions", "build_app", "deploy", "main", "APP_NAME", "ENGINE_DEPLOYMENT", "HTTP_DEPLOYMENT"]
 
@@ -150,9 +150,10 @@ def parse(argv: Sequence[str]) -> tuple[Any, RayServeOptions]:
     """``gotocr serve`` settings and the Ray options from one command line."""
     from gotocr_fast.server.settings import SettingsError, settings_from_args
 
-    ns, rest = build_parser().parse_known_args(list(argv))
+    _, address, rest = split_ray_option(list(argv))
+    ns, rest = build_parser().parse_known_args(rest)
     try:
-        options = RayServeOptions(address=ns.ray or None, replicas=ns.replicas, min_replicas=ns.min_replicas,
+        options = RayServeOptions(address=address, replicas=ns.replicas, min_replicas=ns.min_replicas,
                                   max_replicas=ns.max_replicas, target_ongoing=ns.target_ongoing,
                                   replica_cpus=ns.replica_cpus)
     except ValueError as exc:
