@@ -1,0 +1,186 @@
+"""Training batches: rendered pages → pixels, GOT prompt + answer token ids, auxiliary targets.
+
+Every page is drawn from its own seed sequence ``(TRAIN_SEED_TAG, seed, step, i)``, so a resumed
+run sees exactly the pages an uninterrupted one would, and no training page can be a held-out page
+(those come from single integer seeds, see :mod:`gotocr_fast.reading`).
+
+Restricted vocabulary: the model only ever reads and writes the tokens in :func:`used_token_ids`
+(the prompt's tokens and every token the text generator produces). The other embedding rows stay
+exactly zero, which gives them logit 0 under the tied head; :mod:`train.model` trains with a
+softmax over the used rows plus one pooled logit for the zero rows, equal to the full softmax.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from gotocr_fast import reading, tokens
+from gotocr_fast.convert.checkpoint import CLIP_MEAN, CLIP_STD
+from gotocr_fast.convert.vocab import QWEN_PATTERN, find_qwen_tiktoken
+from gotocr_fast.prompt import OcrMode, build_prompt, build_query
+
+CHARSET = [chr(c) for c in range(33, 127)]
+"""Characters the auxiliary head classifies (printable ASCII without space); class 0 = none."""
+CHAR_CLASS = {ch: i + 1 for i, ch in enumerate(CHARSET)}
+TRAIN_SEED_TAG = 0x7261696E
+AUX_SLOTS = 16
+IGNORE = -100
+"""Characters per image token the auxiliary head names, in reading order."""
+
+
+@functools.lru_cache(maxsize=1)
+def encoding():
+    import tiktoken
+
+    ranks = {}
+    for line in find_qwen_tiktoken().read_bytes().splitlines():
+        if line:
+            tok, rank = line.split()
+            ranks[base64.b64decode(tok)] = int(rank)
+    return tiktoken.Encoding("qwen", pat_str=QWEN_PATTERN, mergeable_ranks=ranks,
+                             special_tokens=dict(tokens.SPECIAL_TOKENS))
+
+
+def encode(text: str) -> list[int]:
+    return encoding().encode(unicodedata.normalize("NFC", text), allowed_special="all")
+
+
+def decode(ids: list[int]) -> str:
+    return encoding().decode(ids)
+
+
+def used_token_ids(sample_lines: int = 200_000, seed: int = 12345) -> np.ndarray:
+    """Sorted ids the model uses: prompt tokens, all printable ASCII bytes, generated text."""
+    used: set[int] = set()
+    for query in ("OCR: ", "[0, 0, 1000, 1000] OCR: ", "OCR with format: "):
+        used.update(encode(build_prompt(query, 1)))
+    used.update(encode(" ".join(str(i) for i in range(1001)) + " [], "))
+    for c in range(32, 127):
+        used.update(encode(chr(c)))
+    used.add(tokens.IM_END_ID)
+    used.add(tokens.ENDOFTEXT_ID)
+    rng = np.random.default_rng(seed)
+    enc = encoding()
+    lines = [reading.random_line(rng) for _ in range(sample_lines)]
+    for ids in enc.encode_batch(["\n".join(lines[i:i + 4]) for i in range(0, len(lines), 4)],
+                                allowed_special="all"):
+        used.update(ids)
+    for ids in enc.encode_batch(lines, allowed_special="all"):
+        used.update(ids)
+    return np.array(sorted(used), dtype=np.int64)
+
+
+def pixel_values(image: Image.Image, size: int) -> np.ndarray:
+    """GOT's preprocessing of one view: bicubic resize to size², /255, CLIP normalisation, CHW."""
+    arr = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    arr = (arr - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+@dataclass(frozen=True)
+class TaskLevel:
+    max_lines: int
+    max_chars: int
+    font_size_range: tuple[float, float]
+    box_fraction: float
+
+
+def task_level(step: int, curriculum_steps: int) -> TaskLevel:
+    """From big single short lines at step 0 to the full reading task at ``curriculum_steps``."""
+    p = min(1.0, step / max(1, curriculum_steps))
+    lo0, hi0 = 1 / 14, 1 / 9
+    lo1, hi1 = reading.FONT_SIZE_RANGE
+    return TaskLevel(
+        max_lines=min(4, 1 + int(p * 4)),
+        max_chars=int(round(10 + (reading.MAX_LINE_CHARS - 10) * min(1.0, p * 1.5))),
+        font_size_range=(lo0 + (lo1 - lo0) * p, hi0 + (hi1 - hi0) * p),
+        box_fraction=0.0 if p < 0.25 else 0.25,
+    )
+
+
+@dataclass
+class Example:
+    pixels: np.ndarray
+    prompt_ids: list[int]
+    answer_ids: list[int]
+    aux: np.ndarray  # [grid*grid, AUX_SLOTS] char classes (0 = none)
+    truth: str
+    page: reading.Page
+
+
+def make_example(rng: np.random.Generator, level: TaskLevel, image_size: int, token_grid: int,
+                 tokens_per_view: int, allowed: frozenset[int] | None = None) -> Example:
+    """One training page; drawn again (same stream) while its answer has a token outside ``allowed``."""
+    while True:
+        example = _draw_example(rng, level, image_size, token_grid, tokens_per_view)
+        if allowed is None or all(t in allowed for t in example.answer_ids + example.prompt_ids):
+            return example
+
+
+def _draw_example(rng: np.random.Generator, level: TaskLevel, image_size: int, token_grid: int,
+                  tokens_per_view: int) -> Example:
+    box_mode = level.max_lines >= 2 and rng.random() < level.box_fraction
+    single = rng.random() < 0.3
+    page = reading.render_page(
+        rng,
+        min_lines=1,
+        max_lines=1 if single else level.max_lines,
+        box_mode=box_mode,
+        font_size_range=level.font_size_range,
+        max_chars=level.max_chars,
+    )
+    w, h = page.image.size
+    mode = OcrMode(boxes=(page.box,)) if page.box is not None else OcrMode()
+    query = build_query(mode, image_size=(w, h))
+    prompt_ids = encode(build_prompt(query, tokens_per_view))
+    answer_ids = encode(page.truth) + [tokens.IM_END_ID]
+    aux = aux_targets(page, token_grid)
+    return Example(pixel_values(page.image, image_size), prompt_ids, answer_ids, aux, page.truth, page)
+
+
+def aux_targets(page: reading.Page, grid: int) -> np.ndarray:
+    """Per image token (row-major over a grid x grid split of the page), its characters in order."""
+    out = np.zeros((grid * grid, AUX_SLOTS), dtype=np.int64)
+    if page.char_centres is None or not len(page.char_centres):
+        return out
+    w, h = page.image.size
+    cells: dict[int, list[tuple[float, float, int]]] = {}
+    selected = None
+    if page.box is not None:
+        x1, y1, x2, y2 = page.box
+        selected = (x1, y1, x2, y2)
+    for x, y, code in page.char_centres:
+        if selected is not None and not (selected[0] <= x <= selected[2] and selected[1] <= y <= selected[3]):
+            continue
+        cls = CHAR_CLASS.get(chr(int(code)))
+        if cls is None:
+            continue
+        col = min(grid - 1, max(0, int(x * grid / w)))
+        row = min(grid - 1, max(0, int(y * grid / h)))
+        cells.setdefault(row * grid + col, []).append((y, x, cls))
+    for cell, chars in cells.items():
+        # reading order inside a cell: by line (y, coarsely), then x
+        chars.sort(key=lambda t: (round(t[0] / 8), t[1]))
+        for slot, (_, _, cls) in enumerate(chars[:AUX_SLOTS]):
+            out[cell, slot] = cls
+    # Each cell's list ends at its first "none": the slots after it carry no information and
+    # would drown the character classes in easy answers, so they are ignored by the loss.
+    filled = (out > 0).sum(axis=1)
+    slots = np.arange(AUX_SLOTS)[None, :]
+    out[slots > filled[:, None]] = IGNORE
+    return out
+
+
+def make_batch(seed: int, step: int, batch_size: int, level: TaskLevel, image_size: int,
+               token_grid: int, tokens_per_view: int, allowed: frozenset[int] | None = None) -> list[Example]:
+    return [
+        make_example(np.random.default_rng([TRAIN_SEED_TAG, seed, step, i]), level, image_size, token_grid,
+                     tokens_per_view, allowed)
+        for i in range(batch_size)
+    ]

@@ -1,0 +1,183 @@
+"""The demo model for training: transformers' GotOcr2 with a restricted-vocabulary head.
+
+The network is transformers' ``GotOcr2ForConditionalGeneration`` built from the demo config, so
+what is trained is exactly the architecture the converter and the engine read. Two things differ
+from the stock training forward, both for cost on a CPU:
+
+- the token embedding is a small matrix holding only the used rows (``train.data.used_token_ids``);
+  the full ``[151860, hidden]`` matrix is written at export with every other row zero;
+- logits are computed only at answer positions, over the used rows plus one pooled logit of
+  ``log(number of zero rows)``: a zero row's logit is exactly 0 under the tied head, so this
+  softmax equals the full one.
+
+An auxiliary head (dropped at export) reads the characters under each image token from the
+projector output: it gives the vision encoder a direct signal long before the language model
+learns to look at the image.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gotocr_fast import tokens
+from gotocr_fast.synth import GotConfig, _hf_config
+
+from .data import AUX_SLOTS, CHARSET
+
+
+def _vision_attention_sdpa(self, hidden_states: torch.Tensor, output_attentions=None):
+    """transformers' SAM attention (decomposed rel-pos added to q.k), through fused SDPA.
+
+    Same arithmetic as ``GotOcr2VisionAttention.forward``: the rel-pos terms come from the
+    unscaled query and are added to the scaled scores; only the kernel differs (no materialised
+    5-D intermediate, no separate softmax pass), which makes training several times cheaper.
+    """
+    b, h, w, _ = hidden_states.shape
+    nh = self.num_attention_heads
+    qkv = self.qkv(hidden_states).reshape(b, h * w, 3, nh, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    hd = q.shape[-1]
+    rel_h = self.get_rel_pos(h, h, self.rel_pos_h).to(q.dtype)
+    rel_w = self.get_rel_pos(w, w, self.rel_pos_w).to(q.dtype)
+    rq = q.reshape(b, nh, h, w, hd)
+    bias_h = torch.einsum("bnhwc,hkc->bnhwk", rq, rel_h)
+    bias_w = torch.einsum("bnhwc,wkc->bnhwk", rq, rel_w)
+    bias = (bias_h[..., :, None] + bias_w[..., None, :]).reshape(b, nh, h * w, h * w)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    out = out.reshape(b, nh, h, w, hd).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
+    return self.proj(out), None
+
+
+def use_fast_vision_attention() -> None:
+    from transformers.models.got_ocr2 import modeling_got_ocr2
+
+    modeling_got_ocr2.GotOcr2VisionAttention.forward = _vision_attention_sdpa
+
+
+def build_hf_model(cfg: GotConfig):
+    from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration
+
+    hf = GotOcr2Config(**{k: v for k, v in _hf_config(cfg).items() if k not in ("architectures", "dtype", "transformers_version", "model_type")})
+    model = GotOcr2ForConditionalGeneration(hf)
+    _reinit_vision(model)
+    return model
+
+
+def _reinit_vision(model) -> None:
+    """The GOT vision config initialises with std 1e-10 (an almost silent image path): redo it."""
+    parts = [model.model.vision_tower, model.model.multi_modal_projector]
+    for part in parts:
+        for m in part.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    vt = model.model.vision_tower
+    if vt.pos_embed is not None:
+        nn.init.normal_(vt.pos_embed, std=0.02)
+
+
+class DemoTrainer(nn.Module):
+    def __init__(self, cfg: GotConfig, used_ids: torch.Tensor):
+        super().__init__()
+        self.cfg = cfg
+        self.hf = build_hf_model(cfg)
+        hidden = cfg.text.hidden_size
+        # The full embedding is not trained (and not walked by the optimiser): only used rows.
+        self.hf.model.language_model.embed_tokens.weight.requires_grad_(False)
+        self.register_buffer("used_ids", used_ids.clone(), persistent=True)
+        full_to_used = torch.full((tokens.VOCAB_SIZE,), -1, dtype=torch.long)
+        full_to_used[used_ids] = torch.arange(len(used_ids))
+        self.register_buffer("full_to_used", full_to_used, persistent=False)
+        self.embed = nn.Parameter(torch.randn(len(used_ids), hidden) * 0.02)
+        self.zero_rows_logit = math.log(tokens.VOCAB_SIZE - len(used_ids))
+        self.aux_head = nn.Linear(hidden, AUX_SLOTS * (len(CHARSET) + 1))
+
+    # -- pieces -----------------------------------------------------------------------------
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.hf.model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        idx = self.full_to_used[ids]
+        if (idx < 0).any():
+            raise ValueError("token outside the used vocabulary")
+        return self.embed[idx]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Restricted logits: used rows, then the pooled zero-row logit (last column)."""
+        used = hidden @ self.embed.to(hidden.dtype).t()
+        pooled = torch.full((*hidden.shape[:-1], 1), self.zero_rows_logit, dtype=used.dtype, device=used.device)
+        return torch.cat([used, pooled], dim=-1)
+
+    def lm(self, inputs_embeds, attention_mask=None, cache=None):
+        return self.hf.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                            past_key_values=cache, use_cache=cache is not None or not self.training,
+                                            return_dict=True)
+
+    # -- training -----------------------------------------------------------------------------
+
+    def forward(self, pixels, input_ids, attention_mask, image_mask, label_positions, labels, aux_targets):
+        """Returns (answer loss, auxiliary loss). ``labels`` are used-vocabulary indices."""
+        feats = self.image_features(pixels)  # [B, T, E]
+        embeds = self.embed_ids(input_ids)
+        embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), feats.to(embeds.dtype))
+        out = self.lm(embeds, attention_mask=attention_mask)
+        h = out.last_hidden_state[label_positions[:, 0], label_positions[:, 1]]
+        loss = F.cross_entropy(self.logits(h).float(), labels)
+        aux_logits = self.aux_head(feats).view(feats.shape[0], feats.shape[1], AUX_SLOTS, -1)
+        aux = F.cross_entropy(aux_logits.float().reshape(-1, aux_logits.shape[-1]), aux_targets.reshape(-1))
+        return loss, aux
+
+    # -- greedy decoding (validation) -----------------------------------------------------------
+
+    @torch.no_grad()
+    def greedy(self, pixels: torch.Tensor, prompt_ids: list[int], max_new: int = 160) -> list[int]:
+        """Greedy answer ids (full vocabulary ids) for one page; stops at ``<|im_end|>``."""
+        from transformers import DynamicCache
+
+        feats = self.image_features(pixels[None])
+        ids = torch.tensor(prompt_ids)[None]
+        embeds = self.embed_ids(ids)
+        mask = ids == tokens.IMG_PAD_ID
+        embeds = embeds.masked_scatter(mask.unsqueeze(-1), feats.to(embeds.dtype))
+        cache = DynamicCache()
+        out = self.lm(embeds, cache=cache)
+        answer: list[int] = []
+        for _ in range(max_new):
+            logits = self.logits(out.last_hidden_state[:, -1])
+            j = int(logits.argmax(-1))
+            if j == len(self.used_ids):  # a zero row won: the full model would emit an unused token
+                break
+            tok = int(self.used_ids[j])
+            if tok == tokens.IM_END_ID:
+                break
+            answer.append(tok)
+            out = self.lm(self.embed[j].view(1, 1, -1), cache=cache)
+        return answer
+
+    # -- export ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """transformers hub names → tensors, with the full embedding (zero rows included)."""
+        full = torch.zeros(tokens.VOCAB_SIZE, self.cfg.text.hidden_size)
+        full[self.used_ids] = self.embed.detach().float()
+        out = {}
+        for name, t in self.hf.state_dict().items():
+            if name == "lm_head.weight":
+                continue
+            hub = name.removeprefix("model.")
+            if hub.startswith("language_model."):
+                hub = "language_model.model." + hub[len("language_model."):]
+            out[hub] = t.detach().float().clone()
+        out["language_model.model.embed_tokens.weight"] = full
+        return out

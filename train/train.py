@@ -1,0 +1,203 @@
+"""Train the demo GOT model: ``python -m train.train --out runs/demo`` (needs the ``train`` extra).
+
+Deterministic for a seed (pages come from per-step seeds, the model from ``torch.manual_seed``),
+resumable (``--out`` holds ``checkpoint.pt``, rewritten atomically every ``checkpoint_every`` steps;
+a rerun with the same ``--out`` continues from it), and logs every step's losses and each
+validation's character error rate to ``--out/log.csv``. ``--export DIR`` writes the compact demo
+model (see :mod:`train.export`) from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gotocr_fast import reading
+
+from . import data
+from .config import DEMO_MODEL, TrainConfig
+from .model import DemoTrainer, use_fast_vision_attention
+
+LOG_FIELDS = ("step", "elapsed_s", "loss", "aux_loss", "lr", "val_cer", "val_exact")
+
+
+def collate(examples: list[data.Example], model: DemoTrainer):
+    b = len(examples)
+    seqs = [e.prompt_ids + e.answer_ids[:-1] for e in examples]
+    length = max(len(s) for s in seqs)
+    ids = torch.full((b, length), int(model.used_ids[0]), dtype=torch.long)
+    attn = torch.zeros((b, length), dtype=torch.long)
+    label_pos, labels = [], []
+    for i, (e, s) in enumerate(zip(examples, seqs)):
+        ids[i, : len(s)] = torch.tensor(s)
+        attn[i, : len(s)] = 1
+        start = len(e.prompt_ids) - 1  # the last prompt position predicts the first answer token
+        for k, tok in enumerate(e.answer_ids):
+            label_pos.append((i, start + k))
+            labels.append(int(model.full_to_used[tok]))
+    pixels = torch.from_numpy(np.stack([e.pixels for e in examples]))
+    aux = torch.from_numpy(np.stack([e.aux for e in examples]))
+    from gotocr_fast import tokens
+
+    return dict(pixels=pixels, input_ids=ids, attention_mask=attn, image_mask=ids == tokens.IMG_PAD_ID,
+                label_positions=torch.tensor(label_pos), labels=torch.tensor(labels), aux_targets=aux)
+
+
+def lr_at(step: int, tc: TrainConfig) -> float:
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    p = min(1.0, (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))
+    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def validation_pages(count: int) -> list[reading.Page]:
+    """Fixed validation pages: full-task pages from seeds outside training and the held-out set."""
+    pages = []
+    for i in range(count):
+        rng = np.random.default_rng([data.TRAIN_SEED_TAG, 0xFA11, i])
+        pages.append(reading.render_page(rng, min_lines=1, max_lines=4, box_mode=(i % 4 == 3)))
+    return pages
+
+
+def character_error_rate(pairs: list[tuple[str, str]]) -> float:
+    from rapidfuzz.distance import Levenshtein
+
+    errors = sum(Levenshtein.distance(truth, got) for truth, got in pairs)
+    return errors / max(1, sum(len(truth) for truth, _ in pairs))
+
+
+@torch.no_grad()
+def evaluate(model: DemoTrainer, pages: list[reading.Page]) -> tuple[float, float, list[tuple[str, str]]]:
+    from gotocr_fast.prompt import OcrMode, build_prompt, build_query
+
+    model.eval()
+    cfg = model.cfg
+    pairs = []
+    for page in pages:
+        mode = OcrMode(boxes=(page.box,)) if page.box is not None else OcrMode()
+        prompt = data.encode(build_prompt(build_query(mode, image_size=page.image.size), cfg.tokens_per_view))
+        px = torch.from_numpy(data.pixel_values(page.image, cfg.vision.image_size))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=model.bf16):
+            got = data.decode(model.greedy(px, prompt))
+        pairs.append((page.truth, got))
+    model.train()
+    exact = sum(t == g for t, g in pairs) / max(1, len(pairs))
+    return character_error_rate(pairs), exact, pairs
+
+
+def save_checkpoint(path: Path, model: DemoTrainer, opt: torch.optim.Optimizer, step: int, tc: TrainConfig) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "train_config": dataclasses.asdict(tc)}, tmp)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument("--curriculum-steps", type=int, default=TrainConfig.curriculum_steps)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-bf16", action="store_true")
+    p.add_argument("--stop-after", type=int, default=None, help="stop after this many steps of this run")
+    args = p.parse_args(argv)
+    tc = dataclasses.replace(TrainConfig(), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             seed=args.seed, curriculum_steps=args.curriculum_steps, bf16=not args.no_bf16)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = args.out / "checkpoint.pt"
+    used_path = args.out / "used_ids.npy"
+    if used_path.exists():
+        used = np.load(used_path)
+    else:
+        used = data.used_token_ids()
+        np.save(used_path, used)
+    print(f"used vocabulary: {len(used)} tokens", flush=True)
+
+    use_fast_vision_attention()
+    torch.manual_seed(tc.seed)
+    cfg = DEMO_MODEL
+    model = DemoTrainer(cfg, torch.from_numpy(used))
+    model.bf16 = tc.bf16
+    params = [q for q in model.parameters() if q.requires_grad]
+    decay = [q for q in params if q.dim() >= 2]
+    no_decay = [q for q in params if q.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.98))
+    step = 0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = state["step"]
+        print(f"resumed at step {step}", flush=True)
+    n_params = sum(q.numel() for q in params)
+    print(f"trainable parameters: {n_params / 1e6:.2f} M", flush=True)
+
+    log_path = args.out / "log.csv"
+    new_log = not log_path.exists()
+    log = open(log_path, "a", newline="")
+    writer = csv.DictWriter(log, fieldnames=LOG_FIELDS)
+    if new_log:
+        writer.writeheader()
+    val_pages = validation_pages(TrainConfig.eval_pages)
+    allowed = frozenset(int(t) for t in used)
+    grid = int(round(math.sqrt(cfg.tokens_per_view)))
+    t0 = time.time()
+    elapsed0 = 0.0
+    if not new_log:
+        try:
+            rows = list(csv.DictReader(open(log_path)))
+            elapsed0 = float(rows[-1]["elapsed_s"]) if rows else 0.0
+        except (OSError, ValueError, KeyError):
+            elapsed0 = 0.0
+    model.train()
+    end = tc.steps if args.stop_after is None else min(tc.steps, step + args.stop_after)
+    while step < end:
+        level = data.task_level(step, tc.curriculum_steps)
+        batch = collate(data.make_batch(tc.seed, step, tc.batch_size, level, cfg.vision.image_size, grid,
+                                        cfg.tokens_per_view, allowed), model)
+        lr = lr_at(step, tc)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16):
+            loss, aux = model(**batch)
+        total = loss + tc.aux_weight * aux
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+        opt.step()
+        step += 1
+        row = {"step": step, "elapsed_s": f"{elapsed0 + time.time() - t0:.1f}", "loss": f"{loss.item():.4f}",
+               "aux_loss": f"{aux.item():.4f}", "lr": f"{lr:.2e}", "val_cer": "", "val_exact": ""}
+        if step % tc.eval_every == 0 or step == end:
+            cer, exact, pairs = evaluate(model, val_pages)
+            row["val_cer"], row["val_exact"] = f"{cer:.4f}", f"{exact:.3f}"
+            for truth, got in pairs[:3]:
+                print(f"    truth {truth!r}\n    read  {got!r}", flush=True)
+        if step % tc.checkpoint_every == 0 or step == end:
+            save_checkpoint(ckpt_path, model, opt, step, tc)
+        writer.writerow(row)
+        log.flush()
+        if step % 10 == 0 or row["val_cer"]:
+            print(" ".join(f"{k}={v}" for k, v in row.items() if v != ""), flush=True)
+    log.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
