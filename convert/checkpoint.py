@@ -441,7 +441,7 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, outtype: str = 
     """
     from tqdm.auto import tqdm
 
-    from .gguf_io import check_outtype
+    from .gguf_io import check_outtype, vision_outtype
     from .text_gguf import plan_text, write_text_gguf
     from .vision_gguf import plan_vision, write_vision_gguf
 
@@ -451,8 +451,9 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, outtype: str = 
     if out.exists() and not out.is_dir():
         raise ConvertError(f"output {out} exists and is not a folder")
     created = not out.exists()
+    vision_type = vision_outtype(outtype)
     final = ModelFiles(text=out / TEXT_FILENAME.format(outtype=outtype),
-                       vision=out / VISION_FILENAME.format(outtype=outtype))
+                       vision=out / VISION_FILENAME.format(outtype=vision_type))
     temps: list[Path] = []
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -464,13 +465,13 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, outtype: str = 
             return temp
 
         text_plan = plan_text(ckpt, outtype)
-        vision_plan = plan_vision(ckpt, outtype)
+        vision_plan = plan_vision(ckpt, vision_type)
         total = sum(t.nbytes for t in text_plan) + sum(t.nbytes for t in vision_plan)
         with tqdm(total=total, unit="B", unit_scale=True, desc="convert", disable=not progress) as bar:
             text_tmp = temp_for(final.text)
             write_text_gguf(ckpt, text_plan, text_tmp, outtype, bar.update, temp_for)
             vision_tmp = temp_for(final.vision)
-            write_vision_gguf(ckpt, vision_plan, vision_tmp, outtype, bar.update)
+            write_vision_gguf(ckpt, vision_plan, vision_tmp, vision_type, bar.update)
         os.replace(text_tmp, final.text)
         os.replace(vision_tmp, final.vision)
         temps.clear()

@@ -1,4 +1,4 @@
-"""``gotocr convert SRC OUT [--outtype f32|f16|bf16|q8_0]``: checkpoint folder → model folder."""
+"""``gotocr convert SRC OUT [--outtype TYPE]``: checkpoint folder → model folder."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from .errors import ConvertError
+from .gguf_io import ALL_OUTTYPES
 
-OUTTYPE_CHOICES = ("f32", "f16", "bf16", "q8_0")
 
 
 def build_parser(prog: str = "gotocr convert") -> argparse.ArgumentParser:
@@ -19,8 +19,10 @@ def build_parser(prog: str = "gotocr convert") -> argparse.ArgumentParser:
     )
     parser.add_argument("src", help="checkpoint folder (config.json, *.safetensors or *.bin, tokenizer)")
     parser.add_argument("out", help="output model folder (created if missing)")
-    parser.add_argument("--outtype", default="f32", choices=OUTTYPE_CHOICES,
-                        help="weight type of the matmul weights (default: f32)")
+    parser.add_argument("--outtype", default="f32", choices=ALL_OUTTYPES,
+                        help="weight type of the matmul weights (default: f32); q6_k, q5_k_m and q4_k_m "
+                             "quantize the text model with llama.cpp's quantizer and write the vision model "
+                             "at f16")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     return parser
 

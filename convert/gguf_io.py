@@ -32,11 +32,30 @@ FILE_TYPES: dict[str, gguf.LlamaFileType] = {
 }
 
 
-def check_outtype(outtype: str) -> QType:
-    try:
-        return OUTTYPES[outtype]
-    except KeyError:
-        raise ConvertError(f"unknown outtype {outtype!r}: choose from {', '.join(OUTTYPES)}") from None
+LLAMA_QUANTIZED: dict[str, str] = {
+    "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+}
+"""Text outtypes made by llama.cpp's own quantizer from an f32 staging GGUF (the ``llama_cpp``
+constant of each); the k-quant mixes pick per-tensor types the way llama-quantize does."""
+
+TEXT_ONLY_OUTTYPES: dict[str, str] = {"q6_k": "f16", "q5_k_m": "f16", "q4_k_m": "f16"}
+"""Outtypes that exist for the text model only, and the vision type written beside them (the
+vision encoder's kernels take f32, f16, bf16 and q8_0 weights)."""
+
+ALL_OUTTYPES: tuple[str, ...] = (*OUTTYPES, *TEXT_ONLY_OUTTYPES)
+
+
+def check_outtype(outtype: str) -> None:
+    if outtype not in ALL_OUTTYPES:
+        raise ConvertError(f"unknown outtype {outtype!r}: choose from {', '.join(ALL_OUTTYPES)}")
+
+
+def vision_outtype(outtype: str) -> str:
+    """The vision GGUF's weight type for a conversion to ``outtype``."""
+    return TEXT_ONLY_OUTTYPES.get(outtype, outtype)
 
 
 def fits_q8_0(shape: Sequence[int]) -> bool:

@@ -31,7 +31,7 @@ from gotocr_fast.llama_log import llama_cpp_module
 from . import names as N
 from .checkpoint import Checkpoint
 from .errors import ConvertError
-from .gguf_io import FILE_TYPES, OUTTYPES, PlannedTensor, QType, write_gguf
+from .gguf_io import FILE_TYPES, LLAMA_QUANTIZED, OUTTYPES, PlannedTensor, QType, write_gguf
 
 ARCH = "qwen2"
 
@@ -76,8 +76,8 @@ def tensor_names(ckpt: Checkpoint) -> list[tuple[str, str]]:
 
 
 def plan_text(ckpt: Checkpoint, outtype: str) -> list[PlannedTensor]:
-    """The text tensors and their types (``q8_0`` plans f32: llama.cpp quantizes afterwards)."""
-    weight_type = QType.F32 if outtype in ("f32", "q8_0") else OUTTYPES[outtype]
+    """The text tensors and their types (llama.cpp's quantized types plan f32: it quantizes afterwards)."""
+    weight_type = QType.F32 if outtype == "f32" or outtype in LLAMA_QUANTIZED else OUTTYPES[outtype]
     plan = []
     for canonical, name in tensor_names(ckpt):
         ref = ckpt.get(canonical)
@@ -135,30 +135,30 @@ def _metadata(ckpt: Checkpoint, file_type: gguf.LlamaFileType) -> Callable[[gguf
     return add
 
 
-def _quantize_q8_0(src: Path, dst: Path) -> None:
+def _quantize(src: Path, dst: Path, outtype: str) -> None:
     """Quantize a GGUF with llama.cpp's own quantizer (through llama-cpp-python)."""
     try:
         # llama.cpp's log through ours: only errors unless a caller asked for more
         llama_cpp = llama_cpp_module()
     except ImportError:
-        raise ConvertError("--outtype q8_0 needs llama-cpp-python (llama.cpp's quantizer)") from None
+        raise ConvertError(f"--outtype {outtype} needs llama-cpp-python (llama.cpp's quantizer)") from None
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+    params.ftype = getattr(llama_cpp, LLAMA_QUANTIZED[outtype])
     params.nthread = os.cpu_count() or 1
     rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
     if rc != 0:
-        raise ConvertError(f"llama.cpp failed to quantize the text model to q8_0 (status {rc})")
+        raise ConvertError(f"llama.cpp failed to quantize the text model to {outtype} (status {rc})")
 
 
 def write_text_gguf(ckpt: Checkpoint, plan: list[PlannedTensor], path: Path, outtype: str,
                     on_progress: Callable[[int], None], temp_for: Callable[[Path], Path]) -> None:
     """Write the text GGUF to ``path`` (``temp_for`` gives extra temporary files in the output dir)."""
-    if outtype != "q8_0":
+    if outtype not in LLAMA_QUANTIZED:
         write_gguf(path, ARCH, _metadata(ckpt, FILE_TYPES[outtype]), plan, on_progress)
         return
     staging = temp_for(path.with_name(path.name + ".f32"))
     try:
         write_gguf(staging, ARCH, _metadata(ckpt, FILE_TYPES["f32"]), plan, on_progress)
-        _quantize_q8_0(staging, path)
+        _quantize(staging, path, outtype)
     finally:
         staging.unlink(missing_ok=True)

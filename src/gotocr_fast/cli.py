@@ -42,6 +42,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("convert", "gotocr_fast.convert.cli", "main", "convert a GOT checkpoint to GGUF files"),
     Subcommand("ocr", "gotocr_fast.engine.cli", "ocr_main", "OCR images or PDFs with a converted model"),
     Subcommand("batch", "gotocr_fast.engine.cli", "batch_main", "OCR many inputs concurrently"),
+    Subcommand("eval", "gotocr_fast.engine.eval_cli", "eval_main", "score OCR of a folder against .txt truths (CER, WER)"),
     Subcommand("serve", "gotocr_fast.server.cli", "main", "run the HTTP OCR service"),
     Subcommand("demo", "gotocr_fast.demo", "main", "random-weight model end to end (meaningless text)"),
     Subcommand("synth", "gotocr_fast.synth", "main", "write a seeded random-weight GOT checkpoint"),

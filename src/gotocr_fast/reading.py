@@ -41,6 +41,7 @@ __all__ = [
     "heldout_pages",
     "random_line",
     "render_page",
+    "write_pages",
 ]
 
 MAX_LINE_CHARS = 32
@@ -404,3 +405,37 @@ def heldout_pages(count: int, *, kind: str = "block", start: int = 0) -> Iterato
             yield render_page(rng, min_lines=1, max_lines=4)
         else:
             yield render_page(rng, min_lines=2, max_lines=4, box_mode=True)
+
+
+def write_pages(out_dir: str | Path, pages: Sequence[Page], prefix: str = "page") -> Path:
+    """Save pages as ``{prefix}-NNNN.png`` + ``.txt`` truth (+ ``.box`` in box mode): the folder
+    layout ``gotocr eval`` reads."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, page in enumerate(pages):
+        stem = out / f"{prefix}-{i:04d}"
+        page.image.save(stem.with_suffix(".png"))
+        stem.with_suffix(".txt").write_text(page.truth + "\n", encoding="utf-8")
+        if page.box is not None:
+            stem.with_suffix(".box").write_text(",".join(f"{v:g}" for v in page.box) + "\n", encoding="utf-8")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m gotocr_fast.reading",
+                                description="Write held-out pages of the demo model's reading task "
+                                            "(PNG + .txt truth, + .box in box mode) for `gotocr eval`.")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--kind", choices=("line", "block", "box"), default="block")
+    p.add_argument("--count", type=int, default=50)
+    p.add_argument("--start", type=int, default=0, help="index of the first held-out page")
+    args = p.parse_args(argv)
+    write_pages(args.out, list(heldout_pages(args.count, kind=args.kind, start=args.start)), prefix=args.kind)
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -548,8 +548,37 @@ def _write_hf_tokenizer(out: Path) -> None:
     write_tokenizer_json(out / "tokenizer.json", _qwen_bpe(), tokens.SPECIAL_TOKENS)
 
 
+def _write_hf_files(out: Path, cfg: GotConfig) -> None:
+    """Everything of a transformers-layout checkpoint except the weights."""
+    _write_json(out / "config.json", _hf_config(cfg))
+    _write_json(out / "generation_config.json", _hf_generation_config())
+    _write_json(out / "preprocessor_config.json", _hf_preprocessor_config(cfg))
+    _write_json(out / "tokenizer_config.json", _hf_tokenizer_config())
+    _write_hf_tokenizer(out)
+
+
 # --------------------------------------------------------------------------------------------
 # Public API
+
+
+def write_hf_checkpoint(out_dir: str | Path, config: GotConfig, weights: dict[str, np.ndarray]) -> Path:
+    """Write given weights (transformers hub names, see :func:`canonical_names`) as a checkpoint
+    of the transformers layout, with the config, preprocessor and tokenizer files of ``config``."""
+    expected = set(canonical_names(config))
+    if set(weights) != expected:
+        missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        raise ValueError(f"weights do not match the config: missing {missing[:5]}, unexpected {extra[:5]}")
+    shapes = {s.name: s.shape for s in _tensor_specs(config)}
+    for name, arr in weights.items():
+        if tuple(arr.shape) != shapes[name]:
+            raise ValueError(f"{name}: shape {tuple(arr.shape)}, the config needs {shapes[name]}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = [(name, shapes[name], (lambda a=weights[name]: np.ascontiguousarray(a, dtype=np.float32)))
+               for name in sorted(weights)]
+    _write_safetensors(out / "model.safetensors", entries)
+    _write_hf_files(out, config)
+    return out
 
 
 def write_checkpoint(out_dir: str | Path, config: str | GotConfig = "tiny", layout: str = "hf",
@@ -570,11 +599,7 @@ def write_checkpoint(out_dir: str | Path, config: str | GotConfig = "tiny", layo
     _write_safetensors(out / "model.safetensors", entries)
 
     if layout == "hf":
-        _write_json(out / "config.json", _hf_config(cfg))
-        _write_json(out / "generation_config.json", _hf_generation_config())
-        _write_json(out / "preprocessor_config.json", _hf_preprocessor_config(cfg))
-        _write_json(out / "tokenizer_config.json", _hf_tokenizer_config())
-        _write_hf_tokenizer(out)
+        _write_hf_files(out, cfg)
     else:
         _write_json(out / "config.json", _original_config(cfg))
         _write_json(out / "generation_config.json", {
