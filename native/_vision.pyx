@@ -31,6 +31,7 @@ cdef extern from "got_vision.h" nogil:
         const char * device
         int max_batch_views
         int cpu_kernels
+        int cpu_bf16
 
     got_vision_context_params got_vision_context_default_params()
     got_vision_ctx * got_vision_init_from_file(const char * path, got_vision_context_params params,
@@ -48,6 +49,10 @@ cdef extern from "got_vision.h" nogil:
     int got_vision_max_batch_views(const got_vision_ctx * ctx)
     int got_vision_set_n_threads(got_vision_ctx * ctx, int n_threads)
     int got_vision_cpu_kernels(const got_vision_ctx * ctx)
+    int got_vision_cpu_bf16(const got_vision_ctx * ctx)
+    const char * got_vision_gemm_isa(const got_vision_ctx * ctx)
+    const char * got_vision_attention_isa(const got_vision_ctx * ctx)
+    const char * got_vision_layernorm_isa(const got_vision_ctx * ctx)
     int got_vision_encode(got_vision_ctx * ctx, const float * pixels, int n_views,
                           float * out, size_t out_len_floats)
     const char * got_vision_last_error(const got_vision_ctx * ctx)
@@ -56,6 +61,9 @@ cdef extern from "cpu_gemm_test.h" nogil:
     int cpu_gemm_test_run(const float * a, int64_t M, int64_t K, const void * b, int btype, int64_t ldb,
                           int64_t N, const float * bias, int gelu, float * c, int n_threads, const char * isa)
     const char * cpu_gemm_test_best_isa()
+    int cpu_gemm_bf16_test_run(const float * a, int64_t M, int64_t K, const void * b, int btype, int64_t ldb,
+                               int64_t N, const float * bias, int gelu, float * c, int n_threads, const char * isa)
+    const char * cpu_gemm_bf16_test_best_isa()
 
 cdef extern from "cpu_attention_test.h" nogil:
     int cpu_attn_test_run(const float * qkv, int64_t B, int64_t G, int64_t D, int64_t H, int64_t S,
@@ -75,7 +83,7 @@ cdef class VisionContext:
     cdef got_vision_ctx * ctx
 
     def __cinit__(self, path, int n_threads=0, backend="cpu", device=None, int max_batch_views=1,
-                  bint cpu_kernels=True):
+                  bint cpu_kernels=True, bint cpu_bf16=False):
         cdef got_vision_context_params p = got_vision_context_default_params()
         cdef char err[1024]
         cdef bytes bpath = str(path).encode("utf-8")
@@ -88,6 +96,7 @@ cdef class VisionContext:
         p.backend = _BACKENDS[backend]
         p.max_batch_views = max_batch_views
         p.cpu_kernels = 1 if cpu_kernels else 0
+        p.cpu_bf16 = 1 if cpu_bf16 else 0
         if device is not None:
             bdev = str(device).encode("utf-8")
             p.device = bdev
@@ -164,6 +173,20 @@ cdef class VisionContext:
     def cpu_kernels(self):
         return got_vision_cpu_kernels(self._live()) != 0
 
+    @property
+    def cpu_bf16(self):
+        return got_vision_cpu_bf16(self._live()) != 0
+
+    @property
+    def kernel_isa(self):
+        """The instruction set each kind of kernel runs on ("ggml" where ggml's own ops run)."""
+        cdef got_vision_ctx * c = self._live()
+        return {
+            "gemm": got_vision_gemm_isa(c).decode("ascii"),
+            "attention": got_vision_attention_isa(c).decode("ascii"),
+            "layernorm": got_vision_layernorm_isa(c).decode("ascii"),
+        }
+
     def set_n_threads(self, int n_threads):
         cdef got_vision_ctx * c = self._live()
         if got_vision_set_n_threads(c, n_threads) != GOT_VISION_OK:
@@ -221,6 +244,37 @@ def _gemm_for_tests(const float[:, ::1] a, const unsigned char[:, ::1] b, int bt
     if rc != 0:
         raise RuntimeError(f"cpu_gemm_test_run failed ({rc})")
     return out
+
+
+def _gemm_bf16_for_tests(const float[:, ::1] a, const unsigned char[:, ::1] b, int btype, int n, bias, bint gelu,
+                         int n_threads=1, isa="best"):
+    """Tests only: the bf16 GEMM (native/cpu_gemm_bf16.h); arguments and result as _gemm_for_tests."""
+    cdef int64_t M = a.shape[0], K = a.shape[1]
+    if b.shape[0] != n:
+        raise ValueError(f"b has {b.shape[0]} rows, expected {n}")
+    cdef const float[::1] bias_v
+    cdef const float * pbias = NULL
+    if bias is not None:
+        bias_v = np.ascontiguousarray(bias, dtype=np.float32)
+        if bias_v.shape[0] != n:
+            raise ValueError("bias must hold N floats")
+        pbias = &bias_v[0]
+    out = np.zeros((M, n), dtype=np.float32)
+    cdef float[:, ::1] c = out
+    cdef bytes bisa = str(isa).encode("ascii")
+    cdef const char * cisa = bisa
+    cdef int rc
+    with nogil:
+        rc = cpu_gemm_bf16_test_run(&a[0, 0], M, K, &b[0, 0], btype, b.shape[1], n, pbias, gelu, &c[0, 0],
+                                    n_threads, cisa)
+    if rc != 0:
+        raise RuntimeError(f"cpu_gemm_bf16_test_run failed ({rc})")
+    return out
+
+
+def _gemm_bf16_best_isa():
+    """Tests only: the bf16 GEMM kernel this CPU runs ("amx", "avx512_bf16"), or "none"."""
+    return cpu_gemm_bf16_test_best_isa().decode("ascii")
 
 
 def _gemm_best_isa():

@@ -18,6 +18,15 @@ int cpu_gemm_test_run(const float * a, int64_t M, int64_t K, const void * b, int
 // the variant "best" resolves to on this CPU
 const char * cpu_gemm_test_best_isa(void);
 
+// The same product in bf16 (cpu_gemm_bf16.h): B packed as bf16, A rounded to bf16, f32 sums.
+// isa: "best", "amx" or "avx512_bf16". Returns 0, -1 (bad arguments / type, or isa unknown or not
+// supported by this CPU), -2 (no memory).
+int cpu_gemm_bf16_test_run(const float * a, int64_t M, int64_t K, const void * b, int btype, int64_t ldb,
+                           int64_t N, const float * bias, int gelu, float * c, int n_threads, const char * isa);
+
+// the bf16 kernel "best" resolves to on this CPU ("amx", "avx512_bf16", or "none")
+const char * cpu_gemm_bf16_test_best_isa(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -9,6 +9,7 @@
 #include "got_vision.h"
 
 #include "cpu_gemm.h"
+#include "cpu_gemm_bf16.h"
 
 #include "cpu_attention.h"
 #include "cpu_layernorm.h"
@@ -31,6 +32,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 namespace {
@@ -95,10 +97,14 @@ struct cached_graph {
 
 int64_t conv_s2_out(int64_t n) { return (n + 2 - 3) / 2 + 1; } // k3 s2 p1
 
-// userdata of one CPU GEMM op (see linear())
+// userdata of one CPU GEMM op (see linear()): f32 on cpu_gemm, or bf16 on cpu_gemm_bf16 when
+// `packed` is set (the weights then come from it, not from the op's src[1])
 struct gemm_op {
     const cpu_gemm::scratch * scratch = nullptr;
     bool gelu = false;
+    const cpu_gemm_bf16::packed_weights * packed = nullptr;
+    const cpu_gemm_bf16::scratch * bf16_scratch = nullptr;
+    cpu_gemm_bf16::isa bf16_isa = cpu_gemm_bf16::isa::none;
 };
 
 } // namespace
@@ -128,6 +134,12 @@ struct got_vision_ctx {
     // graphs, so they live as long as the context) and the per-thread scratch they share
     std::deque<gemm_op> gemm_ops;
     cpu_gemm::scratch gemm_scratch;
+    // bf16 compute (got_vision_context_params.cpu_bf16 on a CPU that has it): each weight packed
+    // once, keyed by its data (graphs for other batch sizes share them), and the kernels' scratch
+    bool want_bf16 = false;
+    cpu_gemm_bf16::isa bf16_isa = cpu_gemm_bf16::isa::none;  // none: the matmuls run in f32
+    std::unordered_map<const void *, std::unique_ptr<cpu_gemm_bf16::packed_weights>> packed;
+    cpu_gemm_bf16::scratch bf16_scratch;
     bool cpu_kernels = false;              // main backend is the CPU: use our fused CPU ops
     // fused CPU attention: per-layer op parameters (userdata of cached graphs, so they live as
     // long as the context) and the per-thread scratch they share
@@ -521,9 +533,30 @@ void gemm_op_fn(ggml_tensor * dst, int ith, int nth, void * userdata) {
     p.N = w->ne[1];
     p.K = x->ne[0];
     // threads beyond the reserved scratch stay idle: the split never changes any result
+    if (op.packed) {
+        const int n = std::min(nth, op.bf16_scratch->threads());
+        if (ith < n) {
+            const bool ok = cpu_gemm_bf16::run(p, *op.packed, ith, n, op.bf16_scratch->for_thread(ith), op.bf16_isa);
+            GGML_ASSERT(ok && "bf16 GEMM arguments");
+        }
+        return;
+    }
     const int n = std::min(nth, op.scratch->threads());
     if (ith < n) {
         cpu_gemm::run(p, ith, n, op.scratch->for_thread(ith));
+    }
+}
+
+// the bf16 copy of weight w for the bf16 kernels, packed on first use; nullptr when out of memory
+const cpu_gemm_bf16::packed_weights * packed_bf16(got_vision_ctx * vc, const ggml_tensor * w) {
+    auto it = vc->packed.find(w->data);
+    if (it != vc->packed.end()) return it->second.get();
+    std::unique_ptr<cpu_gemm_bf16::packed_weights> pw(new (std::nothrow) cpu_gemm_bf16::packed_weights());
+    if (!pw || !pw->pack(w->data, w->type, w->nb[1], w->ne[1], w->ne[0])) return nullptr;
+    try {
+        return vc->packed.emplace(w->data, std::move(pw)).first->second.get();
+    } catch (const std::bad_alloc &) {
+        return nullptr;
     }
 }
 
@@ -535,8 +568,15 @@ ggml_tensor * linear(ggml_context * ctx, got_vision_ctx * vc, ggml_tensor * w, g
     if (vc->cpu_kernels && x->type == GGML_TYPE_F32 && cpu_gemm::supports(w->type, w->ne[0]) &&
         ggml_is_contiguous(w) && (!b || (b->type == GGML_TYPE_F32 && ggml_is_contiguous(b)))) {
         if (!ggml_is_contiguous(x)) x = ggml_cont(ctx, x);
+        gemm_op op{&vc->gemm_scratch, gelu};
+        if (vc->bf16_isa != cpu_gemm_bf16::isa::none) {
+            op.packed = packed_bf16(vc, w);
+            if (!op.packed) return nullptr;
+            op.bf16_scratch = &vc->bf16_scratch;
+            op.bf16_isa = vc->bf16_isa;
+        }
         try {
-            vc->gemm_ops.push_back(gemm_op{&vc->gemm_scratch, gelu});
+            vc->gemm_ops.push_back(op);
         } catch (const std::bad_alloc &) {
             return nullptr;
         }
@@ -649,11 +689,20 @@ bool reserve_attn_scratch(got_vision_ctx * vc, int n) {
     return vc->attn_scratch.reserve(n, floats);
 }
 
+// the deepest weight matmul of the model (K of the bf16 GEMMs' scratch)
+int64_t max_gemm_depth(const hparams & hp) {
+    return std::max({hp.patch_size * hp.patch_size * hp.n_channels, hp.n_embd, hp.n_ff, hp.neck_ch * 9,
+                     hp.proj_ch * 9, hp.out_len});
+}
+
 // per-thread scratch of the CPU kernels for n threads (none without them); nullptr when done,
 // else what ran out
 const char * reserve_cpu_scratch(got_vision_ctx * vc, int n) {
     if (!vc->cpu_kernels) return nullptr;
     if (!vc->gemm_scratch.reserve(n)) return "out of memory (GEMM scratch)";
+    if (vc->bf16_isa != cpu_gemm_bf16::isa::none && !vc->bf16_scratch.reserve(n, max_gemm_depth(vc->hp))) {
+        return "out of memory (bf16 GEMM scratch)";
+    }
     if (!reserve_attn_scratch(vc, n)) return "out of memory (attention scratch)";
     return nullptr;
 }
@@ -1019,6 +1068,7 @@ bool backend_has_add_rel_pos(ggml_backend_t backend) {
 void init_compute(got_vision_ctx * vc, int max_batch) {
     vc->fused_rel_pos = backend_has_add_rel_pos(vc->backend);
     vc->cpu_kernels = vc->want_cpu_kernels && vc->backend == vc->backend_cpu;
+    vc->bf16_isa = vc->cpu_kernels && vc->want_bf16 ? cpu_gemm_bf16::best() : cpu_gemm_bf16::isa::none;
     if (const char * e = reserve_cpu_scratch(vc, vc->n_threads)) {
         throw load_error(e);
     }
@@ -1074,6 +1124,7 @@ got_vision_context_params got_vision_context_default_params(void) {
     p.device = nullptr;
     p.max_batch_views = 1;
     p.cpu_kernels = 1;
+    p.cpu_bf16 = 0;
     return p;
 }
 
@@ -1094,6 +1145,7 @@ got_vision_ctx * got_vision_init_from_file(const char * path, got_vision_context
         apply_threads(vc, params.n_threads);
         load_model(vc, path);
         vc->want_cpu_kernels = params.cpu_kernels != 0;
+        vc->want_bf16 = params.cpu_bf16 != 0;
         init_compute(vc, params.max_batch_views > 0 ? params.max_batch_views : 1);
     } catch (const std::exception & e) {
         copy_err(err, err_len, std::string(path) + ": " + e.what());
@@ -1120,6 +1172,23 @@ size_t got_vision_weights_size(const got_vision_ctx * ctx) {
 size_t got_vision_compute_buffer_size(const got_vision_ctx * ctx) { return ctx ? ctx->compute_size : 0; }
 int got_vision_max_batch_views(const got_vision_ctx * ctx) { return ctx ? ctx->max_batch : 0; }
 int got_vision_cpu_kernels(const got_vision_ctx * ctx) { return ctx && ctx->cpu_kernels ? 1 : 0; }
+int got_vision_cpu_bf16(const got_vision_ctx * ctx) {
+    return ctx && ctx->bf16_isa != cpu_gemm_bf16::isa::none ? 1 : 0;
+}
+const char * got_vision_gemm_isa(const got_vision_ctx * ctx) {
+    if (!ctx) return "";
+    if (!ctx->cpu_kernels) return "ggml";
+    if (ctx->bf16_isa != cpu_gemm_bf16::isa::none) return cpu_gemm_bf16::name(ctx->bf16_isa);
+    return cpu_gemm::best_isa_name();
+}
+const char * got_vision_attention_isa(const got_vision_ctx * ctx) {
+    if (!ctx) return "";
+    return ctx->cpu_kernels ? cpu_attn_isa() : "ggml";
+}
+const char * got_vision_layernorm_isa(const got_vision_ctx * ctx) {
+    if (!ctx) return "";
+    return ctx->cpu_kernels ? cpu_layernorm_isa() : "ggml";
+}
 
 int got_vision_set_n_threads(got_vision_ctx * ctx, int n_threads) {
     if (!ctx) return GOT_VISION_ERR_INVALID_ARGUMENT;

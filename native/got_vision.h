@@ -43,6 +43,10 @@ struct got_vision_context_params {
     int  max_batch_views;                 // views per graph evaluation; bounds the compute buffer (<= 0: 1)
     int  cpu_kernels;                     // non-zero (default): on the CPU backend, run the weight matmuls
                                           // (+ bias, + GELU) on our own kernels instead of ggml's mul_mat
+    int  cpu_bf16;                        // non-zero: with cpu_kernels, run those matmuls in bf16 (weights
+                                          // packed as bf16 at load, activations rounded to bf16, f32 sums)
+                                          // where the CPU multiplies bf16 (AMX, else AVX512_BF16); f32
+                                          // otherwise. Default 0: f32, the path that matches the oracle
 };
 
 struct got_vision_context_params got_vision_context_default_params(void);
@@ -69,6 +73,13 @@ size_t       got_vision_compute_buffer_size(const got_vision_ctx * ctx); // byte
 int          got_vision_max_batch_views  (const got_vision_ctx * ctx);
 int          got_vision_set_n_threads    (got_vision_ctx * ctx, int n_threads);
 int          got_vision_cpu_kernels      (const got_vision_ctx * ctx); // 1 if our CPU kernels are in use
+int          got_vision_cpu_bf16         (const got_vision_ctx * ctx); // 1 if the matmuls run in bf16
+// the instruction set each kind of kernel runs on: GEMM "amx", "avx512_bf16" (bf16) or "avx512",
+// "avx2", "generic" (f32); attention and LayerNorm "avx512", "avx2", "generic"; "ggml" without
+// our CPU kernels
+const char * got_vision_gemm_isa         (const got_vision_ctx * ctx);
+const char * got_vision_attention_isa    (const got_vision_ctx * ctx);
+const char * got_vision_layernorm_isa    (const got_vision_ctx * ctx);
 
 // Encodes n_views views. pixels: float32 [n_views, C, S, S] row-major, already normalised.
 // out: float32 [n_views, T, E] row-major; out_len_floats must be >= n_views * T * E.

@@ -19,7 +19,12 @@ import numpy as np
 
 from .cpus import available_cpus
 
-__all__ = ["VisionEncoder", "VisionError"]
+__all__ = ["PRECISIONS", "VisionEncoder", "VisionError"]
+
+# Arithmetic of the encoder's weight matmuls on the CPU kernels. "f32" (default) is the path held
+# to the f32 oracle (1e-3); "bf16" rounds weights and activations to bf16 and sums in f32 on CPUs
+# that multiply bf16 natively (AMX, else AVX512_BF16) and falls back to f32 elsewhere.
+PRECISIONS = ("f32", "bf16")
 
 
 class VisionError(RuntimeError):
@@ -35,6 +40,9 @@ class VisionEncoder:
     with it; see ``compute_buffer_size``). ``cpu_kernels`` (default on) runs the weight matmuls,
     their bias and the MLP's GELU on the project's own CPU kernels when the backend is the CPU
     (``False``: ggml's own ops everywhere; ``cpu_kernels`` then reads whether they are in use).
+    ``precision`` (one of ``PRECISIONS``): ``"bf16"`` runs those matmuls in bf16 where the CPU
+    multiplies bf16 natively; ``precision`` then reads what runs (``"f32"`` on other CPUs), and
+    ``kernel_isa`` which instruction set each kind of kernel uses.
     """
 
     def __init__(
@@ -46,6 +54,7 @@ class VisionEncoder:
         device: str | None = None,
         max_batch_views: int = 1,
         cpu_kernels: bool = True,
+        precision: str = "f32",
     ) -> None:
         from gotocr_fast import _vision  # compiled module; imported here so errors name the cause
 
@@ -58,11 +67,13 @@ class VisionEncoder:
             raise ValueError(f"n_threads must be a positive int, got {n_threads!r}")
         if not isinstance(max_batch_views, int) or isinstance(max_batch_views, bool) or max_batch_views < 1:
             raise ValueError(f"max_batch_views must be a positive int, got {max_batch_views!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if not path.is_file():
             raise VisionError(f"{path}: no such file")
         try:
             self._ctx = _vision.VisionContext(
-                os.fspath(path), n_threads, backend, device, max_batch_views, bool(cpu_kernels)
+                os.fspath(path), n_threads, backend, device, max_batch_views, bool(cpu_kernels), precision == "bf16"
             )
         except RuntimeError as e:
             raise VisionError(str(e)) from None
@@ -80,6 +91,9 @@ class VisionEncoder:
         self.compute_buffer_size: int = c.compute_buffer_size
         self.max_batch_views: int = c.max_batch_views
         self.cpu_kernels: bool = c.cpu_kernels
+        self.precision: str = "bf16" if c.cpu_bf16 else "f32"
+        # e.g. {"gemm": "amx", "attention": "avx512", "layernorm": "avx512"}
+        self.kernel_isa: dict[str, str] = c.kernel_isa
 
     @property
     def closed(self) -> bool:
