@@ -444,6 +444,9 @@ def render(data: dict, stat: str = "min") -> str:
               f"{100 * gflops / facts['peak_gflops']:.1f} % |")
         w("")
 
+    for line in accuracy_section(by_stage.get("accuracy", [])):
+        w(line)
+
     w("## All measurements")
     w("")
     w("| suite | benchmark | impl | unit | time / unit (median) | min | rounds | suite peak RSS so far |")
@@ -503,6 +506,50 @@ def render(data: dict, stat: str = "min") -> str:
             w(f"| `{s['nodeid']}` | {s['reason']} |")
         w("")
     return "\n".join(out)
+
+
+def accuracy_section(rows: list[dict]) -> list[str]:
+    """The bundled demo model's held-out reading accuracy per weight type (test_demo_accuracy.py)."""
+    ours = [r for r in rows if r["extra_info"]["impl"] == "ours"]
+    theirs = [r for r in rows if r["extra_info"]["impl"] == "transformers"]
+    if not ours and not theirs:
+        return []
+    order = {t: i for i, t in enumerate(("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m"))}
+    ours.sort(key=lambda r: order.get(r["extra_info"].get("dtype"), 99))
+    n = (ours or theirs)[0]["extra_info"].get("pages_per_kind", 0)
+    out = ["## Reading accuracy of the bundled demo model", "",
+           f"Held-out set of the demo model's task, {n} pages per kind (one line, 1-4 line blocks, box "
+           "mode), greedy with the engine's defaults. CER = character edits / truth characters over the "
+           "kind; decode = ms per generated token after the first; 'same as f32' = pages whose text "
+           "equals the f32 model's.", "",
+           "| weights | text GGUF | CER line | CER block | CER box | WER block | decode ms/token | same as f32 |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in ours:
+        e = r["extra_info"]
+        same = e.get("same_text_as_f32")
+        out.append(f"| ours {e['dtype']} | {e.get('text_gguf_mib', 0):.1f} MiB | {100 * e['cer_line']:.2f} % | "
+                   f"{100 * e['cer_block']:.2f} % | {100 * e['cer_box']:.2f} % | {100 * e['wer_block']:.2f} % | "
+                   f"{e['decode_ms_per_token']:.2f} | {'' if same is None else f'{100 * same:.1f} %'} |")
+    for r in theirs:
+        e = r["extra_info"]
+        out.append(f"| transformers f32 | | {100 * e['cer_line']:.2f} % | {100 * e['cer_block']:.2f} % | "
+                   f"{100 * e['cer_box']:.2f} % | {100 * e['wer_block']:.2f} % | | |")
+    out.append("")
+    for r in theirs:
+        e = r["extra_info"]
+        diffs = e.get("differences") or []
+        out.append(f"transformers' greedy text equals ours (f32) on {100 * e['agreement_with_ours_f32']:.1f} % of "
+                   f"the pages; {len(diffs)} differ:")
+        out.append("")
+        if diffs:
+            out.append("| kind | page | first differing token | transformers' top-1/top-2 margin | ours | transformers |")
+            out.append("|---|---:|---:|---:|---|---|")
+            for d in diffs:
+                margin = "" if d.get("margin") is None else f"{d['margin']:.3f}"
+                out.append(f"| {d['kind']} | {d['page']} | {d['first_diff_token']} | {margin} | "
+                           f"`{d['ours']!r}` | `{d['transformers']!r}` |")
+            out.append("")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

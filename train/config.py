@@ -28,7 +28,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    aux_weight: float = 0.5
+    aux_weight: float = 1.0
     curriculum_steps: int = 1200
     """Step at which pages reach the full task (4 lines, 32 characters, small fonts, boxes)."""
     eval_every: int = 200

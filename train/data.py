@@ -30,6 +30,8 @@ CHARSET = [chr(c) for c in range(33, 127)]
 CHAR_CLASS = {ch: i + 1 for i, ch in enumerate(CHARSET)}
 TRAIN_SEED_TAG = 0x7261696E
 AUX_SLOTS = 16
+PATCH_AUX_SLOTS = 4
+"""Characters per ViT patch the patch-level head names."""
 IGNORE = -100
 """Characters per image token the auxiliary head names, in reading order."""
 
@@ -110,21 +112,22 @@ class Example:
     prompt_ids: list[int]
     answer_ids: list[int]
     aux: np.ndarray  # [grid*grid, AUX_SLOTS] char classes (0 = none)
+    patch_aux: np.ndarray  # [patches, PATCH_AUX_SLOTS]
     truth: str
     page: reading.Page
 
 
 def make_example(rng: np.random.Generator, level: TaskLevel, image_size: int, token_grid: int,
-                 tokens_per_view: int, allowed: frozenset[int] | None = None) -> Example:
+                 tokens_per_view: int, allowed: frozenset[int] | None = None, patch_grid: int = 24) -> Example:
     """One training page; drawn again (same stream) while its answer has a token outside ``allowed``."""
     while True:
-        example = _draw_example(rng, level, image_size, token_grid, tokens_per_view)
+        example = _draw_example(rng, level, image_size, token_grid, tokens_per_view, patch_grid)
         if allowed is None or all(t in allowed for t in example.answer_ids + example.prompt_ids):
             return example
 
 
 def _draw_example(rng: np.random.Generator, level: TaskLevel, image_size: int, token_grid: int,
-                  tokens_per_view: int) -> Example:
+                  tokens_per_view: int, patch_grid: int) -> Example:
     box_mode = level.max_lines >= 2 and rng.random() < level.box_fraction
     single = rng.random() < 0.3
     page = reading.render_page(
@@ -140,13 +143,14 @@ def _draw_example(rng: np.random.Generator, level: TaskLevel, image_size: int, t
     query = build_query(mode, image_size=(w, h))
     prompt_ids = encode(build_prompt(query, tokens_per_view))
     answer_ids = encode(page.truth) + [tokens.IM_END_ID]
-    aux = aux_targets(page, token_grid)
-    return Example(pixel_values(page.image, image_size), prompt_ids, answer_ids, aux, page.truth, page)
+    aux = aux_targets(page, token_grid, AUX_SLOTS)
+    patch_aux = aux_targets(page, patch_grid, PATCH_AUX_SLOTS)
+    return Example(pixel_values(page.image, image_size), prompt_ids, answer_ids, aux, patch_aux, page.truth, page)
 
 
-def aux_targets(page: reading.Page, grid: int) -> np.ndarray:
-    """Per image token (row-major over a grid x grid split of the page), its characters in order."""
-    out = np.zeros((grid * grid, AUX_SLOTS), dtype=np.int64)
+def aux_targets(page: reading.Page, grid: int, slots: int) -> np.ndarray:
+    """Per cell of a grid x grid split of the page (row-major), its characters in reading order."""
+    out = np.zeros((grid * grid, slots), dtype=np.int64)
     if page.char_centres is None or not len(page.char_centres):
         return out
     w, h = page.image.size
@@ -167,20 +171,20 @@ def aux_targets(page: reading.Page, grid: int) -> np.ndarray:
     for cell, chars in cells.items():
         # reading order inside a cell: by line (y, coarsely), then x
         chars.sort(key=lambda t: (round(t[0] / 8), t[1]))
-        for slot, (_, _, cls) in enumerate(chars[:AUX_SLOTS]):
+        for slot, (_, _, cls) in enumerate(chars[:slots]):
             out[cell, slot] = cls
     # Each cell's list ends at its first "none": the slots after it carry no information and
     # would drown the character classes in easy answers, so they are ignored by the loss.
     filled = (out > 0).sum(axis=1)
-    slots = np.arange(AUX_SLOTS)[None, :]
-    out[slots > filled[:, None]] = IGNORE
+    out[np.arange(slots)[None, :] > filled[:, None]] = IGNORE
     return out
 
 
 def make_batch(seed: int, step: int, batch_size: int, level: TaskLevel, image_size: int,
-               token_grid: int, tokens_per_view: int, allowed: frozenset[int] | None = None) -> list[Example]:
+               token_grid: int, tokens_per_view: int, allowed: frozenset[int] | None = None,
+               patch_grid: int = 24) -> list[Example]:
     return [
         make_example(np.random.default_rng([TRAIN_SEED_TAG, seed, step, i]), level, image_size, token_grid,
-                     tokens_per_view, allowed)
+                     tokens_per_view, allowed, patch_grid)
         for i in range(batch_size)
     ]

@@ -10,9 +10,9 @@ from the stock training forward, both for cost on a CPU:
   ``log(number of zero rows)``: a zero row's logit is exactly 0 under the tied head, so this
   softmax equals the full one.
 
-An auxiliary head (dropped at export) reads the characters under each image token from the
-projector output: it gives the vision encoder a direct signal long before the language model
-learns to look at the image.
+Two auxiliary heads (dropped at export) name the characters under each image token (projector
+output) and under each ViT patch: they give the vision encoder a direct, local signal long before
+the language model learns to look at the image.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import nn
 from gotocr_fast import tokens
 from gotocr_fast.synth import GotConfig, _hf_config
 
-from .data import AUX_SLOTS, CHARSET
+from .data import AUX_SLOTS, CHARSET, PATCH_AUX_SLOTS
 
 
 def _vision_attention_sdpa(self, hidden_states: torch.Tensor, output_attentions=None):
@@ -100,11 +100,26 @@ class DemoTrainer(nn.Module):
         self.embed = nn.Parameter(torch.randn(len(used_ids), hidden) * 0.02)
         self.zero_rows_logit = math.log(tokens.VOCAB_SIZE - len(used_ids))
         self.aux_head = nn.Linear(hidden, AUX_SLOTS * (len(CHARSET) + 1))
+        self.patch_aux_head = nn.Linear(cfg.vision.hidden_size, PATCH_AUX_SLOTS * (len(CHARSET) + 1))
 
     # -- pieces -----------------------------------------------------------------------------
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.hf.model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output
+        return self.vision(pixels)[1]
+
+    def vision(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ViT output [B, G, G, D], projected image embeddings [B, T, E]).
+
+        The steps of transformers' ``get_image_features``, run one by one to expose the ViT output
+        the patch-level auxiliary head reads.
+        """
+        vt = self.hf.model.vision_tower
+        h = vt.patch_embed(pixels)
+        if vt.pos_embed is not None:
+            h = h + vt.pos_embed
+        for layer in vt.layers:
+            h = layer(h)
+        return h, self.hf.model.multi_modal_projector(vt.neck(h))
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         idx = self.full_to_used[ids]
@@ -125,9 +140,10 @@ class DemoTrainer(nn.Module):
 
     # -- training -----------------------------------------------------------------------------
 
-    def forward(self, pixels, input_ids, attention_mask, image_mask, label_positions, labels, aux_targets):
+    def forward(self, pixels, input_ids, attention_mask, image_mask, label_positions, labels, aux_targets,
+                patch_aux_targets):
         """Returns (answer loss, auxiliary loss). ``labels`` are used-vocabulary indices."""
-        feats = self.image_features(pixels)  # [B, T, E]
+        vit, feats = self.vision(pixels)  # [B, G, G, D], [B, T, E]
         embeds = self.embed_ids(input_ids)
         embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), feats.to(embeds.dtype))
         out = self.lm(embeds, attention_mask=attention_mask)
@@ -135,7 +151,10 @@ class DemoTrainer(nn.Module):
         loss = F.cross_entropy(self.logits(h).float(), labels)
         aux_logits = self.aux_head(feats).view(feats.shape[0], feats.shape[1], AUX_SLOTS, -1)
         aux = F.cross_entropy(aux_logits.float().reshape(-1, aux_logits.shape[-1]), aux_targets.reshape(-1))
-        return loss, aux
+        patch_logits = self.patch_aux_head(vit).view(vit.shape[0], -1, PATCH_AUX_SLOTS, aux_logits.shape[-1])
+        patch_aux = F.cross_entropy(patch_logits.float().reshape(-1, aux_logits.shape[-1]),
+                                    patch_aux_targets.reshape(-1))
+        return loss, aux + patch_aux
 
     # -- greedy decoding (validation) -----------------------------------------------------------
 

@@ -46,10 +46,12 @@ def collate(examples: list[data.Example], model: DemoTrainer):
             labels.append(int(model.full_to_used[tok]))
     pixels = torch.from_numpy(np.stack([e.pixels for e in examples]))
     aux = torch.from_numpy(np.stack([e.aux for e in examples]))
+    patch_aux = torch.from_numpy(np.stack([e.patch_aux for e in examples]))
     from gotocr_fast import tokens
 
     return dict(pixels=pixels, input_ids=ids, attention_mask=attn, image_mask=ids == tokens.IMG_PAD_ID,
-                label_positions=torch.tensor(label_pos), labels=torch.tensor(labels), aux_targets=aux)
+                label_positions=torch.tensor(label_pos), labels=torch.tensor(labels), aux_targets=aux,
+                patch_aux_targets=patch_aux)
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     while step < end:
         level = data.task_level(step, tc.curriculum_steps)
         batch = collate(data.make_batch(tc.seed, step, tc.batch_size, level, cfg.vision.image_size, grid,
-                                        cfg.tokens_per_view, allowed), model)
+                                        cfg.tokens_per_view, allowed, cfg.vision.grid), model)
         lr = lr_at(step, tc)
         for group in opt.param_groups:
             group["lr"] = lr

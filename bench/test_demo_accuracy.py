@@ -1,0 +1,163 @@
+"""Reading accuracy of the bundled demo model per weight type, and its agreement with transformers.
+
+The held-out set of the demo model's task (``gotocr_fast.reading.heldout_pages``: one-line pages,
+1-4 line blocks and box mode) is read by our engine with the model converted to each weight type
+(f32, f16, q8_0, and llama.cpp's k-quant mixes), greedy with the engine's defaults (GOT's
+no-repeat-20-gram rule for one view). ``RESULTS.md`` gets a table of character error rate per
+kind, decode ms/token and how often the text equals the f32 text.
+
+transformers (``GotOcr2ForConditionalGeneration.generate``, greedy, the same no-repeat rule) reads
+the same pages from the expanded checkpoint: its text must equal ours at f32 on ≥ 99 % of them;
+every page where they differ is listed with transformers' top-1/top-2 logit margin at the first
+token where the two disagree (a near tie is rounding, a wide margin would be a bug).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from harness import BASELINE_HINT, SETTINGS, need, run_rounds, tag
+
+OUTTYPES = ("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")
+KINDS = ("line", "block", "box")
+PAGES_PER_KIND = int(os.environ.get("GOTOCR_BENCH_HELDOUT_PAGES", "100"))
+MAX_TOKENS = 160  # 4 lines of 32 characters are < 100 tokens; a longer answer is a failure anyway
+
+_texts: dict[str, dict[str, list[str]]] = {}
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    from gotocr_fast import reading
+
+    return {kind: list(reading.heldout_pages(PAGES_PER_KIND, kind=kind)) for kind in KINDS}
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo-models")
+
+
+def _options(page) -> dict:
+    opts = {"max_tokens": MAX_TOKENS}
+    if page.box is not None:
+        opts["box"] = list(page.box)
+    return opts
+
+
+def _read(engine, pages) -> tuple[list[str], int, float]:
+    texts, tokens, decode_ms = [], 0, 0.0
+    for page in pages:
+        r = engine.ocr(page.image, **_options(page))
+        texts.append(r.text)
+        tokens += max(0, r.completion_tokens - 1)  # the first token comes from the prefill
+        decode_ms += r.timings.decode_ms
+    return texts, tokens, decode_ms
+
+
+def _scores(heldout, texts: dict[str, list[str]]) -> dict[str, float]:
+    from gotocr_fast.evaluation import score, total
+
+    out = {}
+    for kind in KINDS:
+        s = total(score(p.truth, t) for p, t in zip(heldout[kind], texts[kind]))
+        out[f"cer_{kind}"] = s.cer
+        out[f"wer_{kind}"] = s.wer
+    return out
+
+
+@pytest.mark.parametrize("outtype", OUTTYPES)
+def test_demo_accuracy(benchmark, outtype, heldout, demo_cache):
+    from gotocr_fast import demo_model
+    from gotocr_fast.engine import OcrEngine
+
+    model = demo_model.model_dir(outtype, cache_dir=demo_cache)
+    result = {}
+    with OcrEngine(model, n_ctx=1024, max_slots=1, n_threads=SETTINGS.threads) as engine:
+        engine.ocr(heldout["line"][0].image, max_tokens=4)  # first-use allocations out of the timing
+
+        def read_all():
+            result.clear()
+            for kind in KINDS:
+                result[kind] = _read(engine, heldout[kind])
+
+        run_rounds(benchmark, read_all, rounds=1, warmup=0)
+    texts = {kind: result[kind][0] for kind in KINDS}
+    tokens = sum(result[k][1] for k in KINDS)
+    decode_ms = sum(result[k][2] for k in KINDS)
+    _texts[outtype] = texts
+    info = _scores(heldout, texts)
+    if "f32" in _texts:
+        same = sum(a == b for k in KINDS for a, b in zip(_texts["f32"][k], texts[k]))
+        info["same_text_as_f32"] = same / (len(KINDS) * PAGES_PER_KIND)
+    tag(benchmark, "accuracy", "ours", dtype=outtype, units=len(KINDS) * PAGES_PER_KIND, unit="page",
+        pages_per_kind=PAGES_PER_KIND, decode_ms_per_token=decode_ms / max(1, tokens),
+        text_gguf_mib=sum(f.stat().st_size for f in model.glob("got-text-*.gguf")) / 2**20, **info)
+
+
+def test_demo_transformers_agreement(benchmark, heldout, demo_cache):
+    need("torch", "transformers", "tokenizers", hint=BASELINE_HINT)
+    import torch
+    from tokenizers import Tokenizer
+
+    from baselines import torch_got
+    from gotocr_fast import demo_model, tokens
+    from gotocr_fast.prompt import OcrMode, build_prompt, build_query
+
+    if "f32" not in _texts:
+        pytest.skip("needs test_demo_accuracy[f32] of the same run (our f32 texts)")
+    ckpt = demo_model.write_checkpoint(demo_cache / "checkpoint")
+    config = demo_model.load_config()
+    model = torch_got.load_model(ckpt, "f32", SETTINGS.threads)
+    processor = torch_got.image_processor(ckpt)
+    tokenizer = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+
+    def prompt_ids(page) -> list[int]:
+        mode = OcrMode(boxes=(page.box,)) if page.box is not None else OcrMode()
+        text = build_prompt(build_query(mode, image_size=page.image.size), config.tokens_per_view)
+        return tokenizer.encode(text, add_special_tokens=False).ids
+
+    def generate(page):
+        ids = torch.tensor([prompt_ids(page)])
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             pixel_values=torch_got.pixel_values(processor, page.image, crop=False),
+                             max_new_tokens=MAX_TOKENS, do_sample=False, num_beams=1, no_repeat_ngram_size=20,
+                             eos_token_id=tokens.IM_END_ID, pad_token_id=tokens.ENDOFTEXT_ID,
+                             output_scores=True, return_dict_in_generate=True)
+        new = out.sequences[0, ids.shape[1]:].tolist()
+        if new and new[-1] == tokens.IM_END_ID:
+            new = new[:-1]
+        return new, out.scores
+
+    theirs: dict[str, list[str]] = {}
+    differences = []
+
+    def read_all():
+        for kind in KINDS:
+            theirs[kind] = []
+            for i, page in enumerate(heldout[kind]):
+                new, scores = generate(page)
+                text = tokenizer.decode(new, skip_special_tokens=True)
+                theirs[kind].append(text)
+                ours = _texts["f32"][kind][i]
+                if text != ours:
+                    ours_ids = tokenizer.encode(ours, add_special_tokens=False).ids
+                    k = next((j for j, (a, b) in enumerate(zip(new, ours_ids)) if a != b), min(len(new), len(ours_ids)))
+                    margin = None
+                    if k < len(scores):
+                        top = torch.topk(scores[k][0].float(), 2).values
+                        margin = float(top[0] - top[1])
+                    differences.append({"kind": kind, "page": i, "ours": ours, "transformers": text,
+                                        "first_diff_token": k, "margin": margin})
+
+    t0 = time.perf_counter()
+    run_rounds(benchmark, read_all, rounds=1, warmup=0)
+    n = len(KINDS) * PAGES_PER_KIND
+    agree = 1 - len(differences) / n
+    tag(benchmark, "accuracy", "transformers", dtype="f32", units=n, unit="page", pages_per_kind=PAGES_PER_KIND,
+        agreement_with_ours_f32=agree, differences=differences, seconds=time.perf_counter() - t0,
+        **_scores(heldout, theirs))
+    assert agree >= 0.99, f"transformers and ours (f32) differ on {len(differences)} of {n} pages: {differences[:3]}"
