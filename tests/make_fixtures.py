@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 from transformers import GenerationConfig, GotOcr2ForConditionalGeneration
 from transformers.generation.logits_process import (
     LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopPLogitsWarper,
@@ -342,6 +343,72 @@ def mm_oracle(config: str, model, enc) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# c2. greedy decoding with and without GOT's no-repeat n-gram rule (longer generations)
+
+DECODING_CASES = ("plain", "color_green", "crop")
+DECODING_NEW_TOKENS = 256
+DECODING_NGRAM_SIZES = (0, 20, 3)  # 0: generate's default (off); 20: GOT's; 3: a rule that bites early
+# What the official GOT-OCR2.0 scripts pass to generate: GOT/demo/run_ocr_2.0.py (one view: plain,
+# format, box, colour) no_repeat_ngram_size=20; GOT/demo/run_ocr_2.0_crop.py (multi-crop and
+# multi-page) has that line commented out. Both max_new_tokens=4096.
+REFERENCE_NGRAM = {"single_view": 20, "crop_or_multi_page": 0}
+
+
+def decoding_oracle(config: str, model, enc) -> None:
+    cfg = synth.CONFIGS[config]
+    s, t = cfg.vision.image_size, cfg.tokens_per_view
+    cases = {c["name"]: c for c in mm_cases()}
+    arrays: dict[str, np.ndarray] = {}
+    meta_cases = {}
+    for name in DECODING_CASES:
+        case = cases[name]
+        pixels, _ = pixel_values_for(case, s)
+        ids = encode(enc, got_prompt(case["query"], t * pixels.shape[0]))
+        input_ids = torch.tensor([ids])
+        reference = REFERENCE_NGRAM["crop_or_multi_page" if case["crop"] or case["multi_page"] else "single_view"]
+        runs = {}
+        for n in DECODING_NGRAM_SIZES:
+            gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=DECODING_NEW_TOKENS, eos_token_id=IM_END_ID,
+                                       pad_token_id=ENDOFTEXT_ID, bos_token_id=ENDOFTEXT_ID, output_scores=True,
+                                       return_dict_in_generate=True, no_repeat_ngram_size=n or None)
+            out = model.generate(input_ids=input_ids, pixel_values=torch.from_numpy(pixels),
+                                 attention_mask=torch.ones_like(input_ids), generation_config=gen_cfg)
+            gen = out.sequences[0, len(ids):].numpy().astype(np.int64)
+            scores = torch.stack([sc[0].float() for sc in out.scores])  # processed: banned ids are -inf
+            top2 = scores.topk(2, dim=-1).values
+            arrays[f"{name}/ngram{n}/gen_ids"] = gen
+            arrays[f"{name}/ngram{n}/gen_margins"] = (top2[:, 0] - top2[:, 1]).numpy().astype(np.float32)
+            runs[n] = gen.tolist()
+        arrays[f"{name}/prompt_ids"] = np.asarray(ids, np.int64)
+        diverge = {str(n): next((i for i, (a, b) in enumerate(zip(runs[0], runs[n])) if a != b), None)
+                   for n in DECODING_NGRAM_SIZES if n}
+        meta_cases[name] = {
+            "images": [f"images/{n}.png" for n in case["images"]], "type": case["type"],
+            "boxes": [list(b) for b in case["boxes"]], "color": case["color"], "crop": case["crop"],
+            "multi_page": case["multi_page"], "query": case["query"], "n_views": int(pixels.shape[0]),
+            "reference_no_repeat_ngram_size": reference, "first_difference_from_ngram0": diverge,
+            "generated": {str(n): len(g) for n, g in runs.items()},
+        }
+        for n in DECODING_NGRAM_SIZES:
+            m = arrays[f"{name}/ngram{n}/gen_margins"].tolist()
+            clear = next((i for i, x in enumerate(m) if x <= 1e-2), len(m))
+            print(f"  {config}/{name} ngram {n}: {len(runs[n])} tokens, margins clear for {clear}, "
+                  f"first difference from ngram 0 at {diverge.get(str(n))}")
+    write(f"{fname(config)}_decoding", arrays, {
+        "config": config,
+        "cases": meta_cases,
+        "generation": f"transformers generate, greedy, max_new_tokens={DECODING_NEW_TOKENS}, eos_token_id={IM_END_ID}, "
+                      f"no_repeat_ngram_size n for n in {DECODING_NGRAM_SIZES} (0: None, off); prompts, pixels and "
+                      "tokenizer as "
+                      "<config>_mm",
+        "reference": "reference_no_repeat_ngram_size: what GOT's official scripts use for the case's mode "
+                     "(run_ocr_2.0.py: 20 for one view; run_ocr_2.0_crop.py: off for crop and multi-page)",
+        "keys": "<case>/prompt_ids; <case>/ngram<n>/gen_ids; <case>/ngram<n>/gen_margins (top1 - top2 of the "
+                "PROCESSED scores, banned ids at -inf: compare tokens only while it is clear)",
+    })
+
+
+# --------------------------------------------------------------------------------------------
 # e. sampling semantics
 
 SAMPLING_SETTINGS = [
@@ -388,6 +455,92 @@ def sampling_oracle() -> None:
                  "applied: our API has no top_k)",
         "keys": "<i>/scores: processed scores (-inf where filtered), <i>/probs: softmax(scores)",
         "settings": settings,
+    })
+
+
+# --------------------------------------------------------------------------------------------
+# f. the no-repeat n-gram rule on its own
+
+NGRAM_VOCAB = 64
+NGRAM_PROMPT = 200  # ids[:NGRAM_PROMPT] play the prompt; banned sets from there on
+NGRAM_SIZES = (1, 2, 3, 4, 20)
+NGRAM_SETTINGS = [
+    # (n, temperature, top_p, repetition_penalty, length of input_ids)
+    (3, 1.0, 1.0, 1.0, 440),
+    (20, 0.7, 0.9, 1.3, 600),
+    (2, 1.2, 0.8, 1.0, 300),
+    (1, 1.0, 0.95, 1.1, 250),
+    (4, 0.0, 1.0, 1.0, 520),  # greedy: only the processors (temperature 0 = no warpers)
+]
+
+
+def ngram_ids() -> np.ndarray:
+    """600 ids that repeat at every scale: a prompt with a long run of one id (as GOT's <imgpad>
+    rows), random ids over small alphabets (short n-grams recur) and copied stretches (20-grams recur);
+    the sequence ends inside a copied stretch, so every size bans something at the end."""
+    rng = np.random.default_rng(4321)
+    V = NGRAM_VOCAB
+    prompt = np.concatenate([rng.integers(0, V, 60), np.full(40, V - 1), rng.integers(0, 8, 100)])
+    parts = [prompt]
+    n = len(prompt)
+    while n < 600:
+        kind = rng.integers(0, 3)
+        seq = np.concatenate(parts)
+        if kind == 0:
+            chunk = rng.integers(0, 6, int(rng.integers(10, 40)))
+        elif kind == 1:
+            chunk = rng.integers(0, V, int(rng.integers(5, 20)))
+        else:
+            a = int(rng.integers(0, n - 40))
+            chunk = seq[a : a + int(rng.integers(25, 41))]
+        parts.append(chunk)
+        n += len(chunk)
+    seq = np.concatenate(parts)[:570]
+    return np.concatenate([seq, seq[300:330]]).astype(np.int64)  # the last 30 ids copy ids[300:330]
+
+
+def ngram_oracle() -> None:
+    ids = ngram_ids()
+    assert len(ids) == 600
+    t_ids = torch.from_numpy(ids)[None]
+    arrays: dict[str, np.ndarray] = {"ids": ids}
+    for n in NGRAM_SIZES:
+        proc = NoRepeatNGramLogitsProcessor(n)
+        rows = []
+        for length in range(NGRAM_PROMPT, len(ids) + 1):
+            scores = proc(t_ids[:, :length], torch.zeros(1, NGRAM_VOCAB))
+            rows.append(torch.isneginf(scores[0]).numpy())
+        arrays[f"n{n}/banned"] = np.stack(rows)
+        print(f"  ngram n={n}: steps with a ban {int(arrays[f'n{n}/banned'].any(1).sum())}/{len(rows)}")
+    logits = (np.random.default_rng(99).standard_normal(NGRAM_VOCAB) * 3.0).astype(np.float32)
+    arrays["logits"] = logits
+    settings = []
+    for i, (n, temp, top_p, rep, length) in enumerate(NGRAM_SETTINGS):
+        procs = LogitsProcessorList()  # generate's order (GenerationMixin._get_logits_processor)
+        if rep != 1.0:
+            procs.append(RepetitionPenaltyLogitsProcessor(rep))
+        procs.append(NoRepeatNGramLogitsProcessor(n))
+        if temp not in (0.0, 1.0):
+            procs.append(TemperatureLogitsWarper(temp))
+        if top_p < 1.0:
+            procs.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+        scores = procs(t_ids[:, :length], torch.from_numpy(logits.copy())[None])[0]
+        banned = int(NoRepeatNGramLogitsProcessor(n)(t_ids[:, :length], torch.zeros(1, NGRAM_VOCAB)).isinf().sum())
+        if banned == 0:
+            raise RuntimeError(f"setting {i}: the rule bans nothing; pick another length")
+        arrays[f"setting{i}/scores"] = scores.numpy().astype(np.float32)
+        settings.append({"index": i, "n": n, "temperature": temp, "top_p": top_p, "repetition_penalty": rep,
+                         "length": length, "banned": banned, "processors": [type(p).__name__ for p in procs]})
+    write("ngram", arrays, {
+        "ids": "600 int64 ids over a vocabulary of 64 (make_fixtures.ngram_ids: seeded, repeats at every scale)",
+        "vocab": NGRAM_VOCAB,
+        "first_step": NGRAM_PROMPT,
+        "sizes": list(NGRAM_SIZES),
+        "banned": "n<n>/banned [401, 64] bool: row i = the ids NoRepeatNGramLogitsProcessor(n) sets to -inf "
+                  "given input_ids = ids[: first_step + i]",
+        "settings": settings,
+        "scores": "setting<i>/scores [64]: generate's processors in its order (RepetitionPenalty -> "
+                  "NoRepeatNGram -> Temperature -> TopP) on 'logits' with input_ids = ids[:length]",
     })
 
 
@@ -443,8 +596,9 @@ def full_oracle(workdir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", nargs="*", default=["images", "vision", "text", "mm", "sampling", "full"],
-                        choices=["images", "vision", "text", "mm", "sampling", "full"])
+    parser.add_argument("--only", nargs="*",
+                        default=["images", "vision", "text", "mm", "decoding", "sampling", "ngram", "full"],
+                        choices=["images", "vision", "text", "mm", "decoding", "sampling", "ngram", "full"])
     parser.add_argument("--configs", nargs="*", default=["tiny", "tiny-alt"])
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -453,7 +607,7 @@ def main() -> None:
     enc = qwen_encoding()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if {"vision", "text", "mm"} & set(args.only):
+        if {"vision", "text", "mm", "decoding"} & set(args.only):
             for config in args.configs:
                 model = load_model(checkpoint(tmp, config))
                 if "vision" in args.only:
@@ -462,9 +616,13 @@ def main() -> None:
                     text_oracle(config, model, enc)
                 if "mm" in args.only:
                     mm_oracle(config, model, enc)
+                if "decoding" in args.only:
+                    decoding_oracle(config, model, enc)
                 del model
         if "sampling" in args.only:
             sampling_oracle()
+        if "ngram" in args.only:
+            ngram_oracle()
         if "full" in args.only:
             full_oracle(tmp)
 

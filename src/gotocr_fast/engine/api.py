@@ -22,6 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence as Seq
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -35,16 +36,20 @@ from ..inputs import load_pages
 from .cache import EmbeddingCache, image_key
 from .cpu_turns import CpuTurns, NoTurns
 from .errors import Cancelled, ContextOverflow, EngineClosed, InvalidRequest, ModelError, OcrError, Overloaded
+from .defaults import LOOP_GUARD, REFERENCE_MAX_NEW_TOKENS, default_max_tokens, default_no_repeat_ngram_size
 from .model import TextModel, resolve_model_paths
+from .repetition import LoopGuard
 from .request import OcrRequest, OcrResult, Sequence, Timings
 from .sampling import Sampler, SamplingParams
 from .scheduler import Scheduler
 
 __all__ = ["OcrEngine", "OcrStream", "DEFAULT_MAX_TOKENS"]
 
-DEFAULT_MAX_TOKENS = 2048
+DEFAULT_MAX_TOKENS = REFERENCE_MAX_NEW_TOKENS
+"""``max_tokens`` when a request gives none, as far as the context allows (``defaults.py``)."""
 _OPTION_NAMES = frozenset(
-    {"type", "box", "color", "crop", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed"}
+    {"type", "box", "color", "crop", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed",
+     "no_repeat_ngram_size", "loop_guard"}
 )
 _ids = itertools.count(1)
 
@@ -351,15 +356,22 @@ class OcrEngine:
             self.vision = None
 
     # --- submit-side work -------------------------------------------------------------------
-    def _options(self, options: dict) -> tuple[OcrMode, SamplingParams, int]:
+    def _options(self, options: dict) -> tuple[tuple, SamplingParams, int | None, int | None, int]:
+        """(mode fields, sampling, max_tokens or None, no_repeat_ngram_size or None, loop guard span)."""
         unknown = set(options) - _OPTION_NAMES
         if unknown:
             raise InvalidRequest(f"unknown option(s): {', '.join(sorted(unknown))}")
-        max_tokens = options.get("max_tokens", DEFAULT_MAX_TOKENS)
-        if max_tokens is None:
-            max_tokens = DEFAULT_MAX_TOKENS
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        max_tokens = options.get("max_tokens")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
             raise InvalidRequest(f"max_tokens must be an integer >= 1; got {max_tokens!r}")
+        ngram = options.get("no_repeat_ngram_size")
+        if ngram is not None and (isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 0):
+            raise InvalidRequest(f"no_repeat_ngram_size must be an integer >= 0 (0 = off); got {ngram!r}")
+        loop_span = options.get("loop_guard")
+        if loop_span is None:
+            loop_span = LOOP_GUARD.min_span
+        if isinstance(loop_span, bool) or not isinstance(loop_span, int) or loop_span < 0:
+            raise InvalidRequest(f"loop_guard must be an integer >= 0 (tokens; 0 = off); got {loop_span!r}")
         crop = options.get("crop", False)
         if not isinstance(crop, bool):
             raise InvalidRequest(f"crop must be true or false; got {crop!r}")
@@ -374,7 +386,8 @@ class OcrEngine:
             )
         except ValueError as e:
             raise InvalidRequest(str(e)) from e
-        return (options.get("type") or "plain", _parse_boxes(options.get("box")), options.get("color"), crop), params, max_tokens
+        mode = (options.get("type") or "plain", _parse_boxes(options.get("box")), options.get("color"), crop)
+        return mode, params, max_tokens, ngram, loop_span
 
     def _tokenize_prompt(self, query: str, n_image_tokens: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         ids = self.text.tokenize(build_prompt(query, n_image_tokens))
@@ -394,7 +407,7 @@ class OcrEngine:
 
     def _prepare(self, image_or_pages, options: dict, *, stream: bool) -> _Prepared:
         t0 = time.perf_counter()
-        (type_, boxes, color, crop), params, max_tokens = self._options(options)
+        (type_, boxes, color, crop), params, max_tokens, ngram, loop_span = self._options(options)
         pages = list(image_or_pages) if isinstance(image_or_pages, (list, tuple)) else [image_or_pages]
         if not pages:
             raise InvalidRequest("no image given")
@@ -415,6 +428,8 @@ class OcrEngine:
             mode = OcrMode(type=type_, boxes=boxes, color=color, crop=crop, multi_page=multi_page)
         except InvalidPrompt as e:
             raise InvalidRequest(str(e)) from e
+        params = replace(params, no_repeat_ngram_size=default_no_repeat_ngram_size(mode) if ngram is None else ngram)
+        guard = None if loop_span == 0 else replace(LOOP_GUARD, min_span=loop_span)
         try:
             queries = build_queries(mode, images[0].size)
         except InvalidPrompt as e:
@@ -439,18 +454,20 @@ class OcrEngine:
         for part, q in enumerate(queries):
             prefix, suffix = self._prompt_ids(q, n_image_tokens)
             n_prompt = len(prefix) + n_image_tokens + len(suffix)
-            if n_prompt + max_tokens > self.n_ctx:
+            budget = max(1, default_max_tokens(self.n_ctx, n_prompt) if max_tokens is None else max_tokens)
+            if n_prompt + budget > self.n_ctx:
                 raise ContextOverflow(
-                    f"prompt ({n_prompt} tokens: {sum(views_per_page)} image view(s)) + max_tokens ({max_tokens}) "
+                    f"prompt ({n_prompt} tokens: {sum(views_per_page)} image view(s)) + max_tokens ({budget}) "
                     f"exceeds the context of {self.n_ctx} tokens per request",
-                    prompt_tokens=n_prompt, max_tokens=max_tokens, n_ctx=self.n_ctx,
+                    prompt_tokens=n_prompt, max_tokens=budget, n_ctx=self.n_ctx,
                 )
             sampler = Sampler(params, itertools.chain(prefix, [IMG_PAD_ID] * n_image_tokens, suffix), self.text.n_vocab)
             seq = Sequence(
                 prefix=list(prefix), n_image_tokens=n_image_tokens, suffix=list(suffix), sampler=sampler,
-                max_tokens=max_tokens, piece=self.text.piece,
+                max_tokens=budget, piece=self.text.piece,
                 on_delta=lambda text, part=part: req._part_delta(part, text),
                 on_done=lambda s, part=part: self._seq_done(req, part, s),
+                loop_guard=None if guard is None else LoopGuard(guard, capacity=min(budget, 4096)),
             )
             # the KV up to the end of the images depends on nothing else: the scheduler computes
             # it once for every sequence with this key (boxes of this request, other requests)
@@ -525,8 +542,10 @@ class OcrEngine:
         if not all(s.finish_reason is not None for s in req.sequences):
             return
         seqs = req.sequences
-        text = "\n".join(s.detok.text for s in seqs)
-        finish = "length" if any(s.finish_reason == "length" for s in seqs) else "stop"
+        text = "\n".join(s.text for s in seqs)
+        # one reason per request: a stopped loop first (its text is cut), then the budget
+        reasons = {s.finish_reason for s in seqs}
+        finish = "repetition" if "repetition" in reasons else "length" if "length" in reasons else "stop"
         timings = Timings(
             preprocess_ms=req.preprocess_ms,
             encode_ms=req.encode_ms,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..inputs import DEFAULT_PDF_DPI, is_pdf, pdf_page_count, render_pdf_pages
 from ..preprocess import ImageError
+from .defaults import LOOP_GUARD, REFERENCE_MAX_NEW_TOKENS, REFERENCE_NO_REPEAT_NGRAM_SIZE
 from .errors import InvalidRequest, OcrError
 
 __all__ = ["ocr_main", "batch_main"]
@@ -37,11 +38,21 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--type", choices=("plain", "format"), default="plain", help="output mode (default plain)")
     p.add_argument("--color", choices=("red", "green", "blue"), default=None, help="colour-guided OCR")
     p.add_argument("--crop", action="store_true", help="multi-crop tiling for large pages")
-    p.add_argument("--max-tokens", type=int, default=2048)
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help=f"tokens to generate at most (default {REFERENCE_MAX_NEW_TOKENS}, as GOT's scripts, "
+                        "or what the context leaves after the prompt)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-repeat-ngram", type=int, default=None, metavar="N",
+                   help="ban repeating any N-gram of the prompt and output (transformers' no_repeat_ngram_size; "
+                        f"default {REFERENCE_NO_REPEAT_NGRAM_SIZE} for one view, off with --crop / --multi-page, "
+                        "as GOT's scripts; 0 = off)")
+    p.add_argument("--loop-guard", type=int, default=None, metavar="TOKENS",
+                   help=f"stop a loop (the text ending in >= {LOOP_GUARD.min_repeats} repeats of a cycle of <= "
+                        f"{LOOP_GUARD.max_period} tokens) once it spans TOKENS tokens: finish_reason 'repetition', "
+                        f"the text keeps one cycle (default {LOOP_GUARD.min_span}; 0 = off)")
     p.add_argument("--dpi", type=float, default=DEFAULT_PDF_DPI,
                    help=f"PDF render resolution (default {DEFAULT_PDF_DPI:g}; lowered for pages over the pixel limit)")
     p.add_argument("--threads", type=int, default=None)
@@ -72,7 +83,7 @@ def _engine(args, sequences: int | None = None):
 def _options(args, box=None) -> dict:
     opts = {"type": args.type, "color": args.color, "crop": args.crop, "max_tokens": args.max_tokens,
             "temperature": args.temperature, "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
-            "seed": args.seed}
+            "seed": args.seed, "no_repeat_ngram_size": args.no_repeat_ngram, "loop_guard": args.loop_guard}
     if box:
         opts["box"] = box
     return opts

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..tokens import IM_END
 from .errors import Cancelled, OcrError
+from .repetition import LoopCut, LoopGuard
 from .sampling import Sampler
 
 __all__ = ["Timings", "OcrResult", "OcrRequest", "Detokenizer", "Sequence"]
@@ -37,7 +38,7 @@ class Timings:
 @dataclass(frozen=True)
 class OcrResult:
     text: str
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # "stop" | "length" | "repetition" (the loop guard stopped a loop)
     prompt_tokens: int
     completion_tokens: int
     timings: Timings = field(default_factory=Timings)
@@ -109,6 +110,7 @@ class Sequence:
         piece: Callable[[int], bytes],
         on_delta: Callable[[str], None],
         on_done: Callable[["Sequence"], None],
+        loop_guard: LoopGuard | None = None,
     ):
         self.prefix = np.asarray(prefix, dtype=np.int32)
         self.suffix = np.asarray(suffix, dtype=np.int32)
@@ -125,6 +127,10 @@ class Sequence:
         self.last_token = -1
         self.generated: list[int] = []
         self.detok = Detokenizer()
+        self.loop_guard = loop_guard
+        self.loop: LoopCut | None = None  # the loop the guard stopped, if it did
+        self._text: list[str] = []  # what went to on_delta: the sequence's text
+        self._held: list[tuple[int, str]] = []  # (generated index, delta) held back by the loop guard
         self.finish_reason: str | None = None
         self.error: BaseException | None = None
         self.cancelled = False
@@ -146,6 +152,25 @@ class Sequence:
     def prompt_tokens(self) -> int:
         return self.n_shared + len(self.suffix)
 
+    @property
+    def text(self) -> str:
+        """The text streamed so far (at the end: the sequence's result)."""
+        return "".join(self._text)
+
+    def _emit(self, delta: str) -> None:
+        self._text.append(delta)
+        self.on_delta(delta)
+
+    def _release(self, before: int) -> None:
+        """Stream the held deltas of the generated tokens with an index below ``before``."""
+        held = self._held
+        k = 0
+        while k < len(held) and held[k][0] < before:
+            self._emit(held[k][1])
+            k += 1
+        if k:
+            del held[:k]
+
     def add_token(self, token: int, stop_ids: frozenset[int]) -> bool:
         """Record a sampled token; return True when the sequence is finished."""
         if not self.generated:
@@ -158,8 +183,18 @@ class Sequence:
         self.last_token = token
         self.sampler.accept(token)
         delta = self.detok.feed(self.piece(token))
-        if delta:
-            self.on_delta(delta)
+        guard = self.loop_guard
+        if guard is None:
+            if delta:
+                self._emit(delta)
+        else:
+            cut = guard.push(token)
+            if delta:
+                self._held.append((len(self.generated) - 1, delta))
+            if cut is not None and not self.detok.stopped:
+                self._stop_loop(cut)
+                return True
+            self._release(guard.hold_from())
         if self.detok.stopped:
             self._finish("stop")
             return True
@@ -168,17 +203,34 @@ class Sequence:
             return True
         return False
 
+    def _stop_loop(self, cut: LoopCut) -> None:
+        """Keep the text before the loop and its first cycle; drop the repeats after it."""
+        self._release(cut.keep)
+        self._held.clear()
+        # the kept tokens' text, decoded afresh: it may end in bytes the detokenizer still held
+        # (part of a character, a possible start of the stop text); an unfinished character goes
+        data = b"".join(self.piece(t) for t in self.generated[: cut.keep])
+        kept = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data, final=False)
+        sent = self.text
+        if len(kept) > len(sent) and kept.startswith(sent):
+            self._emit(kept[len(sent) :])
+        self.loop = cut
+        self.finish_reason = "repetition"
+        self.state = Sequence.DONE
+        self.t_done = time.perf_counter()
+
     def _finish(self, reason: str) -> None:
+        self._release(len(self.generated))  # a stop or the budget ends any repetition: all is text
         if reason == "length":
             tail = self.detok.flush()
             if tail:
-                self.on_delta(tail)
+                self._emit(tail)
         else:
             # stopped: what was held back is either the start of the stop text or a partial char
             if not self.detok.stopped:
                 tail = self.detok.flush()
                 if tail:
-                    self.on_delta(tail)
+                    self._emit(tail)
         self.finish_reason = reason
         self.state = Sequence.DONE
         self.t_done = time.perf_counter()

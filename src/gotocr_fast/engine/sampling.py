@@ -6,12 +6,15 @@ transformers applies, in this order (``GenerationMixin._get_logits_processor``):
    GOT's ``<imgpad>`` placeholders included, plus the ids generated so far; each id once):
    ``logit / penalty`` if the logit is positive (``>= 0``), ``logit * penalty`` if negative.
    It is a *processor*, so greedy decoding applies it too.
-2. Only when sampling (``do_sample``; here: ``temperature > 0``): ``TemperatureLogitsWarper``
+2. ``NoRepeatNGramLogitsProcessor`` (``no_repeat_ngram_size`` n > 0): ``-inf`` for every token
+   that would complete an n-gram already in ``input_ids`` (prompt with its ``<imgpad>`` ids, plus
+   the generated ids); see ``repetition.NgramBan``. A processor too: greedy applies it.
+3. Only when sampling (``do_sample``; here: ``temperature > 0``): ``TemperatureLogitsWarper``
    (``logits / temperature``), ``TopKLogitsWarper`` (only if ``top_k > 0``; transformers'
    GenerationConfig default is 50, our API default is 0 = off, as in OpenAI/vLLM), then
    ``TopPLogitsWarper``: sort ascending, remove tokens whose ascending cumulative probability is
    ``<= 1 - top_p``, always keep the most likely one.
-3. softmax and one multinomial draw.
+4. softmax and one multinomial draw.
 
 The RNG is per request (``numpy.random.Generator(PCG64(seed))``): same seed → same tokens; the
 draws are not torch's, only the distribution is the same.
@@ -25,7 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SamplingParams", "Sampler", "apply_repetition_penalty", "process_logits", "top_p_mask"]
+from .repetition import NgramBan
+
+__all__ = ["SamplingParams", "Sampler", "apply_repetition_penalty", "ban_tokens", "process_logits", "top_p_mask"]
 
 _TOP_P_CANDIDATES = 2048
 """Candidates taken by argpartition before the exact top-p sort (falls back to a full sort)."""
@@ -38,6 +43,7 @@ class SamplingParams:
     top_k: int = 0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    no_repeat_ngram_size: int = 0  # 0: off (the engine's per-mode default is in defaults.py)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -63,6 +69,9 @@ class SamplingParams:
             raise ValueError(f"seed must be an integer; got {self.seed!r}")
         if self.seed is not None and self.seed < 0:
             raise ValueError(f"seed must be >= 0; got {self.seed}")
+        n = self.no_repeat_ngram_size
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"no_repeat_ngram_size must be an integer >= 0 (0 = off); got {n!r}")
 
     @property
     def greedy(self) -> bool:
@@ -104,13 +113,24 @@ def top_p_mask(logits: np.ndarray, top_p: float) -> np.ndarray:
     return order[keep]
 
 
+def ban_tokens(logits: np.ndarray, banned: Iterable[int]) -> np.ndarray:
+    """``-inf`` at the banned ids, in place; ids past the row (none in practice) are skipped, as
+    transformers does for ids beyond the LM head."""
+    ids = np.fromiter(banned, dtype=np.int64)
+    logits[ids[ids < logits.shape[0]]] = -np.inf
+    return logits
+
+
 def process_logits(
-    logits: np.ndarray, params: SamplingParams, penalty_ids: np.ndarray | None = None
+    logits: np.ndarray, params: SamplingParams, penalty_ids: np.ndarray | None = None,
+    banned: Iterable[int] = (),
 ) -> np.ndarray:
     """The processed scores transformers would sample from (``-inf`` = removed). Returns a copy."""
     out = np.array(logits, dtype=np.float32, copy=True)
     if params.repetition_penalty != 1.0 and penalty_ids is not None:
         apply_repetition_penalty(out, penalty_ids, params.repetition_penalty)
+    if banned:
+        ban_tokens(out, banned)
     if params.greedy:
         return out
     if params.temperature != 1.0:
@@ -127,26 +147,34 @@ def process_logits(
 
 
 class Sampler:
-    """Per-request token selection state: the penalty id set and the RNG."""
+    """Per-request token selection state: the penalty id set, the n-gram index and the RNG."""
 
-    __slots__ = ("params", "_rng", "_seen", "_seen_ids", "_dirty", "vocab_size")
+    __slots__ = ("params", "_rng", "_seen", "_seen_ids", "_dirty", "vocab_size", "_ngram")
 
     def __init__(self, params: SamplingParams, prompt_ids: Iterable[int], vocab_size: int):
         self.params = params
         self.vocab_size = vocab_size
         self._rng = np.random.Generator(np.random.PCG64(params.seed))
         self._seen = np.zeros(vocab_size, dtype=bool)
-        ids = np.fromiter(prompt_ids, dtype=np.int64)
-        ids = ids[(ids >= 0) & (ids < vocab_size)]
+        all_ids = np.fromiter(prompt_ids, dtype=np.int64)
+        ids = all_ids[(all_ids >= 0) & (all_ids < vocab_size)]
         self._seen[ids] = True
         self._seen_ids = np.flatnonzero(self._seen)
         self._dirty = False
+        n = params.no_repeat_ngram_size
+        self._ngram = NgramBan(n, all_ids.tolist()) if n > 0 else None
 
     def accept(self, token: int) -> None:
-        """Record a generated token (it joins the repetition-penalty set)."""
+        """Record a generated token (it joins the repetition-penalty set and the n-gram index)."""
+        if self._ngram is not None:
+            self._ngram.append(token)
         if 0 <= token < self.vocab_size and not self._seen[token]:
             self._seen[token] = True
             self._dirty = True
+
+    def banned(self) -> set[int] | tuple[()]:
+        """The tokens the n-gram rule forbids next (empty when the rule is off)."""
+        return self._ngram.banned() if self._ngram is not None else ()
 
     def penalty_ids(self) -> np.ndarray:
         if self._dirty:
@@ -158,12 +186,18 @@ class Sampler:
         """Choose the next token from one logits row (float32, length ``vocab_size`` or more)."""
         row = logits[: self.vocab_size]
         p = self.params
+        banned = self.banned()
         if p.greedy and p.repetition_penalty == 1.0:
-            return int(np.argmax(row))
-        scores = process_logits(row, p, self.penalty_ids() if p.repetition_penalty != 1.0 else None)
+            best = int(np.argmax(row))
+            if best not in banned:  # the usual case: no copy of the row
+                return best
+            return int(np.argmax(ban_tokens(np.array(row, dtype=np.float32, copy=True), banned)))
+        scores = process_logits(row, p, self.penalty_ids() if p.repetition_penalty != 1.0 else None, banned)
         if p.greedy:
             return int(np.argmax(scores))
         finite = np.flatnonzero(np.isfinite(scores))
+        if finite.size == 0:  # every token banned (transformers would fail to sample): take the raw best
+            return int(np.argmax(row))
         s = scores[finite].astype(np.float64)
         s -= s.max()
         w = np.exp(s)
