@@ -1,6 +1,7 @@
 """``gotocr serve``: run the HTTP service with uvicorn.
 
-The model loads in the background: the port opens at once, ``/health`` answers 503 until the
+Without ``--model`` (or ``GOTOCR_MODEL``) it serves the bundled demo model (a small model trained
+on printed text lines, converted on first use). The model loads in the background: the port opens at once, ``/health`` answers 503 until the
 model is ready. SIGINT/SIGTERM stop accepting connections, let in-flight requests finish for up
 to ``--shutdown-timeout`` seconds, then close the engine.
 """
@@ -17,6 +18,17 @@ from .settings import SettingsError, settings_from_args
 __all__ = ["main"]
 
 
+DEMO_MODEL_NAME = "gotocr-demo"
+"""Model name the server reports when it serves the bundled demo model."""
+
+
+def _model_given(args: list[str]) -> bool:
+    """Whether a model comes from the command line or GOTOCR_MODEL (or only help is asked for)."""
+    if any(a in ("-h", "--help") for a in args) or os.environ.get("GOTOCR_MODEL"):
+        return True
+    return any(a == "--model" or a.startswith("--model=") for a in args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a == "--ray" or a.startswith("--ray=") or a == "--ray-help" for a in args):
@@ -24,6 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gotocr_fast.ray.serve import main as ray_main
 
         return ray_main(args)
+    if not _model_given(args):
+        from gotocr_fast.demo_model import NOTICE, model_dir
+
+        print(f"note: {NOTICE}", file=sys.stderr)
+        args = [*args, "--model", str(model_dir())]
+        if not any(a == "--model-name" or a.startswith("--model-name=") for a in args):
+            args += ["--model-name", DEMO_MODEL_NAME]
     try:
         settings = settings_from_args(args)
     except SettingsError as exc:

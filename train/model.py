@@ -172,9 +172,11 @@ class DemoTrainer(nn.Module):
         out = self.lm(embeds, cache=cache)
         answer: list[int] = []
         for _ in range(max_new):
-            logits = self.logits(out.last_hidden_state[:, -1])
+            # Greedy compares single tokens: every zero row has logit exactly 0 (the pooled logit is
+            # their summed probability, right for the loss, not for an argmax).
+            logits = self.logits(out.last_hidden_state[:, -1])[0, :-1]
             j = int(logits.argmax(-1))
-            if j == len(self.used_ids):  # a zero row won: the full model would emit an unused token
+            if logits[j] < 0:  # a zero row won: the full model would emit an unused token
                 break
             tok = int(self.used_ids[j])
             if tok == tokens.IM_END_ID:

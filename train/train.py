@@ -103,6 +103,18 @@ def save_checkpoint(path: Path, model: DemoTrainer, opt: torch.optim.Optimizer, 
     os.replace(tmp, path)
 
 
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows after ``step``: a resumed run redoes them from the checkpoint."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trainable parameters: {n_params / 1e6:.2f} M", flush=True)
 
     log_path = args.out / "log.csv"
+    if log_path.exists():
+        _truncate_log(log_path, step)
     new_log = not log_path.exists()
     log = open(log_path, "a", newline="")
     writer = csv.DictWriter(log, fieldnames=LOG_FIELDS)

@@ -33,7 +33,8 @@ def _box(text: str) -> list[float]:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=os.environ.get("GOTOCR_MODEL"),
-                   help="model folder (got-text-*.gguf + got-vision-*.gguf) or the text GGUF; env GOTOCR_MODEL")
+                   help="model folder (got-text-*.gguf + got-vision-*.gguf) or the text GGUF; env GOTOCR_MODEL "
+                        "(default: the bundled demo model, a small model trained on printed text lines)")
     p.add_argument("--vision", default=None, help="vision GGUF (when --model is a text GGUF elsewhere)")
     p.add_argument("--type", choices=("plain", "format"), default="plain", help="output mode (default plain)")
     p.add_argument("--color", choices=("red", "green", "blue"), default=None, help="colour-guided OCR")
@@ -66,7 +67,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _engine(args, sequences: int | None = None):
     """The engine for a command; ``sequences``: how many can ever run at once (None: unbounded)."""
     if not args.model:
-        raise InvalidRequest("no model: pass --model DIR (a converted model folder) or set GOTOCR_MODEL")
+        from ..demo_model import NOTICE, model_dir
+
+        print(f"note: {NOTICE}", file=sys.stderr)
+        args.model = str(model_dir())
     from .api import OcrEngine
 
     if args.verbose:
