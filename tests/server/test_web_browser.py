@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from gotocr_fast.demo import sample_image
 from gotocr_fast.web.render import render_document
@@ -40,7 +41,7 @@ FORMAT_ANSWER = HERE / "data" / "format_answer.mmd"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 TOKEN_DELAY = 0.01  # seconds per character of a scripted answer: the format answer streams for ~7 s
-TIMEOUT_MS = 20_000
+TIMEOUT_MS = 30_000
 
 
 def _chromium() -> str | None:
@@ -144,14 +145,20 @@ def _run_and_wait(page) -> None:
     page.wait_for_function(f"() => (document.body.dataset.runs || '0') === '{runs + 1}'")
 
 
-def _expected_plain(size=(640, 360), box="-", pages=1) -> str:
-    page = f"{size[0]}x{size[1]}#255,255,255"
-    return f"plain|-|{box}|crop=0|" + ";".join([page] * pages)
+def _desc(path: Path) -> str:
+    """How the scripted engine describes an image: size and the colour of its top-left pixel."""
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+        return f"{rgb.width}x{rgb.height}#" + ",".join(str(v) for v in rgb.getpixel((0, 0)))
+
+
+def _expected_plain(desc: str) -> str:
+    return f"plain|-|-|crop=0|{desc}"
 
 
 def test_plain_mode(page, server, page_png):
     _open(page, server, page_png)
-    expected = _expected_plain()
+    expected = _expected_plain(_desc(page_png))
     _run_and_wait(page)
     assert page.text_content("#raw") == expected
     assert page.text_content("#stat-state") == "done (stop)"
@@ -177,10 +184,11 @@ def test_box_mode_drawn_with_the_mouse(page, server, page_png):
     assert page.is_visible("#box-rect")
     _run_and_wait(page)
     text = page.text_content("#raw")
-    m = re.fullmatch(r"plain\|-\|\[([\d.,]+)\]\|crop=0\|640x360#255,255,255", text)
+    m = re.fullmatch(r"plain\|-\|\[([\d.,]+)\]\|crop=0\|" + re.escape(_desc(page_png)), text)
     assert m, text
     got = [float(v) for v in m.group(1).split(",")]
-    scale = 640 / img["width"]  # the image is shown scaled; the box is in the image's own pixels
+    with Image.open(page_png) as im:
+        scale = im.width / img["width"]  # the image is shown scaled; the box is in the image's own pixels
     want = [(start[0] - img["x"]) * scale, (start[1] - img["y"]) * scale,
             (end[0] - img["x"]) * scale, (end[1] - img["y"]) * scale]
     assert all(abs(g - w) <= 2 for g, w in zip(got, want)), (got, want)
@@ -266,14 +274,14 @@ def test_copy_and_download(page, server, page_png):
     with page.expect_download() as info:
         page.click("#download")
     assert info.value.suggested_filename == "page.txt"
-    assert Path(info.value.path()).read_text() == _expected_plain()
+    assert Path(info.value.path()).read_text() == _expected_plain(_desc(page_png))
     with page.expect_download() as info:
         page.click("#download-json")
     saved = json.loads(Path(info.value.path()).read_text())
-    assert saved["results"][0]["text"] == _expected_plain()
+    assert saved["results"][0]["text"] == _expected_plain(_desc(page_png))
     page.click("#copy")
     page.wait_for_function("() => document.getElementById('copy').textContent === 'Copied'")
-    assert page.evaluate("navigator.clipboard.readText()") == _expected_plain()
+    assert page.evaluate("navigator.clipboard.readText()") == _expected_plain(_desc(page_png))
 
 
 def test_pdf_page_by_page_and_multi_page(page, server, tmp_path, page_png):
@@ -291,7 +299,7 @@ def test_pdf_page_by_page_and_multi_page(page, server, tmp_path, page_png):
     page.check('input[name="mode"][value="multipage"]')
     _run_and_wait(page)
     raw = page.text_content("#raw")
-    assert re.fullmatch(r"plain\|-\|-\|crop=0\|640x360#255,255,255;\d+x\d+#255,255,255;\d+x\d+#255,255,255", raw), raw
+    assert re.fullmatch(r"plain\|-\|-\|crop=0\|" + re.escape(_desc(page_png)) + r";\d+x\d+#255,255,255;\d+x\d+#255,255,255", raw), raw
     assert page.text_content("#stat-tokens").startswith(f"{PROMPT_TOKENS_FIXED + 3 * PROMPT_TOKENS_PER_PAGE} / ")
 
 
@@ -300,24 +308,22 @@ def test_colour_and_crop_modes(page, server, page_png):
     page.check('input[name="mode"][value="color"]')
     page.select_option("#color", "green")
     _run_and_wait(page)
-    assert page.text_content("#raw") == "plain|green|-|crop=0|640x360#255,255,255"
+    assert page.text_content("#raw") == f"plain|green|-|crop=0|{_desc(page_png)}"
     page.check('input[name="mode"][value="crop"]')
     _run_and_wait(page)
-    assert page.text_content("#raw") == "plain|-|-|crop=1|640x360#255,255,255"
+    assert page.text_content("#raw") == f"plain|-|-|crop=1|{_desc(page_png)}"
 
 
 def test_several_images_one_after_another(page, server, page_png, tmp_path):
     small = tmp_path / "small.png"
-    from PIL import Image
-
     Image.new("RGB", (64, 48), (255, 255, 255)).save(small)
     _open(page, server, [page_png, small])
     _run_and_wait(page)
-    assert page.text_content("#raw") == (f"==> page.png <==\n{_expected_plain()}\n\n"
-                                         f"==> small.png <==\n{_expected_plain(size=(64, 48))}")
+    assert page.text_content("#raw") == (f"==> page.png <==\n{_expected_plain(_desc(page_png))}\n\n"
+                                         "==> small.png <==\nplain|-|-|crop=0|64x48#255,255,255")
     assert page.text_content("#stat-state") == "done (stop, stop)"
     prompt = 2 * (PROMPT_TOKENS_FIXED + PROMPT_TOKENS_PER_PAGE)
-    completion = len(_expected_plain()) + len(_expected_plain(size=(64, 48))) + 2
+    completion = len(_expected_plain(_desc(page_png))) + len(_expected_plain(_desc(small))) + 2
     assert page.text_content("#stat-tokens") == f"{prompt} / {completion}"
 
 
@@ -332,7 +338,7 @@ def test_paste_an_image(page, server):
     }""")
     page.wait_for_selector("#run:enabled")
     _run_and_wait(page)
-    assert page.text_content("#raw") == _expected_plain(size=(30, 20))
+    assert page.text_content("#raw") == "plain|-|-|crop=0|30x20#255,255,255"
 
 
 def test_api_key(browser, tmp_path, page_png, shots):
@@ -348,7 +354,7 @@ def test_api_key(browser, tmp_path, page_png, shots):
         pg.fill("#api-key", "s3cret")
         _run_and_wait(pg)
         assert pg.is_hidden("#error")
-        assert pg.text_content("#raw") == _expected_plain()
+        assert pg.text_content("#raw") == _expected_plain(_desc(page_png))
         pg.screenshot(path=str(shots / "test_api_key.png"), full_page=True)
     finally:
         context.close()
