@@ -397,6 +397,7 @@ RULES = [
     (r"$ x$ and a$b", {"katex": 0, "text": "$ x$ and a$b"}),
     (r"\$5 and \$6", {"katex": 0, "text": "$5 and $6"}),
     (r"\(\frac{\)", {"katex": 0, "errors": 1, "text": r"\(\frac{\)"}),
+    (r"a \[\frac{\] b", {"errors": 1, "p": 1, "text": r"a \[\frac{\] b"}),  # still one paragraph
     (r"\begin{tabular}{cc} a & b", {"tables": 0, "text": r"\begin{tabular}{cc} a & b"}),
     (r"\subsection*{Intro}", {"h3": "Intro"}),
     ("[a](javascript:alert(1)) \\(\\href{javascript:alert(1)}{x}\\)", {"anchors": []}),
@@ -422,6 +423,7 @@ def test_render_rules(page, server, source, want):
         };
         return {katex: el.querySelectorAll('.katex').length, display: el.querySelectorAll('.katex-display').length,
                 errors: el.querySelectorAll('.math-error').length, tables: el.querySelectorAll('table').length,
+                p: el.querySelectorAll('p').length,
                 text: el.textContent, tex: tex.join(' | '), h3: (el.querySelector('h3') || {}).textContent,
                 strong: plain(el.querySelector('strong')), em: plain(el.querySelector('em')),
                 li: [...el.querySelectorAll('ul > li')].map(plain),

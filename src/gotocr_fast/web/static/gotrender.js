@@ -61,10 +61,10 @@
       });
     } catch (err) {
       // Not valid TeX (a model can write anything): show it as it is, marked.
+      // (a span either way: display math may sit inside a paragraph)
       var title = err && err.message ? err.message : "invalid TeX";
-      var tag = display ? "div" : "span";
-      return "<" + tag + ' class="math-error" title="' + escapeHtml(title) + '">' +
-        escapeHtml(display ? "\\[" + tex + "\\]" : "\\(" + tex + "\\)") + "</" + tag + ">";
+      return '<span class="math-error' + (display ? " display" : "") + '" title="' + escapeHtml(title) + '">' +
+        escapeHtml(display ? "\\[" + tex + "\\]" : "\\(" + tex + "\\)") + "</span>";
     }
   }
 
