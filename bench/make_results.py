@@ -522,18 +522,20 @@ def accuracy_section(rows: list[dict]) -> list[str]:
            "mode), greedy with the engine's defaults. CER = character edits / truth characters over the "
            "kind; decode = ms per generated token after the first; 'same as f32' = pages whose text "
            "equals the f32 model's.", "",
-           "| weights | text GGUF | CER line | CER block | CER box | WER block | decode ms/token | same as f32 |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "| weights | text GGUF | CER line | CER block | CER box | WER block | decode ms/token | same as f32 "
+           "| finish reasons |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in ours:
         e = r["extra_info"]
         same = e.get("same_text_as_f32")
         out.append(f"| ours {e['dtype']} | {e.get('text_gguf_mib', 0):.1f} MiB | {100 * e['cer_line']:.2f} % | "
                    f"{100 * e['cer_block']:.2f} % | {100 * e['cer_box']:.2f} % | {100 * e['wer_block']:.2f} % | "
-                   f"{e['decode_ms_per_token']:.2f} | {'' if same is None else f'{100 * same:.1f} %'} |")
+                   f"{e['decode_ms_per_token']:.2f} | {'' if same is None else f'{100 * same:.1f} %'} | "
+                   f"{', '.join(f'{k} {v}' for k, v in sorted((e.get('finish_reasons') or {}).items()))} |")
     for r in theirs:
         e = r["extra_info"]
         out.append(f"| transformers f32 | | {100 * e['cer_line']:.2f} % | {100 * e['cer_block']:.2f} % | "
-                   f"{100 * e['cer_box']:.2f} % | {100 * e['wer_block']:.2f} % | | |")
+                   f"{100 * e['cer_box']:.2f} % | {100 * e['wer_block']:.2f} % | | | |")
     out.append("")
     for r in theirs:
         e = r["extra_info"]

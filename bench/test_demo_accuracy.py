@@ -4,7 +4,8 @@ The held-out set of the demo model's task (``gotocr_fast.reading.heldout_pages``
 1-4 line blocks and box mode) is read by our engine with the model converted to each weight type
 (f32, f16, q8_0, and llama.cpp's k-quant mixes), greedy with the engine's defaults (GOT's
 no-repeat-20-gram rule for one view). ``RESULTS.md`` gets a table of character error rate per
-kind, decode ms/token and how often the text equals the f32 text.
+kind, decode ms/token, how often the text equals the f32 text, and how often each finish reason
+ended a page (the loop guard's "repetition" must never fire on real reading).
 
 transformers (``GotOcr2ForConditionalGeneration.generate``, greedy, the same no-repeat rule) reads
 the same pages from the expanded checkpoint: its text must equal ours at f32 on ≥ 99 % of them;
@@ -48,14 +49,15 @@ def _options(page) -> dict:
     return opts
 
 
-def _read(engine, pages) -> tuple[list[str], int, float]:
-    texts, tokens, decode_ms = [], 0, 0.0
+def _read(engine, pages) -> tuple[list[str], int, float, dict[str, int]]:
+    texts, tokens, decode_ms, reasons = [], 0, 0.0, {}
     for page in pages:
         r = engine.ocr(page.image, **_options(page))
         texts.append(r.text)
         tokens += max(0, r.completion_tokens - 1)  # the first token comes from the prefill
         decode_ms += r.timings.decode_ms
-    return texts, tokens, decode_ms
+        reasons[r.finish_reason] = reasons.get(r.finish_reason, 0) + 1
+    return texts, tokens, decode_ms, reasons
 
 
 def _scores(heldout, texts: dict[str, list[str]]) -> dict[str, float]:
@@ -88,6 +90,10 @@ def test_demo_accuracy(benchmark, outtype, heldout, demo_cache):
     texts = {kind: result[kind][0] for kind in KINDS}
     tokens = sum(result[k][1] for k in KINDS)
     decode_ms = sum(result[k][2] for k in KINDS)
+    reasons: dict[str, int] = {}
+    for k in KINDS:
+        for reason, n in result[k][3].items():
+            reasons[reason] = reasons.get(reason, 0) + n
     _texts[outtype] = texts
     info = _scores(heldout, texts)
     if "f32" in _texts:
@@ -95,7 +101,8 @@ def test_demo_accuracy(benchmark, outtype, heldout, demo_cache):
         info["same_text_as_f32"] = same / (len(KINDS) * PAGES_PER_KIND)
     tag(benchmark, "accuracy", "ours", dtype=outtype, units=len(KINDS) * PAGES_PER_KIND, unit="page",
         pages_per_kind=PAGES_PER_KIND, decode_ms_per_token=decode_ms / max(1, tokens),
-        text_gguf_mib=sum(f.stat().st_size for f in model.glob("got-text-*.gguf")) / 2**20, **info)
+        text_gguf_mib=sum(f.stat().st_size for f in model.glob("got-text-*.gguf")) / 2**20,
+        finish_reasons=reasons, **info)
 
 
 def test_demo_transformers_agreement(benchmark, heldout, demo_cache):

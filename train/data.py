@@ -129,7 +129,7 @@ def make_example(rng: np.random.Generator, level: TaskLevel, image_size: int, to
 def _draw_example(rng: np.random.Generator, level: TaskLevel, image_size: int, token_grid: int,
                   tokens_per_view: int, patch_grid: int) -> Example:
     box_mode = level.max_lines >= 2 and rng.random() < level.box_fraction
-    single = rng.random() < 0.3
+    single = not box_mode and rng.random() < 0.3
     page = reading.render_page(
         rng,
         min_lines=1,

@@ -85,6 +85,22 @@ def _reinit_vision(model) -> None:
         nn.init.normal_(vt.pos_embed, std=0.02)
 
 
+NONE_WEIGHT = 0.1
+"""Weight of the "no more characters" answers against the characters in the auxiliary losses:
+most cells are empty, and with equal weights their easy answer drowns the characters' signal."""
+
+
+def _slot_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    flat, t = logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    chars, none = t > 0, t == 0
+    loss = flat.new_zeros(())
+    if chars.any():
+        loss = loss + F.cross_entropy(flat[chars], t[chars])
+    if none.any():
+        loss = loss + NONE_WEIGHT * F.cross_entropy(flat[none], t[none])
+    return loss
+
+
 class DemoTrainer(nn.Module):
     def __init__(self, cfg: GotConfig, used_ids: torch.Tensor):
         super().__init__()
@@ -150,11 +166,9 @@ class DemoTrainer(nn.Module):
         h = out.last_hidden_state[label_positions[:, 0], label_positions[:, 1]]
         loss = F.cross_entropy(self.logits(h).float(), labels)
         aux_logits = self.aux_head(feats).view(feats.shape[0], feats.shape[1], AUX_SLOTS, -1)
-        aux = F.cross_entropy(aux_logits.float().reshape(-1, aux_logits.shape[-1]), aux_targets.reshape(-1))
         patch_logits = self.patch_aux_head(vit).view(vit.shape[0], -1, PATCH_AUX_SLOTS, aux_logits.shape[-1])
-        patch_aux = F.cross_entropy(patch_logits.float().reshape(-1, aux_logits.shape[-1]),
-                                    patch_aux_targets.reshape(-1))
-        return loss, aux + patch_aux
+        aux = _slot_loss(aux_logits, aux_targets) + _slot_loss(patch_logits, patch_aux_targets)
+        return loss, aux
 
     # -- greedy decoding (validation) -----------------------------------------------------------
 

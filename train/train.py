@@ -23,7 +23,7 @@ import torch
 
 from gotocr_fast import reading
 
-from . import data
+from . import compact, data
 from .config import DEMO_MODEL, TrainConfig
 from .model import DemoTrainer, use_fast_vision_attention
 
@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-bf16", action="store_true")
     p.add_argument("--stop-after", type=int, default=None, help="stop after this many steps of this run")
+    p.add_argument("--from-compact", type=Path, default=None,
+                   help="start from a compact training state (train.compact) when --out has no checkpoint yet")
     args = p.parse_args(argv)
     tc = dataclasses.replace(TrainConfig(), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              seed=args.seed, curriculum_steps=args.curriculum_steps, bf16=not args.no_bf16)
@@ -134,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt_path = args.out / "checkpoint.pt"
+    if args.from_compact is not None and not ckpt_path.exists():
+        compact.seed_run_dir(args.from_compact, args.out)
     used_path = args.out / "used_ids.npy"
     if used_path.exists():
         used = np.load(used_path)
@@ -159,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         opt.load_state_dict(state["optimizer"])
         step = state["step"]
         print(f"resumed at step {step}", flush=True)
+    elif args.from_compact is not None:
+        step = compact.load_compact(model, args.from_compact)
+        print(f"started from the compact state of step {step} (optimiser moments reset)", flush=True)
     n_params = sum(q.numel() for q in params)
     print(f"trainable parameters: {n_params / 1e6:.2f} M", flush=True)
 

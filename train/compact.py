@@ -1,0 +1,82 @@
+"""A compact, resumable training state that fits in git: trainable weights in float16, no optimiser.
+
+``checkpoint.pt`` (written every ``checkpoint_every`` steps) holds float32 weights and AdamW's
+two moments, about 80 MB for the demo model; this format holds what a later session needs to
+train on (``python -m train.train --out RUN --from-compact DIR``): the weights of every trained
+tensor (auxiliary heads included; the frozen full embedding is not stored, only its used rows),
+the used-token ids, the step, and the log so far. AdamW's moments restart from zero, which costs a
+few dozen steps of re-warming, not the run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+WEIGHTS = "weights.safetensors"
+STATE = "state.json"
+
+
+def save_compact(model, step: int, run_dir: Path, out_dir: Path) -> Path:
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {name: p.detach().to(torch.float16).contiguous()
+               for name, p in model.named_parameters() if p.requires_grad}
+    save_file(tensors, str(out_dir / WEIGHTS))
+    np.save(out_dir / "used_ids.npy", model.used_ids.numpy())
+    (out_dir / STATE).write_text(json.dumps({"step": step}, indent=2) + "\n")
+    if (run_dir / "log.csv").exists():
+        shutil.copyfile(run_dir / "log.csv", out_dir / "log.csv")
+    return out_dir
+
+
+def load_compact(model, src: Path) -> int:
+    """Load the weights into ``model`` (float32); returns the step they were saved at."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(src / WEIGHTS))
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
+    if missing:
+        raise ValueError(f"{src}: no weights for {missing[:5]}")
+    with torch.no_grad():
+        for name, t in tensors.items():
+            params[name].copy_(t.float())
+    return int(json.loads((src / STATE).read_text())["step"])
+
+
+def seed_run_dir(src: Path, run_dir: Path) -> None:
+    """Start a run folder from a compact state: its used ids and log."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("used_ids.npy", "log.csv"):
+        if (src / name).exists() and not (run_dir / name).exists():
+            shutil.copyfile(src / name, run_dir / name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from .config import DEMO_MODEL
+    from .model import DemoTrainer
+
+    p = argparse.ArgumentParser(prog="python -m train.compact",
+                                description="Write the compact training state of RUN_DIR/checkpoint.pt into OUT_DIR.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    args = p.parse_args(argv)
+    used = torch.from_numpy(np.load(args.run_dir / "used_ids.npy"))
+    model = DemoTrainer(DEMO_MODEL, used)
+    state = torch.load(args.run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    out = save_compact(model, state["step"], args.run_dir, args.out_dir)
+    print(f"{out}: step {state['step']}, {(out / WEIGHTS).stat().st_size / 2**20:.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
