@@ -75,24 +75,36 @@ def normalize_boxes(box: list[Any] | None) -> list[float] | list[list[float]] | 
 def sampling_options(
     *,
     max_tokens: int | None,
-    default_max_tokens: int,
+    default_max_tokens: int | None,
     max_tokens_limit: int,
     temperature: float | None,
     top_p: float | None,
     repetition_penalty: float | None,
     seed: int | None,
+    no_repeat_ngram_size: int | None = None,
+    loop_guard: int | None = None,
+    default_loop_guard: int | None = None,
 ) -> dict[str, Any]:
+    """Engine options; what neither the request nor the server sets is left to the engine's
+    defaults (``gotocr_fast.engine.defaults``: the token budget, the n-gram rule per mode, the
+    loop guard)."""
     tokens = default_max_tokens if max_tokens is None else max_tokens
-    if tokens > max_tokens_limit:
+    if tokens is not None and tokens > max_tokens_limit:
         raise ApiError(
             400, f"max_tokens {tokens} exceeds this server's limit of {max_tokens_limit}", "max_tokens_too_large"
         )
     options: dict[str, Any] = {
-        "max_tokens": tokens,
         "temperature": 0.0 if temperature is None else temperature,
         "top_p": 1.0 if top_p is None else top_p,
         "repetition_penalty": 1.0 if repetition_penalty is None else repetition_penalty,
     }
+    if tokens is not None:
+        options["max_tokens"] = tokens
     if seed is not None:
         options["seed"] = seed
+    if no_repeat_ngram_size is not None:
+        options["no_repeat_ngram_size"] = no_repeat_ngram_size
+    guard = default_loop_guard if loop_guard is None else loop_guard
+    if guard is not None:
+        options["loop_guard"] = guard
     return options

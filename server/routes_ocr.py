@@ -27,7 +27,7 @@ __all__ = ["ocr", "decode_json_body"]
 
 _UPLOAD_FIELDS = ("file", "files", "image", "images", "file[]", "files[]")
 _FORM_FIELDS = ("image_file", "type", "box", "color", "crop", "max_tokens", "temperature", "top_p",
-                "repetition_penalty", "seed", "render")
+                "repetition_penalty", "seed", "no_repeat_ngram_size", "loop_guard", "render")
 
 
 def decode_json_body(body: bytes, typ: type) -> Any:
@@ -66,7 +66,7 @@ async def _read_multipart(request: Request) -> tuple[OcrRequest, list[tuple[str,
         fields["image_file"] = []
     if "box" in fields:
         fields["box"] = _json_field("box", fields["box"])
-    for key in ("color", "seed", "max_tokens", "render"):
+    for key in ("color", "seed", "max_tokens", "no_repeat_ngram_size", "loop_guard", "render"):
         if fields.get(key) == "":
             del fields[key]
     try:
@@ -110,6 +110,9 @@ async def ocr(request: Request, rt: Runtime) -> OcrResponse:
         top_p=body.top_p,
         repetition_penalty=body.repetition_penalty,
         seed=body.seed,
+        no_repeat_ngram_size=body.no_repeat_ngram_size,
+        loop_guard=body.loop_guard,
+        default_loop_guard=settings.loop_guard,
     )
     options["type"] = body.type
     options["crop"] = body.crop

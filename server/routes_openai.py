@@ -64,6 +64,9 @@ def chat_options(data: ChatCompletionRequest, rt: Runtime) -> tuple[dict[str, An
         top_p=data.top_p,
         repetition_penalty=data.repetition_penalty,
         seed=data.seed,
+        no_repeat_ngram_size=data.no_repeat_ngram_size,
+        loop_guard=data.loop_guard,
+        default_loop_guard=settings.loop_guard,
     )
     mode = mode_from_text(text or "")
     if data.ocr_type is not None:

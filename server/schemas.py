@@ -13,6 +13,8 @@ from typing import Annotated, Literal, Union
 import msgspec
 from msgspec import Meta
 
+from gotocr_fast.engine.defaults import LOOP_GUARD, REFERENCE_NO_REPEAT_NGRAM_SIZE
+
 __all__ = [
     "OcrRequest",
     "OcrChoice",
@@ -37,6 +39,16 @@ MaxTokens = Annotated[int, Meta(ge=1, description="maximum tokens to generate")]
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0, description="0 = greedy (deterministic)")]
 TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
 RepetitionPenalty = Annotated[float, Meta(gt=0.0)]
+NoRepeatNgramSize = Annotated[int, Meta(
+    ge=0, description="ban any n-gram of the prompt and output from repeating (transformers' no_repeat_ngram_size); "
+    f"default: {REFERENCE_NO_REPEAT_NGRAM_SIZE} for one view, 0 (off) for crop and multi-page, as GOT's official "
+    "scripts; 0 = off")]
+LoopGuard = Annotated[int, Meta(
+    ge=0, description=f"stop when the text ends in one cycle (<= {LOOP_GUARD.max_period} tokens) repeated >= "
+    f"{LOOP_GUARD.min_repeats} times over at least this many tokens: finish_reason 'repetition', the text keeps "
+    "the first cycle; default: the server's --loop-guard; 0 = off")]
+FinishReason = Annotated[Literal["stop", "length", "repetition"], Meta(
+    description="OpenAI's stop / length, plus 'repetition' (our extension): the loop guard stopped a loop")]
 
 
 class OcrRequest(msgspec.Struct, kw_only=True):
@@ -58,6 +70,8 @@ class OcrRequest(msgspec.Struct, kw_only=True):
     top_p: TopP = 1.0
     repetition_penalty: RepetitionPenalty = 1.0
     seed: int | None = None
+    no_repeat_ngram_size: NoRepeatNgramSize | None = None
+    loop_guard: LoopGuard | None = None
     render: Annotated[
         Literal["html"] | None,
         Meta(description="html: each choice also carries `html`, a standalone HTML document of its text "
@@ -75,7 +89,7 @@ class OcrChoice(msgspec.Struct):
     index: int
     text: str
     logprobs: None = None
-    finish_reason: Literal["stop", "length"] = "stop"
+    finish_reason: FinishReason = "stop"
     stop_reason: int | None = None
     """The stop token id (151645 = ``<|im_end|>``) when ``finish_reason`` is ``stop``, else null."""
     prompt_logprobs: None = None
@@ -137,6 +151,8 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     stream: bool = False
     stream_options: StreamOptions | None = None
     repetition_penalty: RepetitionPenalty | None = None
+    no_repeat_ngram_size: NoRepeatNgramSize | None = None
+    loop_guard: LoopGuard | None = None
     ocr_type: Literal["plain", "format"] | None = None
     box: BoxSpec | None = None
     color: Literal["red", "green", "blue"] | None = None
@@ -151,7 +167,7 @@ class AssistantMessage(msgspec.Struct):
 class ChatChoice(msgspec.Struct):
     index: int
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason
     logprobs: None = None
 
 
@@ -172,7 +188,7 @@ class Delta(msgspec.Struct, omit_defaults=True):
 class ChunkChoice(msgspec.Struct):
     index: int
     delta: Delta
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
     logprobs: None = None
 
 

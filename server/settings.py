@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from gotocr_fast.engine.defaults import LOOP_GUARD, REFERENCE_MAX_NEW_TOKENS
+
 __all__ = ["ServerSettings", "SettingsError", "build_parser", "settings_from_args"]
 
 ENV_PREFIX = "GOTOCR_"
@@ -59,7 +61,11 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     # ---- generation
     max_tokens_limit: int = 8192
     """Largest ``max_tokens`` a request may ask for (larger → 400)."""
-    default_max_tokens: int = 2048
+    default_max_tokens: int | None = None
+    """``max_tokens`` when a request gives none; unset: the engine's (GOT's 4096, or what the
+    context leaves after the prompt)."""
+    loop_guard: int | None = None
+    """The loop guard's span in tokens for requests that give none (0 = off; unset: the engine's)."""
 
     # ---- engine and scheduling
     slots: int = 4
@@ -84,7 +90,7 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
             "max_input_bytes", "max_tokens_limit", "default_max_tokens", "slots", "n_ctx",
         )
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.queue < 0 or self.fetch_max_redirects < 0:
             raise SettingsError("queue and fetch_max_redirects must be >= 0")
@@ -92,7 +98,9 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("fetch_timeout and pdf_dpi must be > 0, shutdown_timeout >= 0")
         if self.port > 65535:
             raise SettingsError(f"port must be <= 65535, got {self.port}")
-        if self.default_max_tokens > self.max_tokens_limit:
+        if self.loop_guard is not None and self.loop_guard < 0:
+            raise SettingsError(f"loop_guard must be >= 0 (0 = off), got {self.loop_guard}")
+        if self.default_max_tokens is not None and self.default_max_tokens > self.max_tokens_limit:
             raise SettingsError("default_max_tokens must be <= max_tokens_limit")
         if self.threads is not None and self.threads < 1:
             raise SettingsError("threads must be >= 1")
@@ -125,7 +133,10 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("fetch_timeout", float, "seconds for one URL fetch, redirects included"),
     ("fetch_max_redirects", int, "redirects followed per URL"),
     ("max_tokens_limit", int, "largest max_tokens accepted"),
-    ("default_max_tokens", int, "max_tokens when a request gives none"),
+    ("default_max_tokens", int, f"max_tokens when a request gives none (default {REFERENCE_MAX_NEW_TOKENS}, as "
+                                "GOT's scripts, or what the context leaves after the prompt)"),
+    ("loop_guard", int, "stop a repeating loop once its repeats span this many tokens, for requests that give no "
+                        f"loop_guard (finish_reason 'repetition'; default {LOOP_GUARD.min_span}; 0 = off)"),
     ("slots", int, "concurrent decode slots"),
     ("queue", int, "queued requests before 429"),
     ("n_ctx", int, "context tokens per slot"),

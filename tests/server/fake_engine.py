@@ -7,7 +7,11 @@ can tell which image reached which choice::
 
     "<type>|<color or ->|<box or ->|crop=<0/1>|<w>x<h>#<r>,<g>,<b>;..."   (one w x h # colour per page)
 
-Each character is one "token"; ``max_tokens`` cuts the text (finish_reason "length").
+plus ``|ngram=<n>`` / ``|guard=<n>`` when ``no_repeat_ngram_size`` / ``loop_guard`` are given.
+
+Each character is one "token"; ``max_tokens`` cuts the text (finish_reason "length"); a
+``loop_guard`` shorter than the text cuts it there as if a loop had been stopped (finish_reason
+"repetition").
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from typing import Any
 
 from PIL import Image
 
+from gotocr_fast.engine.defaults import REFERENCE_MAX_NEW_TOKENS
 from gotocr_fast.engine.errors import InvalidRequest
 from gotocr_fast.engine.request import OcrRequest, OcrResult, Timings
 
 OPTION_NAMES = {"type", "box", "color", "crop", "max_tokens", "temperature", "top_p", "top_k",
-                "repetition_penalty", "seed"}
+                "repetition_penalty", "seed", "no_repeat_ngram_size", "loop_guard"}
 PROMPT_TOKENS_PER_PAGE = 256
 PROMPT_TOKENS_FIXED = 30
 
@@ -36,9 +41,13 @@ def describe(pages: list[Image.Image], options: dict[str, Any]) -> str:
         "-" if box is None else str(box).replace(" ", ""),
         f"crop={int(bool(options.get('crop')))}",
     ])
-    return head + "|" + ";".join(
+    text = head + "|" + ";".join(
         f"{p.width}x{p.height}#" + ",".join(str(v) for v in p.getpixel((0, 0))) for p in pages
     )
+    for name, label in (("no_repeat_ngram_size", "ngram"), ("loop_guard", "guard")):
+        if options.get(name) is not None:
+            text += f"|{label}={options[name]}"
+    return text
 
 
 class FakeEngine:
@@ -66,9 +75,12 @@ class FakeEngine:
         if options.get("box") is not None and len(pages) > 1:
             raise InvalidRequest("box cannot be combined with a multi-page prompt")
         text = describe(pages, options)
-        max_tokens = options.get("max_tokens", 2048)
+        max_tokens = options.get("max_tokens", REFERENCE_MAX_NEW_TOKENS)
         finish = "stop"
-        if len(text) > max_tokens:
+        guard = options.get("loop_guard") or 0
+        if 0 < guard < len(text) and guard <= max_tokens:
+            text, finish = text[:guard], "repetition"
+        elif len(text) > max_tokens:
             text, finish = text[:max_tokens], "length"
         request = OcrRequest(f"fake-{next(self._ids)}", 1)
         with self._lock:
