@@ -407,9 +407,26 @@ RULES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def renderer_page(browser, tmp_path_factory):
+    """One offline page holding the renderer (an empty standalone document), for the rule checks."""
+    doc = tmp_path_factory.mktemp("renderer") / "empty.html"
+    doc.write_text(render_document(""), encoding="utf-8")
+    context = browser.new_context(offline=True)
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    problems: list[str] = []
+    pg.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+    pg.on("pageerror", lambda e: problems.append(str(e)))
+    pg.goto(doc.as_uri())
+    pg.wait_for_selector('html[data-rendered="true"]')
+    yield pg, problems
+    context.close()
+
+
 @pytest.mark.parametrize("source, want", RULES, ids=[f"rule{i}" for i in range(len(RULES))])
-def test_render_rules(page, server, source, want):
-    _open(page, server)
+def test_render_rules(renderer_page, source, want):
+    page, problems = renderer_page
     got = page.evaluate("""(src) => {
         const el = document.createElement('div');
         el.innerHTML = GotRender.renderToHtml(src);
@@ -438,6 +455,7 @@ def test_render_rules(page, server, source, want):
             assert value not in got["tex"], got
         else:
             assert got[key] == value, (key, got)
+    assert not problems, problems
 
 
 def test_page_with_the_real_engine(browser, start_server, tiny_model_dir, page_png, shots):
