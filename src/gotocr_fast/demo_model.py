@@ -62,7 +62,9 @@ def bundle_path() -> Path:
     """The folder of the bundled compact model inside the installed package."""
     path = Path(str(resources.files("gotocr_fast").joinpath("data/demo_model")))
     if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"the bundled demo model is missing from this installation ({path})")
+        raise FileNotFoundError(
+            "no model: pass --model DIR (a folder made by `gotocr convert`) or set GOTOCR_MODEL; "
+            f"this installation has no bundled demo model ({path})")
     return path
 
 
