@@ -70,6 +70,7 @@ cdef extern from "cpu_attention_test.h" nogil:
                           const float * bias, int qkv_has_bias, const float * tab_h, const float * tab_w,
                           float scale, float * out, int n_threads, const char * isa)
     const char * cpu_attn_test_best_isa()
+    int cpu_attn_test_has_amx()
 
 BACKEND_CPU = GOT_VISION_BACKEND_CPU
 BACKEND_GPU = GOT_VISION_BACKEND_GPU
@@ -325,3 +326,8 @@ def _attn_for_tests(const float[:, :, :, ::1] qkv, int H, int S, const float[::1
 def _attn_best_isa():
     """Tests only: the widest attention variant this CPU runs ("avx512", "avx2" or "generic")."""
     return cpu_attn_test_best_isa().decode("ascii")
+
+
+def _attn_has_amx():
+    """Tests only: can _attn_for_tests run isa="amx" (bf16 products on AMX tiles) here?"""
+    return cpu_attn_test_has_amx() != 0

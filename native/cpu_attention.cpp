@@ -15,6 +15,9 @@
 
 #include "cpu_attention.h"
 
+#include "cpu_attention_amx.h"
+#include "cpu_gemm_bf16.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -51,21 +54,27 @@ struct plan {
     int64_t kcp = 0;     // kc rounded up to NR: the packed chunk width
     int64_t nchunk = 0;
     int64_t sp = 0;      // S rounded up to NR: row stride of the rel-pos terms and tables
+    bool amx = false;    // bf16 products on AMX tiles: rows padded to 32, bf16 copies of q/K/V/P
+    int64_t dp = 0;      // AMX: hd rounded up to 32 (the K of the score product)
     size_t o_th = 0, o_tw = 0, o_kp = 0, o_vp = 0, o_qu = 0, o_qs = 0, o_rh = 0, o_rw = 0, o_s = 0, o_o = 0, o_m = 0, o_l = 0;
+    size_t o_qb = 0, o_kb = 0, o_vb = 0, o_pb = 0;  // AMX: bf16 buffers (offsets in floats)
     size_t total = 0;    // floats per thread
 };
 
-plan make_plan(int64_t S, int64_t hd, int MR, int NR) {
+plan make_plan(int64_t S, int64_t hd, int MR, int NR, bool amx = false) {
     plan p;
     p.S = S;
     p.T = S * S;
     p.hd = hd;
     p.hdp = round_up(hd, NR);
+    p.amx = amx;
+    p.dp = round_up(hd, 32);
+    if (amx) MR = 32;  // the tiles' products run on 32-row blocks
     p.qb = round_up(ceil_div(p.T, ceil_div(p.T, Q_ROWS_TARGET)), MR);
     p.nqb = ceil_div(p.T, p.qb);
     p.kr = std::min(S, std::max<int64_t>(1, CHUNK_KEYS / S));
     p.kc = p.kr * S;
-    p.kcp = round_up(p.kc, NR);
+    p.kcp = round_up(p.kc, amx ? std::max(NR, 32) : NR);
     p.nchunk = ceil_div(S, p.kr);
     p.sp = round_up(S, NR);
     size_t off = 0;
@@ -82,6 +91,12 @@ plan make_plan(int64_t S, int64_t hd, int MR, int NR) {
     p.o_o  = take((size_t) (p.qb * p.hdp));
     p.o_m  = take((size_t) p.qb);
     p.o_l  = take((size_t) p.qb);
+    if (amx) {  // bf16 halves: two per float
+        p.o_qb = take((size_t) (p.qb * p.dp / 2));
+        p.o_kb = take((size_t) (p.nchunk * p.kcp * p.dp / 2));
+        p.o_vb = take((size_t) (p.nchunk * p.kcp * p.hdp / 2));
+        p.o_pb = take((size_t) (p.qb * p.kcp / 2));
+    }
     p.total = off;
     return p;
 }
@@ -158,10 +173,10 @@ isa_kind selected_isa() {
     return isa;
 }
 
-plan plan_for(isa_kind isa, int64_t S, int64_t hd) {
+plan plan_for(isa_kind isa, int64_t S, int64_t hd, bool amx) {
     switch (isa) {
 #if defined(__x86_64__) || defined(__i386__)
-        case ISA_AVX512: return make_plan(S, hd, shape<CA_AVX512>::mr, shape<CA_AVX512>::nr);
+        case ISA_AVX512: return make_plan(S, hd, shape<CA_AVX512>::mr, shape<CA_AVX512>::nr, amx);
         case ISA_AVX2:   return make_plan(S, hd, shape<CA_AVX2>::mr, shape<CA_AVX2>::nr);
 #endif
         default:         return make_plan(S, hd, shape<CA_GENERIC>::mr, shape<CA_GENERIC>::nr);
@@ -185,7 +200,8 @@ void run_generic(const cpu_attn_params & pr, const op_view & ov, float * s, cons
 // thread ith of nth: its contiguous share of a fixed task list (the tasks, and so the arithmetic,
 // do not depend on nth); threads beyond the scratch's count stay idle
 void run_share(isa_kind isa, const cpu_attn_params & pr, const op_view & ov, int ith, int nth) {
-    const plan pl = plan_for(isa, pr.S, pr.hd);
+    GGML_ASSERT(!pr.amx || (isa == ISA_AVX512 && cpu_attn_amx_available()));
+    const plan pl = plan_for(isa, pr.S, pr.hd, pr.amx);
     GGML_ASSERT(pr.scratch && pr.scratch->buf && pr.scratch->per_thread >= pl.total);
     const int nwork = std::min(nth, pr.scratch->n_threads);
     if (ith >= nwork) return;
@@ -194,7 +210,14 @@ void run_share(isa_kind isa, const cpu_attn_params & pr, const op_view & ov, int
     float * s = pr.scratch->buf + (size_t) ith * pr.scratch->per_thread;
     switch (isa) {
 #if defined(__x86_64__) || defined(__i386__)
-        case ISA_AVX512: run_avx512(pr, ov, s, pl, t0, t1); break;
+        case ISA_AVX512:
+            if (pr.amx) {
+                cpu_gemm_bf16::amx_tile_scope tiles;  // other tile code in this worker thread keeps its own
+                run_avx512(pr, ov, s, pl, t0, t1);
+            } else {
+                run_avx512(pr, ov, s, pl, t0, t1);
+            }
+            break;
         case ISA_AVX2:   run_avx2(pr, ov, s, pl, t0, t1); break;
 #endif
         default:         run_generic(pr, ov, s, pl, t0, t1); break;
@@ -222,7 +245,11 @@ bool cpu_attn_scratch::reserve(int n, size_t floats) {
     return true;
 }
 
-size_t cpu_attn_scratch_floats(int64_t S, int64_t hd) { return plan_for(selected_isa(), S, hd).total; }
+size_t cpu_attn_scratch_floats(int64_t S, int64_t hd, bool amx) { return plan_for(selected_isa(), S, hd, amx).total; }
+
+bool cpu_attn_amx_available() {
+    return selected_isa() == ISA_AVX512 && cpu_gemm_bf16::available(cpu_gemm_bf16::isa::amx);
+}
 
 const char * cpu_attn_isa() {
     switch (selected_isa()) {
@@ -260,7 +287,12 @@ extern "C" int cpu_attn_test_run(const float * qkv, int64_t B, int64_t G, int64_
         return -1;
     }
     isa_kind k;
-    if (strcmp(isa, "best") == 0) k = selected_isa();
+    bool amx = false;
+    if (strcmp(isa, "amx") == 0) {
+        if (!cpu_attn_amx_available()) return -1;
+        k = ISA_AVX512;
+        amx = true;
+    } else if (strcmp(isa, "best") == 0) k = selected_isa();
     else if (strcmp(isa, "generic") == 0) k = ISA_GENERIC;
     else if (strcmp(isa, "avx2") == 0) k = ISA_AVX2;
     else if (strcmp(isa, "avx512") == 0) k = ISA_AVX512;
@@ -271,8 +303,9 @@ extern "C" int cpu_attn_test_run(const float * qkv, int64_t B, int64_t G, int64_
     pr.D = D; pr.H = H; pr.hd = D / H; pr.S = S; pr.G = G; pr.scale = scale;
     pr.qkv_has_bias = qkv_has_bias != 0;
     pr.rel_pos = tab_h != nullptr;
+    pr.amx = amx;
     pr.scratch = &scratch;
-    if (!scratch.reserve(n_threads, plan_for(k, S, pr.hd).total)) return -2;
+    if (!scratch.reserve(n_threads, plan_for(k, S, pr.hd, amx).total)) return -2;
     op_view ov;
     ov.qkv = (const char *) qkv;
     ov.nb1 = (size_t) (3 * D) * sizeof(float);
@@ -292,3 +325,5 @@ extern "C" int cpu_attn_test_run(const float * qkv, int64_t B, int64_t G, int64_
 extern "C" const char * cpu_attn_test_best_isa(void) {
     return isa_available(ISA_AVX512) ? "avx512" : isa_available(ISA_AVX2) ? "avx2" : "generic";
 }
+
+extern "C" int cpu_attn_test_has_amx(void) { return cpu_attn_amx_available() ? 1 : 0; }

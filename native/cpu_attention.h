@@ -27,6 +27,8 @@ struct cpu_attn_params {
     float scale = 1.0f;            // applied to q for the scores (not for rel-pos)
     bool qkv_has_bias = false;     // qkv already includes the bias
     bool rel_pos = false;          // args 2 and 3 are the rel-pos tables
+    bool amx = false;              // the two products in bf16 on AMX tiles (only if cpu_attn_amx_available();
+                                   // softmax, rel-pos and the running sums stay f32)
     cpu_attn_scratch * scratch = nullptr;  // per-thread work memory, owned by the caller
 };
 
@@ -48,7 +50,10 @@ struct cpu_attn_scratch {
 };
 
 // floats of scratch one thread needs for groups of side S (T = S*S tokens) and head dim hd
-size_t cpu_attn_scratch_floats(int64_t S, int64_t hd);
+size_t cpu_attn_scratch_floats(int64_t S, int64_t hd, bool amx = false);
+
+// can the products run on AMX tiles here (an AVX-512 kernel variant and cpu_gemm_bf16's AMX)?
+bool cpu_attn_amx_available();
 
 // the ggml_custom_op_t: args (dst->src) = qkv, bias[, rel_h, rel_w]; userdata = cpu_attn_params
 void cpu_attn_op(ggml_tensor * dst, int ith, int nth, void * userdata);

@@ -252,22 +252,6 @@ CGB_TARGET_AMX void kernel_amx(const uint16_t * a, int64_t kp, const uint16_t * 
     _tile_stored(3, tile + 16 * NB + 16, NB * 4);
 }
 
-// Saves the calling thread's tile configuration and loads ours; the destructor puts the thread's
-// back (or releases the tiles if it had none), so tile code elsewhere in this worker thread never
-// runs on our configuration.
-struct amx_scope {
-    tile_config saved;
-    CGB_TARGET_AMX amx_scope() {
-        _tile_storeconfig(&saved);
-        static const tile_config ours = amx_config();
-        _tile_loadconfig(&ours);
-    }
-    CGB_TARGET_AMX ~amx_scope() {
-        if (saved.palette != 0) _tile_loadconfig(&saved);
-        else _tile_release();
-    }
-};
-
 template <isa K>
 CGB_TARGET_AMX void gemm(const cpu_gemm::args & p, const packed_weights & w, int ith, int nth, uint8_t * scratch) {
     constexpr int64_t RB = K == isa::amx ? RB_AMX : RB_AVX;
@@ -318,7 +302,7 @@ CGB_TARGET_AMX void gemm(const cpu_gemm::args & p, const packed_weights & w, int
 }
 
 CGB_TARGET_AMX void run_amx(const cpu_gemm::args & p, const packed_weights & w, int ith, int nth, uint8_t * s) {
-    amx_scope tiles;
+    amx_tile_scope tiles;  // other tile code in this worker thread keeps its configuration
     gemm<isa::amx>(p, w, ith, nth, s);
 }
 
@@ -328,6 +312,28 @@ CGB_TARGET void run_avx512_bf16(const cpu_gemm::args & p, const packed_weights &
 #endif // CGB_X86
 
 } // namespace
+
+#ifdef CGB_X86
+static_assert(sizeof(tile_config) == 64, "the tile configuration is 64 bytes");
+
+namespace {
+CGB_TARGET_AMX void save_and_load_tiles(unsigned char * saved) {
+    _tile_storeconfig(saved);  // all zero (palette 0) when the thread holds no configuration
+    static const tile_config ours = amx_config();
+    _tile_loadconfig(&ours);
+}
+CGB_TARGET_AMX void restore_tiles(const unsigned char * saved) {
+    if (saved[0] != 0) _tile_loadconfig(saved);
+    else _tile_release();
+}
+} // namespace
+
+amx_tile_scope::amx_tile_scope() { save_and_load_tiles(saved_); }
+amx_tile_scope::~amx_tile_scope() { restore_tiles(saved_); }
+#else
+amx_tile_scope::amx_tile_scope() {}
+amx_tile_scope::~amx_tile_scope() {}
+#endif
 
 isa best() { return detected(); }
 

@@ -34,6 +34,20 @@ isa best();
 bool available(isa which);
 const char * name(isa which);  // "amx", "avx512_bf16", "none"
 
+// While alive, the calling thread holds the AMX tile configuration of the bf16 kernels (eight
+// tiles of 16 rows x 64 bytes); the destructor puts back the thread's previous configuration, or
+// releases the tiles if it had none. Only where available(isa::amx).
+class amx_tile_scope {
+public:
+    amx_tile_scope();
+    ~amx_tile_scope();
+    amx_tile_scope(const amx_tile_scope &) = delete;
+    amx_tile_scope & operator=(const amx_tile_scope &) = delete;
+
+private:
+    alignas(64) unsigned char saved_[64];
+};
+
 // Weights packed once for the bf16 kernels: panels of 16 columns (B rows), K in pairs,
 // [N/16][K/2][16][2] bf16 with N padded to 32 and K to 32 with zeros.
 class packed_weights {

@@ -651,6 +651,12 @@ ggml_tensor * attention(ggml_context * ctx, const hparams & hp, const layer & L,
     return ggml_reshape_3d(ctx, o, D, T, n);
 }
 
+// bf16 precision runs the attention's two products on AMX tiles too (where the GEMMs do); on a
+// CPU with AVX512_BF16 only they stay f32 (its dot products did not beat f32 FMAs)
+bool attention_on_amx(const got_vision_ctx * vc) {
+    return vc->bf16_isa == cpu_gemm_bf16::isa::amx && cpu_attn_amx_available();
+}
+
 // The CPU form of the above as one fused op (cpu_attention.h): qkv [3D, G, G, B] is the
 // projection *without* its bias (the op adds it, and uses it alone for SAM's window padding);
 // the op does window partition, padding and unpartition in its indexing -> [D, G, G, B].
@@ -669,6 +675,7 @@ ggml_tensor * attention_cpu(ggml_context * ctx, got_vision_ctx * vc, const layer
     p.scale = 1.0f / std::sqrt((float) p.hd);
     p.qkv_has_bias = false;
     p.rel_pos = hp.use_rel_pos;
+    p.amx = attention_on_amx(vc);
     p.scratch = &vc->attn_scratch;
     try {
         vc->attn_params.push_back(p);
@@ -684,7 +691,7 @@ ggml_tensor * attention_cpu(ggml_context * ctx, got_vision_ctx * vc, const layer
 bool reserve_attn_scratch(got_vision_ctx * vc, int n) {
     size_t floats = 0;
     for (const layer & L : vc->layers) {
-        floats = std::max(floats, cpu_attn_scratch_floats(L.S, vc->hp.head_dim()));
+        floats = std::max(floats, cpu_attn_scratch_floats(L.S, vc->hp.head_dim(), attention_on_amx(vc)));
     }
     return vc->attn_scratch.reserve(n, floats);
 }
@@ -1183,7 +1190,8 @@ const char * got_vision_gemm_isa(const got_vision_ctx * ctx) {
 }
 const char * got_vision_attention_isa(const got_vision_ctx * ctx) {
     if (!ctx) return "";
-    return ctx->cpu_kernels ? cpu_attn_isa() : "ggml";
+    if (!ctx->cpu_kernels) return "ggml";
+    return attention_on_amx(ctx) ? "amx" : cpu_attn_isa();
 }
 const char * got_vision_layernorm_isa(const got_vision_ctx * ctx) {
     if (!ctx) return "";

@@ -1,9 +1,10 @@
 """bf16 compute of the encoder's matmuls (native/cpu_gemm_bf16.h, ``VisionEncoder(precision="bf16")``).
 
-Two layers of checks:
+Three layers of checks:
 - the GEMM against numpy in float64 on the same bf16-rounded inputs (only the f32 sums differ, so
   the bound is tight), and against the unrounded inputs (the cost of bf16, bounded), for each bf16
   kernel this CPU has (AMX, AVX512_BF16);
+- the fused attention with its two products on AMX tiles, against numpy in float64;
 - the whole encoder in bf16 against the f32 transformers oracle fixtures, with its own tolerance.
 On a CPU without bf16 arithmetic the kernel tests skip and say so, and the encoder must fall back
 to f32 (checked here on every CPU).
@@ -23,6 +24,8 @@ from gotocr_fast import _vision, synth
 from gotocr_fast.vision import VisionEncoder
 
 from .conftest import oracle_pixels
+from .test_cpu_attention import SHAPES as ATTN_SHAPES
+from .test_cpu_attention import _reference as attn_reference
 from .test_cpu_gemm import BF16, F16, F32, Q8_0, SHAPES, _gelu, _weights
 from .test_vision_encoder import CONFIGS, _errors
 
@@ -186,3 +189,34 @@ def test_full_config_bf16_rows_within_bf16_bounds(full_vision_gguf, oracle):
         got = enc.encode(synth.synth_pixels(1024, n_views=1, seed=0))[0]
     max_abs, rel_rms = _errors(got[o["rows"].astype(int)], o["feature_rows"])
     assert max_abs <= BF16_COMPUTE_BOUNDS[0] and rel_rms <= BF16_COMPUTE_BOUNDS[1], (max_abs, rel_rms)
+
+
+# --- attention with its two products on AMX tiles ------------------------------------------------
+
+needs_amx_attention = pytest.mark.skipif(not _vision._attn_has_amx(), reason="this CPU has no AMX-BF16 tiles")
+
+
+@needs_amx_attention
+@pytest.mark.parametrize("shape", ATTN_SHAPES, ids=lambda s: "B{}G{}S{}H{}d{}{}{}".format(
+    *s[:5], "" if s[5] else "-norel", "-biased" if s[6] else ""))
+def test_amx_attention_matches_float64_within_bf16(shape):
+    B, G, S, H, hd, rel_pos, has_bias = shape
+    D = H * hd
+    rng = np.random.default_rng(G * 1009 + S * 101 + hd)
+    qkv = (rng.standard_normal((B, G, G, 3 * D)) * 0.7).astype(np.float32)
+    bias = (rng.standard_normal(3 * D) * 0.5).astype(np.float32)
+    tab_h = tab_w = None
+    if rel_pos:
+        tab_h = (rng.standard_normal((S, S, hd)) * 0.3).astype(np.float32)
+        tab_w = (rng.standard_normal((S, S, hd)) * 0.3).astype(np.float32)
+    scale = hd ** -0.5
+    want = attn_reference(qkv, bias, H, S, tab_h, tab_w, scale, has_bias)
+    got = _vision._attn_for_tests(qkv, H, S, bias, has_bias, tab_h, tab_w, scale, 1, "amx")
+    assert np.all(np.isfinite(got))
+    # q, k, v and the softmax weights are rounded to bf16 (relative 2^-9 each); the output is a
+    # convex combination of v: measured 1.0e-3 .. 7.7e-3 here (max |out| 1.3 .. 2.8); the bound
+    # 2^-6 max|out| is 4x or more above each
+    assert np.abs(got - want).max() <= 2**-9 * 8 * max(1.0, np.abs(want).max()), np.abs(got - want).max()
+    for nt in (2, 3):
+        again = _vision._attn_for_tests(qkv, H, S, bias, has_bias, tab_h, tab_w, scale, nt, "amx")
+        assert np.array_equal(again.view(np.uint32), got.view(np.uint32)), nt

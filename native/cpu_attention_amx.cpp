@@ -1,0 +1,105 @@
+// cpu_attention_amx.cpp - see cpu_attention_amx.h. Both products block C as 32 x 32 (four 16 x 16
+// f32 tiles, 0-3), with two 16-row tiles of the left operand (4-5) and two 16-column panels of the
+// right one (6-7) per K step of 32: four TDPBF16PS per six tile loads.
+
+#include "cpu_attention_amx.h"
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+#include <cstring>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define CAA_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16,amx-tile,amx-bf16")))
+#endif
+
+namespace cpu_attn_amx {
+
+#if defined(__x86_64__)
+
+CAA_TARGET void to_bf16_rows(const float * src, int64_t lds, int64_t rows, int64_t cols, int64_t cols_p,
+                             uint16_t * dst) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float * s = src + r * lds;
+        uint16_t * d = dst + r * cols_p;
+        int64_t c = 0;
+        for (; c + 32 <= cols; c += 32) {
+            const __m512 lo = _mm512_loadu_ps(s + c), hi = _mm512_loadu_ps(s + c + 16);
+            _mm512_storeu_si512((void *) (d + c), (__m512i) _mm512_cvtne2ps_pbh(hi, lo));
+        }
+        for (; c < cols; c++) d[c] = to_bf16(s[c]);
+        if (cols_p > c) memset(d + c, 0, (size_t) (cols_p - c) * 2);
+    }
+}
+
+CAA_TARGET void scores(const uint16_t * q, int64_t rows, int64_t dp, const uint16_t * k, int64_t keys, float * s,
+                       int64_t lds) {
+    const size_t qs = (size_t) dp * 2, ss = (size_t) lds * 4, panel = (size_t) (dp / 2) * 32;
+    for (int64_t rb = 0; rb < rows; rb += 32) {
+        const uint16_t * q0 = q + rb * dp, * q1 = q0 + 16 * dp;
+        for (int64_t kb = 0; kb < keys; kb += 32) {
+            const uint16_t * k0 = k + (size_t) (kb / 16) * panel, * k1 = k0 + panel;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int64_t d = 0; d < dp; d += 32) {
+                _tile_loadd(4, q0 + d, qs);
+                _tile_loadd(5, q1 + d, qs);
+                _tile_loadd(6, k0 + d * 16, 64);  // channel pair d/2 of a panel starts at (d/2) * 32 bf16
+                _tile_loadd(7, k1 + d * 16, 64);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            float * c = s + rb * lds + kb;
+            _tile_stored(0, c, ss);
+            _tile_stored(1, c + 16, ss);
+            _tile_stored(2, c + 16 * lds, ss);
+            _tile_stored(3, c + 16 * lds + 16, ss);
+        }
+    }
+}
+
+CAA_TARGET void update(const uint16_t * p, int64_t rows, int64_t keys, const uint16_t * v, int64_t dv, float * o,
+                       int64_t ldo) {
+    const size_t ps = (size_t) keys * 2, os = (size_t) ldo * 4, panel = (size_t) (keys / 2) * 32;
+    for (int64_t rb = 0; rb < rows; rb += 32) {
+        const uint16_t * p0 = p + rb * keys, * p1 = p0 + 16 * keys;
+        for (int64_t cb = 0; cb < dv; cb += 32) {
+            const uint16_t * v0 = v + (size_t) (cb / 16) * panel, * v1 = v0 + panel;
+            float * c = o + rb * ldo + cb;
+            _tile_loadd(0, c, os);
+            _tile_loadd(1, c + 16, os);
+            _tile_loadd(2, c + 16 * ldo, os);
+            _tile_loadd(3, c + 16 * ldo + 16, os);
+            for (int64_t j = 0; j < keys; j += 32) {
+                _tile_loadd(4, p0 + j, ps);
+                _tile_loadd(5, p1 + j, ps);
+                _tile_loadd(6, v0 + j * 16, 64);  // key pair j/2 of a panel starts at (j/2) * 32 bf16
+                _tile_loadd(7, v1 + j * 16, 64);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, c, os);
+            _tile_stored(1, c + 16, os);
+            _tile_stored(2, c + 16 * ldo, os);
+            _tile_stored(3, c + 16 * ldo + 16, os);
+        }
+    }
+}
+
+#else  // no AMX outside x86-64: never called (cpu_attention.cpp selects AMX only where it exists)
+
+void to_bf16_rows(const float *, int64_t, int64_t, int64_t, int64_t, uint16_t *) {}
+void scores(const uint16_t *, int64_t, int64_t, const uint16_t *, int64_t, float *, int64_t) {}
+void update(const uint16_t *, int64_t, int64_t, const uint16_t *, int64_t, float *, int64_t) {}
+
+#endif
+
+} // namespace cpu_attn_amx

@@ -1,0 +1,33 @@
+// cpu_attention_amx.h - the two products of the fused CPU attention (cpu_attention.cpp) on Intel
+// AMX tiles in bf16, for the encoder's bf16 precision: scores S = Q K^T and the update O += P V.
+// Inputs are bf16 (rounded by the caller with to_bf16_rows), products exact, sums f32. Layouts
+// are the tiles' own; every size is padded by the caller (rows to 32, K to 32, columns to 32), and
+// the calling thread must hold the tile configuration (cpu_gemm_bf16::amx_tile_scope).
+
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace cpu_attn_amx {
+
+// dst[r][c] = bf16(src[r * lds + c]) for c < cols, 0 for cols <= c < cols_p (dst row stride cols_p)
+void to_bf16_rows(const float * src, int64_t lds, int64_t rows, int64_t cols, int64_t cols_p, uint16_t * dst);
+
+// round-to-nearest-even f32 -> bf16 (NaN stays NaN): what to_bf16_rows does, one value at a time
+inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    __builtin_memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t) ((u >> 16) | 0x40);
+    return (uint16_t) ((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// S[rows x keys] (row stride lds floats) = Q[rows x dp] . K^T. Q: bf16, row-major (stride dp);
+// K: panels of 16 keys, [keys/16][dp/2][16][2] bf16. rows, keys, dp: multiples of 32.
+void scores(const uint16_t * q, int64_t rows, int64_t dp, const uint16_t * k, int64_t keys, float * s, int64_t lds);
+
+// O[rows x dv] (row stride ldo floats) += P[rows x keys] . V. P: bf16, row-major (stride keys);
+// V: panels of 16 channels, [dv/16][keys/2][16][2] bf16. rows, keys, dv: multiples of 32.
+void update(const uint16_t * p, int64_t rows, int64_t keys, const uint16_t * v, int64_t dv, float * o, int64_t ldo);
+
+} // namespace cpu_attn_amx
