@@ -44,7 +44,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("batch", "gotocr_fast.engine.cli", "batch_main", "OCR many inputs concurrently"),
     Subcommand("eval", "gotocr_fast.engine.eval_cli", "eval_main", "score OCR of a folder against .txt truths (CER, WER)"),
     Subcommand("serve", "gotocr_fast.server.cli", "main", "run the HTTP OCR service"),
-    Subcommand("demo", "gotocr_fast.demo", "main", "random-weight model end to end (meaningless text)"),
+    Subcommand("demo", "gotocr_fast.demo", "main", "read a sample page with the bundled demo model"),
     Subcommand("synth", "gotocr_fast.synth", "main", "write a seeded random-weight GOT checkpoint"),
 )
 _BY_NAME = {s.name: s for s in SUBCOMMANDS}

@@ -37,6 +37,7 @@ from .synth import GotConfig, TextConfig, VisionConfig
 
 __all__ = [
     "DEFAULT_OUTTYPE",
+    "has_bundle",
     "NOTICE",
     "bundle_path",
     "load_config",
@@ -58,10 +59,19 @@ NOTICE = ("using the bundled demo model: a small model trained on printed text l
 CACHE_ENV = "GOTOCR_CACHE_DIR"
 
 
+def _bundle_dir() -> Path:
+    return Path(str(resources.files("gotocr_fast").joinpath("data/demo_model")))
+
+
+def has_bundle() -> bool:
+    """Whether this installation carries the demo model."""
+    return (_bundle_dir() / "model.safetensors").is_file()
+
+
 def bundle_path() -> Path:
     """The folder of the bundled compact model inside the installed package."""
-    path = Path(str(resources.files("gotocr_fast").joinpath("data/demo_model")))
-    if not (path / "model.safetensors").is_file():
+    path = _bundle_dir()
+    if not has_bundle():
         raise FileNotFoundError(
             "no model: pass --model DIR (a folder made by `gotocr convert`) or set GOTOCR_MODEL; "
             f"this installation has no bundled demo model ({path})")
