@@ -1,16 +1,19 @@
 """``gotocr batch --ray [ADDRESS] SOURCES... --out DIR``: OCR a document collection with Ray Data.
 
-The pipeline (a Ray Data dataset, executed streaming):
+The pipeline (Ray Data):
 
 1. the driver lists the inputs (folders, files, globs; images and PDFs) and what ``--out``
    already holds: an image whose page is done is left out here;
-2. ``flat_map`` (:class:`PageSplitter`, Ray tasks) reads each file and turns it into pages: an
-   image is one page (its bytes as read), a PDF one PNG per page not yet done; a file that cannot
-   be read or opened becomes one failed page;
-3. ``map_batches`` (:class:`PageOcr`, an actor pool of ``--concurrency`` engines, ``--actor-cpus``
-   each) OCRs a batch of pages at a time, all of them submitted to the engine at once (its slots
-   decode them together); a page that fails becomes a failed row, never an exception;
-4. the driver consumes the results as they come and writes each page's ``<stem>.md`` and
+2. ``map`` (:func:`count_pdf_pages`, one Ray task per PDF) opens each PDF on the cluster and
+   counts its pages; the driver turns the files into one row per page still to do
+   (:func:`page_rows`: a reference — path and page number — not pixels); a PDF that cannot be
+   opened becomes one failed row;
+3. those rows go into blocks of one batch each, so a long PDF spreads over every actor and each
+   batch's results leave its actor as soon as they exist;
+4. ``map_batches`` (:class:`PageOcr`, an actor pool of ``--concurrency`` engines, ``--actor-cpus``
+   each) reads or renders a batch of pages and OCRs them, all submitted to the engine at once
+   (its slots decode them together); a page that fails becomes a failed row, never an exception;
+5. the driver consumes the results as they come and writes each page's ``<stem>.md`` and
    ``<stem>.json`` (the same names and JSON as ``gotocr batch``; temp file + rename, the ``.json``
    last: its presence marks the page done), then ``results.jsonl`` with every page of the run's
    inputs, done earlier or now, and every failure.
@@ -25,19 +28,18 @@ from __future__ import annotations
 
 import argparse
 import glob
-import io
 import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .cluster import connect, require_ray, split_ray_option
 
-__all__ = ["BatchJob", "BatchReport", "PageOcr", "PageSplitter", "find_inputs", "run_batch", "main",
+__all__ = ["BatchJob", "BatchReport", "PageOcr", "count_pdf_pages", "page_rows", "find_inputs", "run_batch", "main",
            "RESULTS_JSONL"]
 
 RESULTS_JSONL = "results.jsonl"
@@ -122,78 +124,77 @@ def done_stems(out: Path) -> set[str]:
 
 # ---- Ray Data stages ---------------------------------------------------------------------------
 
-def _row(stem: str, label: str, image: bytes = b"", error: str = "") -> dict[str, Any]:
-    return {"stem": stem, "label": label, "image": image, "error": error}
+def _row(stem: str, label: str, path: str = "", page: int = -1, error: str = "") -> dict[str, Any]:
+    return {"stem": stem, "label": label, "path": path, "page": page, "error": error}
 
 
-class PageSplitter:
-    """``flat_map`` stage: one input file → its pages still to do (``stem, label, image, error``)."""
+def count_pdf_pages(row: dict[str, Any]) -> dict[str, Any]:
+    """``map`` stage over PDFs: ``pages`` (0 and an ``error`` when the PDF cannot be opened)."""
+    from gotocr_fast.inputs import pdf_page_count
+    from gotocr_fast.preprocess import ImageError
 
-    def __init__(self, done_pdf_pages: frozenset[str], dpi: float, max_pixels: int | None) -> None:
-        self.done = done_pdf_pages
-        self.dpi = dpi
-        self.max_pixels = max_pixels
+    try:
+        return {"path": row["path"], "pages": pdf_page_count(row["path"], max_pages=None, name=row["label"]),
+                "error": ""}
+    except (ImageError, OSError) as exc:
+        return {"path": row["path"], "pages": 0, "error": str(exc)}
 
-    def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        path, label, stem, kind = row["path"], row["label"], row["stem"], row["kind"]
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            yield _row(stem, label, error=f"cannot read: {exc}")
-            return
-        if kind == "image":
-            yield _row(stem, label, image=data)
-            return
-        yield from self._pdf_pages(label, stem, data)
 
-    def _pdf_pages(self, name: str, stem: str, data: bytes) -> Iterator[dict[str, Any]]:
-        from gotocr_fast.inputs import pdf_page_count, render_pdf_pages
-        from gotocr_fast.preprocess import ImageError
-
-        try:
-            n = pdf_page_count(data, max_pages=None, name=name)
-        except ImageError as exc:
-            yield _row(stem, name, error=str(exc))
-            return
-        for i in range(n):
-            out_stem, label = page_stem(stem, i + 1), f"{name}#page={i + 1}"
-            if out_stem in self.done:
-                continue
-            try:
-                # one page at a time: a long PDF never sits in memory as images
-                (image,) = render_pdf_pages(data, dpi=self.dpi, max_pixels=self.max_pixels, pages=[i], name=name)
-            except ImageError as exc:
-                yield _row(out_stem, label, error=str(exc))
-                continue
-            buf = io.BytesIO()
-            image.save(buf, "PNG", compress_level=1)  # lossless and cheap next to a page's OCR
-            yield _row(out_stem, label, image=buf.getvalue())
+def page_rows(todo: list[InputFile], counts: dict[str, tuple[int, str]], done_pdf_pages: frozenset[str]) -> list[dict]:
+    """One row per page still to do, in input order: references (``path``, 0-based ``page``; -1
+    for an image), not pixels; a PDF that cannot be opened is one row with its ``error``."""
+    rows: list[dict] = []
+    for f in todo:
+        if f.kind == "image":
+            rows.append(_row(f.stem, f.label, f.path))
+            continue
+        n, error = counts[f.path]
+        if error:
+            rows.append(_row(f.stem, f.label, error=error))
+            continue
+        rows.extend(_row(page_stem(f.stem, i + 1), f"{f.label}#page={i + 1}", f.path, i)
+                    for i in range(n) if page_stem(f.stem, i + 1) not in done_pdf_pages)
+    return rows
 
 
 class PageOcr:
     """``map_batches`` stage: an ``OcrEngine`` per actor; a batch of pages → their results.
 
-    Output columns: ``stem``, ``label``, ``result`` (the page's JSON text, as ``gotocr batch``
-    writes it; empty on failure), ``text`` (the page's text), ``error`` (empty on success)."""
+    Each page is read (an image file's bytes) or rendered (a PDF page, at ``dpi`` under
+    ``max_pixels``) here, then all pages of the batch are submitted at once. Output columns:
+    ``stem``, ``label``, ``result`` (the page's JSON text, as ``gotocr batch`` writes it; empty on
+    failure), ``text`` (the page's text), ``error`` (empty on success)."""
 
-    def __init__(self, engine_args: dict[str, Any], options: dict[str, Any]) -> None:
+    def __init__(self, engine_args: dict[str, Any], options: dict[str, Any], dpi: float,
+                 max_pixels: int | None) -> None:
         from gotocr_fast.engine import OcrEngine
 
         self.engine = OcrEngine(**engine_args)
         self.options = options
+        self.dpi = dpi
+        self.max_pixels = max_pixels
+
+    def load(self, path: str, page: int, label: str) -> Any:
+        if page < 0:
+            with open(path, "rb") as f:
+                return f.read()
+        from gotocr_fast.inputs import render_pdf_pages
+
+        name = label.rsplit("#page=", 1)[0]
+        return render_pdf_pages(path, dpi=self.dpi, max_pixels=self.max_pixels, pages=[page], name=name)[0]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         from gotocr_fast.engine.cli import _result_json
 
-        stems, labels = list(batch["stem"]), list(batch["label"])
+        stems, labels = [str(x) for x in batch["stem"]], [str(x) for x in batch["label"]]
         errors = [str(e) for e in batch["error"]]
         pending: dict[int, Any] = {}
-        for i, image in enumerate(batch["image"]):
+        for i, (path, page) in enumerate(zip(batch["path"], batch["page"])):
             if errors[i]:
                 continue
             try:
-                pending[i] = self.engine.submit(bytes(image), _stream=False, **self.options)
+                pending[i] = self.engine.submit(self.load(str(path), int(page), labels[i]), _stream=False,
+                                                **self.options)
             except Exception as exc:  # noqa: BLE001 - recorded as the page's failure
                 errors[i] = _describe(exc)
         results, texts = [""] * len(stems), [""] * len(stems)
@@ -273,22 +274,30 @@ def _clear_stale_temp_files(out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _dataset(job: BatchJob, todo: list[InputFile], done_pdf_pages: frozenset[str]) -> Any:
+def _count_pages(todo: list[InputFile]) -> dict[str, tuple[int, str]]:
+    """Page counts of the PDFs, read on the cluster (one task per PDF, in parallel)."""
     import ray.data
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # the driver's own bar counts pages written
-    rows = [{"path": f.path, "label": f.label, "stem": f.stem, "kind": f.kind} for f in todo]
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-    # Splitting reserves no CPU: the actors may hold every CPU of the cluster, and a splitter
-    # waiting for one would starve them of pages (Ray Data's backpressure bounds these tasks).
-    ds = ds.flat_map(PageSplitter(done_pdf_pages, job.dpi, job.max_pixels), num_cpus=0)
+    pdfs = [{"path": f.path, "label": f.label} for f in todo if f.kind == "pdf"]
+    if not pdfs:
+        return {}
+    ds = ray.data.from_items(pdfs, override_num_blocks=len(pdfs)).map(count_pdf_pages)
+    return {row["path"]: (int(row["pages"]), str(row["error"])) for row in ds.iter_rows()}
+
+
+def _dataset(job: BatchJob, rows: list[dict]) -> Any:
+    import ray.data
+
+    # Blocks of one batch: a long PDF spreads over every actor, and each batch's results reach
+    # the driver (and disk) as soon as they exist (a task's output leaves it when it ends).
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // job.batch_size)))
     size = job.concurrency
     pool = ray.data.ActorPoolStrategy(size=size) if isinstance(size, int) else \
         ray.data.ActorPoolStrategy(min_size=size[0], max_size=size[1])
     return ds.map_batches(
         job.ocr_class,
-        fn_constructor_kwargs={"engine_args": job.engine_args, "options": job.options},
+        fn_constructor_kwargs={"engine_args": job.engine_args, "options": job.options, "dpi": job.dpi,
+                               "max_pixels": job.max_pixels},
         batch_size=job.batch_size,
         compute=pool,
         num_cpus=job.actor_cpus,
@@ -311,13 +320,17 @@ def run_batch(job: BatchJob) -> BatchReport:
     done_pdf_pages = frozenset(s for s in done if _pdf_of(s) in pdf_stems)
     report.skipped += len(done_pdf_pages)
 
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the driver's bar counts pages written
+    rows = page_rows(todo, _count_pages(todo), done_pdf_pages)
     bar = None
     if job.progress:
         from tqdm import tqdm
 
-        bar = tqdm(unit="page", file=sys.stderr, desc="gotocr batch (ray)")
-    if todo:
-        for row in _dataset(job, todo, done_pdf_pages).iter_rows():
+        bar = tqdm(total=len(rows), unit="page", file=sys.stderr, desc="gotocr batch (ray)")
+    if rows:
+        for row in _dataset(job, rows).iter_rows():
             stem, label = str(row["stem"]), str(row["label"])
             if row["error"]:
                 report.failures.append((stem, label, str(row["error"])))
