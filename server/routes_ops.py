@@ -7,6 +7,7 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from gotocr_fast import __version__
 
+from .metrics import CONTENT_TYPE
 from .openapi import error_responses
 from .runner import READY
 from .runtime import Runtime
@@ -33,7 +34,7 @@ async def version(rt: Runtime) -> VersionInfo:
 @get("/metrics", media_type=MediaType.TEXT, summary="Prometheus metrics",
      description="Text exposition format 0.0.4.")
 async def metrics(rt: Runtime) -> Response[str]:
-    return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(rt.metrics.render(), media_type=CONTENT_TYPE)
 
 
 @get("/models", summary="List models (OpenAI)", responses=error_responses(401))
