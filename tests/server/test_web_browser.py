@@ -71,7 +71,7 @@ class WebServer:
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "serve_web_fake.py"), "--host", "127.0.0.1", "--port", str(self.port),
              "--log-level", "warning"], env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # as conftest's servers: a busy CI machine starts Python slowly
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, log.read_text()
             try:
