@@ -1,7 +1,7 @@
 """Every error the server returns, and the one place exceptions become HTTP responses.
 
 The body is always OpenAI's shape ``{"error": {"message", "type", "code"}}``. Client faults get
-4xx (DESIGN §4): 400 invalid request, 401 missing/bad API key, 403 path outside the allowed root or
+4xx (docs/HTTP.md, "Errors"): 400 invalid request, 401 missing/bad API key, 403 path outside the allowed root or
 blocked URL, 413 too large, 415 not an image, 429 queue full, 503 model not ready. Anything else is
 a 500 whose message never carries a traceback or internal detail (that goes to the log).
 """

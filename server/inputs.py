@@ -10,7 +10,7 @@ Each string is one of:
   natural-sorted by name); a PDF (recognised by its ``%PDF-`` header) gives its pages, rendered by
   :mod:`gotocr_fast.inputs` with the limits below.
 
-Expansion into prompts (DESIGN §4): a top-level string that yields several pages (folder, PDF)
+Expansion into prompts (docs/HTTP.md, ``image_file``): a top-level string that yields several pages (folder, PDF)
 becomes one result *per page*; an inner list is *one* multi-page prompt made of all its strings'
 pages (``[["scan.pdf"]]`` = the whole PDF as one multi-page prompt).
 

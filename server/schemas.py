@@ -1,6 +1,6 @@
 """Request and response bodies at the HTTP edge (msgspec structs, validated on decode).
 
-``OcrRequest`` is the seed project's JSON body (DESIGN §4); the responses keep its OpenAI
+``OcrRequest`` is the seed project's JSON body (docs/HTTP.md); the responses keep its OpenAI
 ``text_completion`` shape so its clients work unchanged. The chat structs are the subset of
 OpenAI's chat-completions API the official ``openai`` client sends. Unknown fields are ignored
 (clients add their own), never an error.
@@ -52,7 +52,7 @@ FinishReason = Annotated[Literal["stop", "length", "repetition"], Meta(
 
 
 class OcrRequest(msgspec.Struct, kw_only=True):
-    """``POST /v1/ocr`` body (DESIGN §4)."""
+    """``POST /v1/ocr`` body (docs/HTTP.md)."""
 
     image_file: Annotated[
         ImageFileSpec,

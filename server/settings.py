@@ -28,7 +28,7 @@ class SettingsError(ValueError):
 
 
 class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything the server needs to know; defaults are the safe ones (DESIGN §4)."""
+    """Everything the server needs to know; defaults are the safe ones (docs/HTTP.md, "Security defaults")."""
 
     model: str
     """Model folder (``got-text-*.gguf`` + ``got-vision-*.gguf``) or the text GGUF path."""

@@ -9,7 +9,7 @@ Needs torch==2.13.0 (CPU) + transformers 5.x + tiktoken + Pillow, and gotocr_fas
 Every oracle value comes from transformers (``GotOcr2ForConditionalGeneration`` in float32, eval,
 CPU), its PIL image processor and tiktoken; our own code only supplies the seeded checkpoint
 (``gotocr_fast.synth``, the thing being modelled) and the seeded pixel inputs
-(``synth.synth_pixels``). Prompts are the ORIGINAL GOT prompts (DESIGN.md §3), written out here
+(``synth.synth_pixels``). Prompts are the ORIGINAL GOT prompts (docs/MODEL.md, "Prompt"), written out here
 and tokenized with tiktoken over ``qwen.tiktoken`` + the special ids of ``gotocr_fast.tokens``,
 after NFC normalisation. See tests/fixtures/README.md for the file contents.
 """
@@ -82,7 +82,7 @@ def encode(enc: tiktoken.Encoding, text: str) -> list[int]:
 
 
 def got_prompt(query: str, n_image_tokens: int) -> str:
-    """The original GOT ChatML prompt (conv_mpt): DESIGN.md §3, written out literally."""
+    """The original GOT ChatML prompt (conv_mpt): docs/MODEL.md, "Prompt", written out literally."""
     return (
         f"<|im_start|>system\n{SYSTEM}<|im_end|>"
         f"<|im_start|>user\n<img>{'<imgpad>' * n_image_tokens}</img>\n{query}<|im_end|>"
@@ -323,7 +323,7 @@ def mm_oracle(config: str, model, enc) -> None:
     write(f"{fname(config)}_mm", arrays, {
         "config": config,
         "image_size": s, "tokens_per_view": t,
-        "prompt": "original GOT ChatML (DESIGN.md §3): <|im_start|>system\\n{SYSTEM}<|im_end|><|im_start|>user\\n"
+        "prompt": "original GOT ChatML (docs/MODEL.md, Prompt): <|im_start|>system\\n{SYSTEM}<|im_end|><|im_start|>user\\n"
                   "<img>{<imgpad> x tokens_per_view x n_views}</img>\\n{query}<|im_end|><|im_start|>assistant\\n",
         "system": SYSTEM,
         "tokenizer": "tiktoken over dashscope's qwen.tiktoken + gotocr_fast.tokens.SPECIAL_TOKENS, NFC first, "

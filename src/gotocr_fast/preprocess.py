@@ -1,6 +1,6 @@
 """Image preprocessing: decode → RGB → views (tiles) → normalised pixel tensors.
 
-The pipeline follows GOT-OCR2 (DESIGN.md §2) and transformers' PIL-based GotOcr2 image processor,
+The pipeline follows GOT-OCR2 (docs/MODEL.md, "Preprocessing") and transformers' PIL-based GotOcr2 image processor,
 which is the parity reference (``tests/preprocess`` compares against its committed outputs):
 
 * ``load_image`` decodes untrusted input with Pillow and returns an RGB image with the EXIF

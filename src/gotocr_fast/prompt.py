@@ -8,7 +8,7 @@ parity with transformers fixtures:
   writes ``"OCR: "``.
 * transformers writes ``"[red]  OCR: "`` (two spaces) in colour mode; the original ``"[red] OCR: "``.
 
-Query grammar (DESIGN §3)::
+Query grammar (docs/MODEL.md, "Prompt")::
 
     [{color}] ␣  [x1, y1, x2, y2] ␣  OCR  [ with format]  [ across multi pages]  [ upon the patch reference]  ": "
 

@@ -19,7 +19,7 @@ Both layouts of one seed hold the same tensors: every tensor is drawn from its o
 keyed by the seed and its canonical (hf) name, so a tensor never depends on which others
 exist or on the order they are written in.
 
-Weights follow the parity-friendly recipe of DESIGN.md ("Random weights"): N(0, 1/fan_in)
+Weights follow the parity-friendly recipe in docs/MODEL.md ("Random-weight checkpoints"): N(0, 1/fan_in)
 matrices, a larger gain on q/k so attention is not uniform, embeddings with std 0.05 and a
 final norm scaled so logits have std ~3, norm weights 1 + small noise, non-trivial biases,
 ``pos_embed`` and ``rel_pos``. Everything is float32 (the real release is bf16; float32 keeps
@@ -152,7 +152,7 @@ CONFIGS: dict[str, GotConfig] = {
             rope_theta=10_000.0, rms_norm_eps=1e-5,
         ),
     ),
-    # The real GOT-OCR2 sizes (DESIGN.md section 1).
+    # The real GOT-OCR2 sizes (docs/MODEL.md, "Architecture").
     "full": GotConfig("full", VisionConfig(), TextConfig()),
 }
 

@@ -3,7 +3,7 @@
 * ``aocr_stream`` must see every delta even when the request produces its whole text before the
   caller resumes after ``submit`` (the listener is attached before the request is scheduled).
 * ``aocr`` / ``aocr_stream`` cancelled while ``submit`` still runs in its worker thread must
-  cancel the request (it used to be submitted and run to the end, its handle lost).
+  cancel the request, not leave it to run to the end with its handle lost.
 """
 
 from __future__ import annotations
