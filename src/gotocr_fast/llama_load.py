@@ -4,9 +4,9 @@ tests and the bench's stock llama.cpp baseline): one place decides them.
 The one decision so far: llama.cpp's *extra buffer types* (``llama_model_params.use_extra_bufts``),
 the CPU backend's weight-repacking buffers. On a CPU backend built with AMX int8 (llama-cpp-python
 compiles ggml with ``-march=native``, so every install on a Sapphire Rapids or newer Xeon has it),
-the AMX buffer type takes q8_0 (and q4) weights, and its matrix multiply dies with an illegal
-instruction on llama.cpp's worker threads (``tileloadd`` without the thread's AMX permission or
-tile configuration; upstream llama.cpp PR #26954). So:
+the AMX buffer type takes q8_0 (and q4) weights, and its matrix multiply kills the process
+(SIGILL at ``tileloadd`` or SIGSEGV, with 1 thread too: the AMX permission and tile configuration
+are not set up where the kernel runs; upstream llama.cpp PR #26954). So:
 
 * ``GOTOCR_EXTRA_BUFTS=auto`` (default): off when the CPU backend reports ``AMX_INT8``, on
   otherwise (the AVX2 / AVX-512 repacked q8_0 / q4 kernels are safe and faster);
@@ -52,9 +52,9 @@ def decide_extra_bufts(mode: str | None, cpu_features: dict[str, str]) -> ExtraB
         return ExtraBufts(False, f"{ENV_VAR}=off")
     if cpu_features.get(_AMX_FEATURE, "0") not in ("0", ""):
         return ExtraBufts(False, (
-            "llama.cpp's CPU backend has AMX int8, whose q8_0/q4 matrix multiply dies with an illegal "
-            "instruction on worker threads (llama.cpp PR #26954): weights load without extra buffer "
-            f"types (no repacking); {ENV_VAR}=on forces them"
+            "llama.cpp's CPU backend has AMX int8, whose q8_0/q4 matrix multiply crashes the process "
+            "(llama.cpp PR #26954): weights load without extra buffer types (no repacking); "
+            f"{ENV_VAR}=on forces them"
         ))
     return ExtraBufts(True, "auto: no AMX int8 in llama.cpp's CPU backend")
 
