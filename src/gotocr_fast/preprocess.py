@@ -30,6 +30,7 @@ import io
 import math
 import numbers
 import os
+import re
 import threading
 import warnings
 from collections.abc import Sequence
@@ -139,7 +140,7 @@ def _decode(fp, max_pixels: int | None, what: str) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(fp, formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"{what}: too many pixels ({exc})") from exc
+        raise _bomb_error(exc, max_pixels, what) from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageError(f"{what}: not a recognised image format") from exc
     except Exception as exc:  # noqa: BLE001 - corrupt headers raise many types
@@ -154,9 +155,19 @@ def _decode(fp, max_pixels: int | None, what: str) -> Image.Image:
         except ImageError:
             raise
         except Image.DecompressionBombError as exc:
-            raise ImageTooLarge(f"{what}: too many pixels ({exc})") from exc
+            raise _bomb_error(exc, max_pixels, what) from exc
         except Exception as exc:  # noqa: BLE001 - truncated/corrupt data raise many types
             raise ImageError(f"{what}: cannot decode image: {exc}") from exc
+
+
+def _bomb_error(exc: Image.DecompressionBombError, max_pixels: int | None, what: str) -> ImageTooLarge:
+    """Pillow's own hard limit (twice ``Image.MAX_IMAGE_PIXELS``) refused the image before our check
+    could run: report it against the caller's limit, which is the one the caller configured."""
+    # Pillow's message: "Image size (N pixels) exceeds limit of M pixels, could be decompression bomb ..."
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    pixels = f"{int(found.group(1))} pixels" if found else "too many pixels"
+    limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return ImageTooLarge(f"{what}: image too large: {pixels} > limit {limit}")
 
 
 def _check_size(size: tuple[int, int], max_pixels: int | None) -> None:

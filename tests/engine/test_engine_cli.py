@@ -46,7 +46,10 @@ def test_batch_pdf_resume_and_failures(tiny_model_dir, fixtures_dir, tmp_path, c
     base = ["--out", str(out), "--model", str(tiny_model_dir), "--max-tokens", "4", "--no-progress", "--threads", "2"]
     assert batch_main([str(src), *base]) == 1  # one failure reported, the rest done
     err = capsys.readouterr().err
-    assert "bad.png" in err and "3 page(s) done" in err
+    assert "3 page(s) done" in err
+    bad_lines = [line for line in err.splitlines() if "bad.png" in line]
+    assert len(bad_lines) == 1 and bad_lines[0].startswith(f"error: {src / 'bad.png'}: ")
+    assert bad_lines[0].count("bad.png") == 1, bad_lines  # the path is named once
     names = sorted(p.name for p in out.iterdir())
     assert names == ["a.json", "a.md", "doc.p0001.json", "doc.p0001.md", "doc.p0002.json", "doc.p0002.md"]
     rec = json.loads((out / "doc.p0002.json").read_text())

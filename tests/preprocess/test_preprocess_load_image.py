@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gotocr_fast.preprocess import ImageError, load_image
+from gotocr_fast.preprocess import ImageError, ImageTooLarge, load_image
 
 from .conftest import encode
 
@@ -246,8 +246,21 @@ def test_pillow_limit_warning_and_error_become_ours(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_image(between, max_pixels=None).size == (40, 40)
-        with pytest.raises(ImageError, match="too many pixels"):
+        # without a limit of the caller's, Pillow's hard limit (twice MAX_IMAGE_PIXELS) is the one cited
+        with pytest.raises(ImageTooLarge, match=r"2500 pixels > limit 2000$"):
             load_image(beyond, max_pixels=None)
+
+
+def test_pillow_hard_limit_reported_against_the_callers_limit():
+    # 30000 x 30000 is past Pillow's own hard limit (2 x 89,478,485), which refuses it inside
+    # Image.open, before our check: the message must still cite the limit the caller set
+    data = png_claiming(30_000, 30_000)
+    limit = 64 * 1024 * 1024
+    with pytest.raises(ImageTooLarge) as info:
+        load_image(data, max_pixels=limit)
+    message = str(info.value)
+    assert message.endswith(f"{30_000 * 30_000} pixels > limit {limit}"), message
+    assert str(2 * 89_478_485) not in message
 
 
 def _good_png() -> bytes:

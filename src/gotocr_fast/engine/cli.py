@@ -278,7 +278,8 @@ def batch_main(argv: list[str]) -> int:
     if bar is not None:
         bar.close()
     for label, msg in failures:
-        print(f"error: {label}: {msg}", file=sys.stderr)
+        # errors about a file usually name it already ("P: cannot decode image")
+        print(f"error: {msg}" if msg.startswith(label + ":") else f"error: {label}: {msg}", file=sys.stderr)
     print(f"{done} page(s) done, {skipped} skipped (already done), {len(failures)} failed; output in {out}",
           file=sys.stderr)
     return 1 if failures else 0
