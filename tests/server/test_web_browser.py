@@ -366,7 +366,7 @@ def test_standalone_document_renders_offline(browser, tmp_path, shots):
     doc.write_text(render_document([("page 1", FORMAT_ANSWER.read_text())]), encoding="utf-8")
     context = browser.new_context(offline=True)
     pg = context.new_page()
-    pg.set_default_timeout(TIMEOUT_MS)
+    pg.set_default_timeout(2 * TIMEOUT_MS)  # ~0.8 MB of inline scripts and fonts: slow on a busy machine
     problems: list[str] = []
     pg.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
     pg.on("pageerror", lambda e: problems.append(str(e)))
