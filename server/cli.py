@@ -37,8 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return ray_main(args)
     if not _model_given(args):
-        from gotocr_fast.demo_model import NOTICE, model_dir
+        from gotocr_fast.demo_model import NOTICE, has_bundle, model_dir
 
+        if not has_bundle():
+            print("error: --model (or GOTOCR_MODEL) is required: this installation has no bundled demo model",
+                  file=sys.stderr)
+            return 2
         print(f"note: {NOTICE}", file=sys.stderr)
         args = [*args, "--model", str(model_dir())]
         if not any(a == "--model-name" or a.startswith("--model-name=") for a in args):

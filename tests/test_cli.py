@@ -184,3 +184,21 @@ def test_unknown_errors_keep_their_traceback(monkeypatch, fake_command):
     fake_command("gotocr_fast_test_fake")
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["fake"])
+
+
+def test_commands_without_a_model_say_how_to_pass_one(tmp_path, monkeypatch, capsys):
+    """No --model, no GOTOCR_MODEL: the bundled demo model, or where none is bundled a clear error."""
+    from gotocr_fast import demo_model
+    from gotocr_fast.cli import main as gotocr
+
+    monkeypatch.delenv("GOTOCR_MODEL", raising=False)
+    if demo_model.has_bundle():
+        pytest.skip("this build bundles the demo model: tests/test_demo_model.py covers it")
+    image = tmp_path / "page.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 32), "white").save(image)
+    assert gotocr(["ocr", str(image)]) == 2
+    assert "pass --model" in capsys.readouterr().err
+    assert gotocr(["serve"]) == 2
+    assert "--model (or GOTOCR_MODEL) is required" in capsys.readouterr().err

@@ -67,8 +67,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _engine(args, sequences: int | None = None):
     """The engine for a command; ``sequences``: how many can ever run at once (None: unbounded)."""
     if not args.model:
-        from ..demo_model import NOTICE, model_dir
+        from ..demo_model import NOTICE, has_bundle, model_dir
 
+        if not has_bundle():
+            raise InvalidRequest("no model: pass --model DIR (a folder made by `gotocr convert`) or set "
+                                 "GOTOCR_MODEL; this installation has no bundled demo model")
         print(f"note: {NOTICE}", file=sys.stderr)
         args.model = str(model_dir())
     from .api import OcrEngine
