@@ -139,11 +139,15 @@ def create_app(
         guards=guards,
         security=[{"bearer": []}] if settings.api_key else None,
     )
+    # /metrics and the OpenAPI pages describe the service's traffic and surface: behind the key too,
+    # unless the operator opens them (/health stays open for load balancers)
+    ops_guards = [] if settings.public_ops else guards
     components = []
     if settings.api_key:
         components.append(Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}))
     app = Litestar(
-        route_handlers=[v1, routes_ops.health, routes_ops.version, routes_ops.metrics,
+        route_handlers=[v1, routes_ops.health, routes_ops.version,
+                        Router(path="/", route_handlers=[routes_ops.metrics], guards=ops_guards),
                         *([routes_web.web_router()] if settings.ui else [])],
         dependencies={"rt": Provide(lambda: runtime, use_cache=True, sync_to_thread=False)},
         exception_handlers=exception_handlers,
@@ -156,7 +160,7 @@ def create_app(
             version=__version__,
             description="GOT-OCR2 OCR service: seed-compatible /v1/ocr and OpenAI-compatible chat completions.",
             components=components,
-            path="/docs",
+            openapi_router=Router(path="/docs", route_handlers=[], guards=ops_guards),
         ),
         debug=False,
     )

@@ -77,7 +77,9 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     # ---- HTTP
     api_key: str | None = None
-    """When set, every ``/v1`` route requires ``Authorization: Bearer <key>``."""
+    """When set, every ``/v1`` route, ``/metrics`` and ``/docs`` require ``Authorization: Bearer <key>``."""
+    public_ops: bool = False
+    """With ``api_key``: serve ``/metrics`` and ``/docs`` without the key (``/health`` is always open)."""
     shutdown_timeout: float = 30.0
     """Seconds to let in-flight requests finish on SIGTERM/SIGINT."""
     log_level: str = "info"
@@ -141,7 +143,8 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("queue", int, "queued requests before 429"),
     ("n_ctx", int, "context tokens per slot"),
     ("threads", int, "CPU threads for the engine"),
-    ("api_key", str, "require 'Authorization: Bearer KEY' on /v1 (prefer env GOTOCR_API_KEY)"),
+    ("api_key", str, "require 'Authorization: Bearer KEY' on /v1, /metrics and /docs (prefer env GOTOCR_API_KEY)"),
+    ("public_ops", bool, "with --api-key: serve /metrics and /docs without the key"),
     ("shutdown_timeout", float, "graceful shutdown seconds"),
     ("log_level", str, "uvicorn log level"),
     ("ui", bool, "serve the web page at / (--no-ui: the HTTP API only)"),
