@@ -9,17 +9,7 @@ import pytest
 from gotocr_fast import reading
 from gotocr_fast.engine.errors import InvalidRequest
 from gotocr_fast.engine.eval_cli import eval_main, find_cases
-
-
-def _levenshtein(a, b) -> int:
-    """Plain dynamic programme over characters or words, independent of rapidfuzz."""
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+from edit_distance import levenshtein
 
 
 @pytest.fixture
@@ -52,8 +42,8 @@ def test_eval_json_scores(folder, converted_model, capsys):
     assert len(doc["files"]) == 4
     chars = edits = words = word_edits = 0
     for f in doc["files"]:
-        assert f["char_edits"] == _levenshtein(f["truth"], f["text"])
-        assert f["word_edits"] == _levenshtein(f["truth"].split(), f["text"].split())
+        assert f["char_edits"] == levenshtein(f["truth"], f["text"])
+        assert f["word_edits"] == levenshtein(f["truth"].split(), f["text"].split())
         assert f["chars"] == len(f["truth"])
         chars, edits = chars + f["chars"], edits + f["char_edits"]
         words, word_edits = words + f["words"], word_edits + f["word_edits"]

@@ -1,0 +1,123 @@
+"""The bundled demo model: its compact format, conversion on first use, and that it reads.
+
+The accuracy bounds here are loose guards on a few pages (the held-out figures, on hundreds of
+pages, come from ``bench/test_demo_accuracy.py``); they fail when the model, the converter or
+the engine stops reading, not when a single character flips.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gotocr_fast import demo, demo_model, reading, tokens
+from edit_distance import levenshtein
+
+pytestmark = pytest.mark.skipif(
+    not demo_model.has_bundle(),
+    reason="the demo model is not bundled in this build yet (its training state is in train/checkpoint)")
+
+
+def _cer(pairs) -> float:
+    return sum(levenshtein(t, g) for t, g in pairs) / sum(len(t) for t, _ in pairs)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo-cache")
+
+
+@pytest.fixture(scope="module")
+def engine(cache):
+    from gotocr_fast.engine import OcrEngine
+
+    with OcrEngine(demo_model.model_dir("f16", cache_dir=cache), n_ctx=1024, max_slots=2) as eng:
+        yield eng
+
+
+def test_bundle_is_compact_and_expands_to_the_full_vocabulary():
+    bundle = demo_model.bundle_path()
+    size = (bundle / "model.safetensors").stat().st_size
+    assert size < 20 * 2**20
+    weights = demo_model.load_weights()
+    embed = weights[demo_model.EMBED_NAME]
+    config = demo_model.load_config()
+    assert embed.shape == (tokens.VOCAB_SIZE, config.text.hidden_size)
+    used = demo_model.used_token_ids()
+    assert len(np.unique(used)) == len(used) < tokens.VOCAB_SIZE
+    unused = np.setdiff1d(np.arange(tokens.VOCAB_SIZE), used)
+    assert not embed[unused].any()
+    assert np.abs(embed[used]).sum(axis=1).min() > 0
+    for special in (tokens.IM_START_ID, tokens.IM_END_ID, tokens.IMG_START_ID, tokens.IMG_END_ID):
+        assert special in used
+
+
+def test_expanded_checkpoint_is_a_transformers_checkpoint(tmp_path):
+    ckpt = demo_model.write_checkpoint(tmp_path / "ckpt")
+    cfg = json.loads((ckpt / "config.json").read_text())
+    assert cfg["model_type"] == "got_ocr2" and cfg["architectures"] == ["GotOcr2ForConditionalGeneration"]
+    assert cfg["vision_config"]["image_size"] == demo_model.load_config().vision.image_size
+    assert (ckpt / "tokenizer.json").is_file() and (ckpt / "model.safetensors").is_file()
+
+
+def test_conversion_is_cached(cache):
+    first = demo_model.model_dir("f16", cache_dir=cache)
+    stamp = (first / "complete").stat().st_mtime_ns
+    again = demo_model.model_dir("f16", cache_dir=cache)
+    assert again == first and (again / "complete").stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in first.glob("*.gguf")) == ["got-text-f16.gguf", "got-vision-f16.gguf"]
+
+
+def test_reads_the_sample_page_plain_and_box(engine):
+    page = demo.sample_page()
+    whole = engine.ocr(page.image, max_tokens=160)
+    assert _cer([(page.truth, whole.text)]) <= 0.10, whole.text
+    box = demo.sample_box(page)
+    one = engine.ocr(page.image, box=box, max_tokens=64)
+    assert _cer([(page.lines[demo.SAMPLE_BOX_LINE], one.text)]) <= 0.10, one.text
+
+
+@pytest.mark.parametrize("kind,bound", [("line", 0.10), ("block", 0.15), ("box", 0.15)])
+def test_reads_heldout_pages(engine, kind, bound):
+    pages = list(reading.heldout_pages(6, kind=kind, start=500))
+    pairs = []
+    for page in pages:
+        opts = {"box": list(page.box)} if page.box is not None else {}
+        pairs.append((page.truth, engine.ocr(page.image, max_tokens=160, **opts).text))
+    assert _cer(pairs) <= bound, pairs
+
+
+@pytest.mark.parametrize("outtype,qtype", [("q8_0", "Q8_0"), ("q4_k_m", "Q4_K")])
+def test_quantized_round_trip(cache, outtype, qtype):
+    import gguf
+
+    from gotocr_fast.engine import OcrEngine
+
+    model = demo_model.model_dir(outtype, cache_dir=cache)
+    reader = gguf.GGUFReader(str(model / f"got-text-{outtype}.gguf"))
+    types = {t.tensor_type.name for t in reader.tensors}
+    assert qtype in types, types
+    page = demo.sample_page()
+    with OcrEngine(model, n_ctx=1024, max_slots=1) as eng:
+        text = eng.ocr(page.image, max_tokens=160).text
+    assert _cer([(page.truth, text)]) <= 0.15, text
+
+
+def test_eval_command_scores_a_folder(tmp_path, cache, monkeypatch, capsys):
+    from gotocr_fast.engine.eval_cli import eval_main
+
+    monkeypatch.setenv(demo_model.CACHE_ENV, str(cache))
+    pages = list(reading.heldout_pages(3, kind="box", start=900))
+    reading.write_pages(tmp_path, pages, prefix="box")
+    pages[0].image.save(tmp_path / "no-truth.png")
+    assert eval_main([str(tmp_path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [f["file"].rsplit("/", 1)[-1] for f in doc["files"]] == ["box-0000.png", "box-0001.png", "box-0002.png"]
+    for f, page in zip(doc["files"], pages):
+        assert f["truth"] == page.truth
+        assert f["char_edits"] == levenshtein(page.truth, f["text"])
+        assert f["cer"] == pytest.approx(f["char_edits"] / len(page.truth))
+    assert doc["overall"]["skipped_without_truth"] == 1
+    assert doc["overall"]["cer"] == pytest.approx(_cer([(f["truth"], f["text"]) for f in doc["files"]]))
