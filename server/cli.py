@@ -64,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from .app import create_app
+    from .memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before the engine's and uvicorn's threads start allocating
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
