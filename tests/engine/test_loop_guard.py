@@ -138,3 +138,17 @@ def test_the_ngram_rule_breaks_a_short_loop(engine, script):
     grams = [tuple(gen[i : i + 20]) for i in range(len(gen) - 19)]
     assert len(grams) == len(set(grams))  # no 20-gram twice
     assert gen[: len(intro) + len(cycle)] == intro + cycle  # until the first repeat, the forced tokens
+
+
+def test_default_budget_is_the_reference_within_the_context(engine):
+    """No max_tokens: GOT's 4096, cut to what this engine's 1024-token context leaves."""
+    req = engine.submit(_image(6), _stream=False)
+    try:
+        seq = req.sequences[0]
+        assert seq.max_tokens == min(4096, engine.n_ctx - seq.prompt_tokens) == engine.n_ctx - seq.prompt_tokens
+        assert seq.sampler.params.no_repeat_ngram_size == 20 and seq.loop_guard is not None
+    finally:
+        req.cancel()
+    crop = engine.submit(_image(6), _stream=False, crop=True, max_tokens=4)
+    crop.result(120)
+    assert crop.sequences[0].sampler.params.no_repeat_ngram_size == 0

@@ -214,3 +214,22 @@ def test_default_guard_never_fires_on_real_text(qwen_tiktoken):
             assert _feed(guard, ids[a : a + 4096]) is None, path
             pages += 1
     assert pages >= 10
+
+
+# --- the defaults: GOT's official scripts ----------------------------------------------------------
+def test_defaults_follow_the_official_scripts():
+    from gotocr_fast.engine.defaults import default_max_tokens, default_no_repeat_ngram_size
+    from gotocr_fast.prompt import OcrMode
+
+    # run_ocr_2.0.py: no_repeat_ngram_size=20 for one view; run_ocr_2.0_crop.py: none
+    for mode in (OcrMode(), OcrMode(type="format"), OcrMode(boxes=((1, 2, 30, 40),)), OcrMode(color="red"),
+                 OcrMode(type="format", color="blue")):
+        assert default_no_repeat_ngram_size(mode) == 20, mode
+    for mode in (OcrMode(crop=True), OcrMode(type="format", crop=True), OcrMode(multi_page=True),
+                 OcrMode(type="format", multi_page=True)):
+        assert default_no_repeat_ngram_size(mode) == 0, mode
+    # max_new_tokens=4096 where the context holds it, else what the context leaves
+    assert default_max_tokens(8192, 300) == 4096
+    assert default_max_tokens(8192, 7 * 256 + 60) == 4096  # a multi-crop page
+    assert default_max_tokens(8192, 16 * 256 + 60) == 8192 - 16 * 256 - 60
+    assert default_max_tokens(512, 600) < 1
