@@ -72,15 +72,15 @@ class WebServer:
             [sys.executable, str(HERE / "serve_web_fake.py"), "--host", "127.0.0.1", "--port", str(self.port),
              "--log-level", "warning"], env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120  # as conftest's servers: a busy CI machine starts Python slowly
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, log.read_text()
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"server not ready:\n{log.read_text()}")
+        self.close()  # never leave a half-started server behind
+        raise RuntimeError(f"server not ready (exit status {self.proc.returncode}):\n{log.read_text()}")
 
     def close(self) -> None:
         self.proc.terminate()
