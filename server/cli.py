@@ -61,29 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
         print(f"warning: listening on {settings.host} without --api-key", file=sys.stderr)
 
-    import uvicorn
-
     from .app import create_app
     from .memory import limit_malloc_arenas
+    from .serving import run_server
 
     limit_malloc_arenas()  # before the engine's and uvicorn's threads start allocating
-
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,
-        # The body limit is enforced by the app (413 JSON); this bounds slow-loris style clients.
-        timeout_keep_alive=5,
-        h11_max_incomplete_event_size=64 * 1024,
-        server_header=False,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    server.run()
+    run_server(create_app(settings), settings)
     return 0
 
 

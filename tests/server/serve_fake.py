@@ -12,10 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import uvicorn  # noqa: E402
-
 from fake_engine import FakeEngine  # noqa: E402
 from gotocr_fast.server.app import create_app  # noqa: E402
+from gotocr_fast.server.serving import run_server  # noqa: E402
 from gotocr_fast.server.settings import settings_from_args  # noqa: E402
 
 
@@ -24,8 +23,7 @@ def main() -> None:
     token_delay = float(os.environ.get("FAKE_TOKEN_DELAY", "0.002"))
     load_delay = float(os.environ.get("FAKE_LOAD_DELAY", "0"))
     app = create_app(settings, engine_factory=lambda: FakeEngine(token_delay, load_delay))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=int(settings.shutdown_timeout) or None)
+    run_server(app, settings)
 
 
 if __name__ == "__main__":
