@@ -160,7 +160,7 @@ def create_app(
             version=__version__,
             description="GOT-OCR2 OCR service: seed-compatible /v1/ocr and OpenAI-compatible chat completions.",
             components=components,
-            openapi_router=Router(path="/docs", route_handlers=[], guards=ops_guards),
+            openapi_router=Router(path="/docs", route_handlers=[], guards=ops_guards, include_in_schema=False),
         ),
         debug=False,
     )
