@@ -22,6 +22,19 @@ DEMO_MODEL_NAME = "gotocr-demo"
 """Model name the server reports when it serves the bundled demo model."""
 
 
+def startup_checks_pass(settings) -> bool:
+    """The file-system checks before serving (errors printed), and the open-port warning."""
+    if not os.path.exists(settings.model):
+        print(f"error: model not found: {settings.model}", file=sys.stderr)
+        return False
+    if settings.allowed_root is not None and not os.path.isdir(settings.allowed_root):
+        print(f"error: --allowed-root is not a folder: {settings.allowed_root}", file=sys.stderr)
+        return False
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
+        print(f"warning: listening on {settings.host} without --api-key", file=sys.stderr)
+    return True
+
+
 def _model_given(args: list[str]) -> bool:
     """Whether a model comes from the command line or GOTOCR_MODEL (or only help is asked for)."""
     if any(a in ("-h", "--help") for a in args) or os.environ.get("GOTOCR_MODEL"):
@@ -52,14 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not os.path.exists(settings.model):
-        print(f"error: model not found: {settings.model}", file=sys.stderr)
+    if not startup_checks_pass(settings):
         return 2
-    if settings.allowed_root is not None and not os.path.isdir(settings.allowed_root):
-        print(f"error: --allowed-root is not a folder: {settings.allowed_root}", file=sys.stderr)
-        return 2
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
-        print(f"warning: listening on {settings.host} without --api-key", file=sys.stderr)
 
     from .app import create_app
     from .memory import limit_malloc_arenas

@@ -162,8 +162,7 @@ def parse(argv: Sequence[str]) -> tuple[Any, RayServeOptions]:
 
 
 def main(argv: Sequence[str]) -> int:
-    import os
-
+    from gotocr_fast.server.cli import startup_checks_pass
     from gotocr_fast.server.settings import SettingsError
 
     require_ray()
@@ -172,14 +171,8 @@ def main(argv: Sequence[str]) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not os.path.exists(settings.model):
-        print(f"error: model not found: {settings.model}", file=sys.stderr)
+    if not startup_checks_pass(settings):
         return 2
-    if settings.allowed_root is not None and not os.path.isdir(settings.allowed_root):
-        print(f"error: --allowed-root is not a folder: {settings.allowed_root}", file=sys.stderr)
-        return 2
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
-        print(f"warning: listening on {settings.host} without --api-key", file=sys.stderr)
 
     import ray
     from ray import serve
