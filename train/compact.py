@@ -36,17 +36,26 @@ def save_compact(model, step: int, run_dir: Path, out_dir: Path) -> Path:
 
 
 def load_compact(model, src: Path) -> int:
-    """Load the weights into ``model`` (float32); returns the step they were saved at."""
+    """Load the weights into ``model`` (float32); returns the step they were saved at.
+
+    Tensors of parts the model no longer has (an auxiliary head replaced since) are skipped and
+    parts the state lacks keep their initialisation; both are printed. The network itself (vision
+    tower, projector, language model) must be complete.
+    """
     from safetensors.torch import load_file
 
     tensors = load_file(str(src / WEIGHTS))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
-    if missing:
-        raise ValueError(f"{src}: no weights for {missing[:5]}")
+    if any(n.startswith("hf.") for n in missing):
+        raise ValueError(f"{src}: no weights for {[n for n in missing if n.startswith('hf.')][:5]}")
+    skipped = [n for n in tensors if n not in params]
+    if missing or skipped:
+        print(f"compact state: new {missing}, dropped {sorted({n.rsplit('.', 1)[0] for n in skipped})}", flush=True)
     with torch.no_grad():
         for name, t in tensors.items():
-            params[name].copy_(t.float())
+            if name in params:
+                params[name].copy_(t.float())
     return int(json.loads((src / STATE).read_text())["step"])
 
 

@@ -29,11 +29,11 @@ CHARSET = [chr(c) for c in range(33, 127)]
 """Characters the auxiliary head classifies (printable ASCII without space); class 0 = none."""
 CHAR_CLASS = {ch: i + 1 for i, ch in enumerate(CHARSET)}
 TRAIN_SEED_TAG = 0x7261696E
-AUX_SLOTS = 16
+BAG_SLOTS = 12
+"""Answer tokens per image token the token-bag target lists (more are dropped)."""
 PATCH_AUX_SLOTS = 4
 """Characters per ViT patch the patch-level head names."""
 IGNORE = -100
-"""Characters per image token the auxiliary head names, in reading order."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -111,23 +111,24 @@ class Example:
     pixels: np.ndarray
     prompt_ids: list[int]
     answer_ids: list[int]
-    aux: np.ndarray  # [grid*grid, AUX_SLOTS] char classes (0 = none)
+    bag: np.ndarray  # [grid*grid, BAG_SLOTS] used-vocabulary indices of the tokens printed there
     patch_aux: np.ndarray  # [patches, PATCH_AUX_SLOTS]
     truth: str
     page: reading.Page
 
 
 def make_example(rng: np.random.Generator, level: TaskLevel, image_size: int, token_grid: int,
-                 tokens_per_view: int, allowed: frozenset[int] | None = None, patch_grid: int = 24) -> Example:
-    """One training page; drawn again (same stream) while its answer has a token outside ``allowed``."""
+                 tokens_per_view: int, full_to_used: np.ndarray, patch_grid: int = 24) -> Example:
+    """One training page; drawn again (same stream) while its answer has a token outside the used
+    vocabulary (``full_to_used[id] < 0``)."""
     while True:
-        example = _draw_example(rng, level, image_size, token_grid, tokens_per_view, patch_grid)
-        if allowed is None or all(t in allowed for t in example.answer_ids + example.prompt_ids):
+        example = _draw_example(rng, level, image_size, token_grid, tokens_per_view, patch_grid, full_to_used)
+        if all(full_to_used[t] >= 0 for t in example.answer_ids + example.prompt_ids):
             return example
 
 
 def _draw_example(rng: np.random.Generator, level: TaskLevel, image_size: int, token_grid: int,
-                  tokens_per_view: int, patch_grid: int) -> Example:
+                  tokens_per_view: int, patch_grid: int, full_to_used: np.ndarray) -> Example:
     box_mode = level.max_lines >= 2 and rng.random() < level.box_fraction
     single = not box_mode and rng.random() < 0.3
     page = reading.render_page(
@@ -143,9 +144,43 @@ def _draw_example(rng: np.random.Generator, level: TaskLevel, image_size: int, t
     query = build_query(mode, image_size=(w, h))
     prompt_ids = encode(build_prompt(query, tokens_per_view))
     answer_ids = encode(page.truth) + [tokens.IM_END_ID]
-    aux = aux_targets(page, token_grid, AUX_SLOTS)
+    bag = token_bag_targets(page, token_grid, full_to_used)
     patch_aux = aux_targets(page, patch_grid, PATCH_AUX_SLOTS)
-    return Example(pixel_values(page.image, image_size), prompt_ids, answer_ids, aux, patch_aux, page.truth, page)
+    return Example(pixel_values(page.image, image_size), prompt_ids, answer_ids, bag, patch_aux, page.truth, page)
+
+
+def token_bag_targets(page: reading.Page, grid: int, full_to_used: np.ndarray, slots: int = BAG_SLOTS) -> np.ndarray:
+    """Per image token (grid x grid cells, row-major), the used-vocabulary indices of the text
+    tokens printed in its cell, ``IGNORE``-padded.
+
+    Every line of the page counts, box mode included: the vision encoder does not see the prompt,
+    so it should describe all the text in its cell. A token's place is the mean centre of its
+    printed characters.
+    """
+    out = np.full((grid * grid, slots), IGNORE, dtype=np.int64)
+    if page.char_centres is None or not len(page.char_centres):
+        return out
+    w, h = page.image.size
+    filled = np.zeros(grid * grid, dtype=np.int64)
+    row = 0  # char_centres rows run over the lines' printed characters in order
+    for line in page.lines:
+        printed = [j for j, ch in enumerate(line) if not ch.isspace()]
+        centre_of = {j: page.char_centres[row + k, :2] for k, j in enumerate(printed)}
+        row += len(printed)
+        ids = encode(line)
+        _, starts = encoding().decode_with_offsets(ids)
+        ends = list(starts[1:]) + [len(line)]
+        for tok, a, b in zip(ids, starts, ends):
+            points = [centre_of[j] for j in range(a, b) if j in centre_of]
+            used = full_to_used[tok] if 0 <= tok < len(full_to_used) else -1
+            if not points or used < 0:
+                continue
+            x, y = np.mean(points, axis=0)
+            cell = min(grid - 1, max(0, int(y * grid / h))) * grid + min(grid - 1, max(0, int(x * grid / w)))
+            if filled[cell] < slots:
+                out[cell, filled[cell]] = used
+                filled[cell] += 1
+    return out
 
 
 def aux_targets(page: reading.Page, grid: int, slots: int) -> np.ndarray:
@@ -181,10 +216,10 @@ def aux_targets(page: reading.Page, grid: int, slots: int) -> np.ndarray:
 
 
 def make_batch(seed: int, step: int, batch_size: int, level: TaskLevel, image_size: int,
-               token_grid: int, tokens_per_view: int, allowed: frozenset[int] | None = None,
+               token_grid: int, tokens_per_view: int, full_to_used: np.ndarray,
                patch_grid: int = 24) -> list[Example]:
     return [
         make_example(np.random.default_rng([TRAIN_SEED_TAG, seed, step, i]), level, image_size, token_grid,
-                     tokens_per_view, allowed, patch_grid)
+                     tokens_per_view, full_to_used, patch_grid)
         for i in range(batch_size)
     ]

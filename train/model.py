@@ -10,9 +10,15 @@ from the stock training forward, both for cost on a CPU:
   ``log(number of zero rows)``: a zero row's logit is exactly 0 under the tied head, so this
   softmax equals the full one.
 
-Two auxiliary heads (dropped at export) name the characters under each image token (projector
-output) and under each ViT patch: they give the vision encoder a direct, local signal long before
-the language model learns to look at the image.
+Two auxiliary losses (nothing of them is exported) give the image path a direct, local signal
+long before the language model learns to look at the image:
+
+- a patch head names the characters under each ViT patch, in reading order;
+- a token bag: each image token (projector output) is scored against the language model's own
+  token embeddings, and must rank the text tokens printed in its cell highest. This puts the image
+  tokens in the space the language model reads and writes, so copying a token from the image is
+  the first thing attention can learn; without it the model sat at the text prior for thousands
+  of steps (see docs/DEMO_MODEL.md).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from torch import nn
 from gotocr_fast import tokens
 from gotocr_fast.synth import GotConfig, _hf_config
 
-from .data import AUX_SLOTS, CHARSET, PATCH_AUX_SLOTS
+from .data import CHARSET, PATCH_AUX_SLOTS
 
 
 def _vision_attention_sdpa(self, hidden_states: torch.Tensor, output_attentions=None):
@@ -90,6 +96,19 @@ NONE_WEIGHT = 0.1
 most cells are empty, and with equal weights their easy answer drowns the characters' signal."""
 
 
+def _bag_loss(feats: torch.Tensor, embed: torch.Tensor, scale: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over the image tokens with text of the cross-entropy against a uniform target over
+    the tokens printed in the cell. The embedding is read, not trained, by this loss."""
+    logp = torch.log_softmax(scale.exp() * (feats.float() @ embed.detach().float().t()), dim=-1)
+    valid = targets >= 0
+    picked = logp.gather(-1, targets.clamp(min=0)) * valid
+    has_text = valid.any(-1)
+    if not has_text.any():
+        return logp.new_zeros(())
+    per_cell = -picked.sum(-1) / valid.sum(-1).clamp(min=1)
+    return per_cell[has_text].mean()
+
+
 def _slot_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     flat, t = logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1)
     chars, none = t > 0, t == 0
@@ -115,7 +134,7 @@ class DemoTrainer(nn.Module):
         self.register_buffer("full_to_used", full_to_used, persistent=False)
         self.embed = nn.Parameter(torch.randn(len(used_ids), hidden) * 0.02)
         self.zero_rows_logit = math.log(tokens.VOCAB_SIZE - len(used_ids))
-        self.aux_head = nn.Linear(hidden, AUX_SLOTS * (len(CHARSET) + 1))
+        self.bag_log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.patch_aux_head = nn.Linear(cfg.vision.hidden_size, PATCH_AUX_SLOTS * (len(CHARSET) + 1))
 
     # -- pieces -----------------------------------------------------------------------------
@@ -156,7 +175,7 @@ class DemoTrainer(nn.Module):
 
     # -- training -----------------------------------------------------------------------------
 
-    def forward(self, pixels, input_ids, attention_mask, image_mask, label_positions, labels, aux_targets,
+    def forward(self, pixels, input_ids, attention_mask, image_mask, label_positions, labels, bag_targets,
                 patch_aux_targets):
         """Returns (answer loss, auxiliary loss). ``labels`` are used-vocabulary indices."""
         vit, feats = self.vision(pixels)  # [B, G, G, D], [B, T, E]
@@ -165,9 +184,8 @@ class DemoTrainer(nn.Module):
         out = self.lm(embeds, attention_mask=attention_mask)
         h = out.last_hidden_state[label_positions[:, 0], label_positions[:, 1]]
         loss = F.cross_entropy(self.logits(h).float(), labels)
-        aux_logits = self.aux_head(feats).view(feats.shape[0], feats.shape[1], AUX_SLOTS, -1)
-        patch_logits = self.patch_aux_head(vit).view(vit.shape[0], -1, PATCH_AUX_SLOTS, aux_logits.shape[-1])
-        aux = _slot_loss(aux_logits, aux_targets) + _slot_loss(patch_logits, patch_aux_targets)
+        patch_logits = self.patch_aux_head(vit).view(vit.shape[0], -1, PATCH_AUX_SLOTS, len(CHARSET) + 1)
+        aux = _bag_loss(feats, self.embed, self.bag_log_scale, bag_targets) + _slot_loss(patch_logits, patch_aux_targets)
         return loss, aux
 
     # -- greedy decoding (validation) -----------------------------------------------------------

@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -45,19 +46,22 @@ def collate(examples: list[data.Example], model: DemoTrainer):
             label_pos.append((i, start + k))
             labels.append(int(model.full_to_used[tok]))
     pixels = torch.from_numpy(np.stack([e.pixels for e in examples]))
-    aux = torch.from_numpy(np.stack([e.aux for e in examples]))
+    bag = torch.from_numpy(np.stack([e.bag for e in examples]))
     patch_aux = torch.from_numpy(np.stack([e.patch_aux for e in examples]))
     from gotocr_fast import tokens
 
     return dict(pixels=pixels, input_ids=ids, attention_mask=attn, image_mask=ids == tokens.IMG_PAD_ID,
-                label_positions=torch.tensor(label_pos), labels=torch.tensor(labels), aux_targets=aux,
+                label_positions=torch.tensor(label_pos), labels=torch.tensor(labels), bag_targets=bag,
                 patch_aux_targets=patch_aux)
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
-    if step < tc.warmup_steps:
-        return tc.lr * (step + 1) / tc.warmup_steps
-    p = min(1.0, (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))
+    """Linear warm-up over ``warmup_steps`` from ``warmup_start`` (a run started from a compact
+    state warms up again: its optimiser moments start at zero), then cosine decay to ``steps``."""
+    into = step - tc.warmup_start
+    if 0 <= into < tc.warmup_steps:
+        return tc.lr * (into + 1) / tc.warmup_steps
+    p = min(1.0, max(0, step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))
     return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
@@ -89,7 +93,7 @@ def evaluate(model: DemoTrainer, pages: list[reading.Page]) -> tuple[float, floa
         prompt = data.encode(build_prompt(build_query(mode, image_size=page.image.size), cfg.tokens_per_view))
         px = torch.from_numpy(data.pixel_values(page.image, cfg.vision.image_size))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=model.bf16):
-            got = data.decode(model.greedy(px, prompt))
+            got = data.decode(model.greedy(px, prompt, max_new=len(data.encode(page.truth)) + 16))
         pairs.append((page.truth, got))
     model.train()
     exact = sum(t == g for t, g in pairs) / max(1, len(pairs))
@@ -124,14 +128,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--curriculum-steps", type=int, default=TrainConfig.curriculum_steps)
+    p.add_argument("--curriculum-start", type=int, default=TrainConfig.curriculum_start,
+                   help="step at which the curriculum starts from its easiest pages")
+    p.add_argument("--warmup-start", type=int, default=TrainConfig.warmup_start,
+                   help="step at which the learning-rate warm-up starts")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-bf16", action="store_true")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (pays off on wide models only)")
     p.add_argument("--stop-after", type=int, default=None, help="stop after this many steps of this run")
     p.add_argument("--from-compact", type=Path, default=None,
                    help="start from a compact training state (train.compact) when --out has no checkpoint yet")
     args = p.parse_args(argv)
     tc = dataclasses.replace(TrainConfig(), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                             seed=args.seed, curriculum_steps=args.curriculum_steps, bf16=not args.no_bf16)
+                             seed=args.seed, curriculum_steps=args.curriculum_steps,
+                             curriculum_start=args.curriculum_start, warmup_start=args.warmup_start, bf16=args.bf16)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if new_log:
         writer.writeheader()
     val_pages = validation_pages(TrainConfig.eval_pages)
-    allowed = frozenset(int(t) for t in used)
+    full_to_used = model.full_to_used.numpy()
     grid = int(round(math.sqrt(cfg.tokens_per_view)))
     t0 = time.time()
     elapsed0 = 0.0
@@ -190,10 +199,21 @@ def main(argv: list[str] | None = None) -> int:
             elapsed0 = 0.0
     model.train()
     end = tc.steps if args.stop_after is None else min(tc.steps, step + args.stop_after)
+
+    def pages_for(at: int) -> list[data.Example]:
+        level = data.task_level(at - tc.curriculum_start, tc.curriculum_steps)
+        return data.make_batch(tc.seed, at, tc.batch_size, level, cfg.vision.image_size, grid,
+                               cfg.tokens_per_view, full_to_used, cfg.vision.grid)
+
+    # The next step's pages are drawn on a thread while this step computes: rendering releases the
+    # GIL for most of its time, and a batch depends only on (seed, step), so the run stays the same.
+    prefetch = ThreadPoolExecutor(max_workers=1)
+    upcoming = prefetch.submit(pages_for, step)
     while step < end:
-        level = data.task_level(step, tc.curriculum_steps)
-        batch = collate(data.make_batch(tc.seed, step, tc.batch_size, level, cfg.vision.image_size, grid,
-                                        cfg.tokens_per_view, allowed, cfg.vision.grid), model)
+        examples = upcoming.result()
+        if step + 1 < end:
+            upcoming = prefetch.submit(pages_for, step + 1)
+        batch = collate(examples, model)
         lr = lr_at(step, tc)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -218,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         log.flush()
         if step % 10 == 0 or row["val_cer"]:
             print(" ".join(f"{k}={v}" for k, v in row.items() if v != ""), flush=True)
+    prefetch.shutdown()
     log.close()
     return 0
 
