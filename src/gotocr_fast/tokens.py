@@ -38,6 +38,10 @@ IMG_START_ID = SPECIAL_TOKENS[IMG_START]
 IMG_END_ID = SPECIAL_TOKENS[IMG_END]
 IMG_PAD_ID = SPECIAL_TOKENS[IMG_PAD]
 
+STOP_IDS = frozenset({IM_END_ID, ENDOFTEXT_ID})
+"""Generation stops on these: GOT ends its turn with <|im_end|>; <|endoftext|> is the checkpoints'
+``eos_token_id``."""
+
 assert len(SPECIAL_TOKENS) + BPE_RANK_COUNT == VOCAB_SIZE
 assert (ENDOFTEXT_ID, IM_START_ID, IM_END_ID) == (151643, 151644, 151645)
 assert (IMG_START_ID, IMG_END_ID, IMG_PAD_ID) == (151857, 151858, 151859)

@@ -116,16 +116,14 @@ def test_same_greedy_alone_and_among_8_concurrent(engine):
     assert len({a.text for a in alone}) > 1  # different images → different outputs (the image matters)
 
 
-def test_sequences_moved_to_lower_slots_keep_their_output(engine):
-    # requests finishing at different steps leave holes below running sequences; the scheduler
-    # moves those down (llama.cpp KV stream copy), which must not change what they generate
+def test_finishing_at_different_steps_keeps_every_output(engine):
+    # sequences leave the shared KV pool at different steps while others keep decoding beside
+    # their freed cells and reused seq ids; that must not change what any of them generates
     imgs = [_image(200 + i) for i in range(6)]
     limits = [40, 3, 40, 5, 40, 2]
     alone = [engine.ocr(im, max_tokens=m) for im, m in zip(imgs, limits)]
-    moves = engine.scheduler.slot_moves
     reqs = [engine.submit(im, max_tokens=m) for im, m in zip(imgs, limits)]
     together = [r.result(120) for r in reqs]
-    assert engine.scheduler.slot_moves > moves
     for a, b in zip(alone, together):
         assert (a.text, a.completion_tokens, a.finish_reason) == (b.text, b.completion_tokens, b.finish_reason)
 
@@ -255,6 +253,5 @@ def test_asyncio_wrappers(engine):
     assert "".join(deltas) == r.text
 
 
-def test_stop_token_is_im_end(engine):
-    assert engine.scheduler._stop_ids == frozenset({IM_END_ID, ENDOFTEXT_ID})
+def test_imgpad_is_one_token_per_image_row(engine):
     assert engine.text.tokenize(build_prompt("OCR: ", 2)).count(IMG_PAD_ID) == 2

@@ -1,7 +1,9 @@
 """The scheduler against a fake llama context that checks the KV bookkeeping llama.cpp relies on.
 
 The fake records, per sequence, every (position, input) written; it fails on a position gap, a
-rewrite, an image row before its text prefix, or a decode on a freed slot. Its "logits" are a
+rewrite, an image row before its text prefix, a decode on a freed slot, or more cells held than
+its KV pool has (``kv_tokens``; a copied shared part counts for each holder, as the scheduler
+counts it). Its "logits" are a
 function of the whole sequence content, so a mixed-up batch row shows as a different output.
 """
 
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 
 from gotocr_fast.engine.errors import Cancelled, ModelError
+from gotocr_fast.engine.model import KvCacheFull
 from gotocr_fast.engine.request import OcrRequest, Sequence
 from gotocr_fast.engine.sampling import Sampler, SamplingParams
 from gotocr_fast.engine.scheduler import Scheduler
@@ -23,31 +26,39 @@ V = IM_END_ID + 1
 
 
 class FakeText:
-    def __init__(self, n_slots=4, n_batch=64):
+    def __init__(self, n_slots=4, n_batch=64, kv_tokens=4096):
         self.n_slots, self.n_batch, self.n_vocab, self.n_embd = n_slots, n_batch, V, 4
+        self.kv_tokens = kv_tokens
+        self.max_held = 0  # most cells ever held at once
+        self.refuse_next = False  # the next decode finds no KV cells (as llama_decode's status 1)
         self.kv: dict[int, list] = {s: [] for s in range(n_slots)}
         self.out_rows: list = []
         self.token_batches = 0
         self.embd_batches = 0
         self.embd_rows = 0
         self.copies: list[tuple[int, int, int]] = []
-        self.moves: list[tuple[int, int]] = []
         self.batch_slots: list[list[int]] = []  # seq ids of each token batch, in batch order
         self.lock = threading.Lock()
         self.fail_next = False
-
-    def is_eog(self, t):
-        return t == IM_END_ID
 
     def _put(self, seq, pos, item):
         cells = self.kv[seq]
         assert pos == len(cells), f"seq {seq}: position {pos} but {len(cells)} cells"
         cells.append(item)
+        held = sum(len(c) for c in self.kv.values())
+        assert held <= self.kv_tokens, f"{held} cells held, the pool has {self.kv_tokens}"
+        self.max_held = max(self.max_held, held)
+
+    def _refuse(self):
+        if self.refuse_next:
+            self.refuse_next = False
+            raise KvCacheFull("no KV cells")
 
     def decode_tokens(self, tokens, pos, seq, logits):
         if self.fail_next:
             self.fail_next = False
             raise ModelError("boom")
+        self._refuse()
         self.token_batches += 1
         assert tokens.dtype == np.int32 and len(tokens) <= self.n_batch
         self.out_rows = []
@@ -58,6 +69,7 @@ class FakeText:
                 self.out_rows.append(int(s))
 
     def decode_embeddings(self, embd, pos, seq, logits):
+        self._refuse()
         self.embd_batches += 1
         self.embd_rows += len(embd)
         assert embd.flags.c_contiguous and embd.dtype == np.float32 and len(embd) <= self.n_batch
@@ -78,17 +90,14 @@ class FakeText:
     def free_sequence(self, s):
         self.kv[s] = []
 
+    def trim_sequence(self, s, n_keep):
+        self.kv[s] = self.kv[s][:n_keep]
+
     def copy_sequence(self, src, dst, n_keep):
         assert not self.kv[dst], f"copy into the non-empty sequence {dst}"
         assert len(self.kv[src]) >= n_keep, "copy of a shared part the source does not hold yet"
         self.kv[dst] = list(self.kv[src][:n_keep])
         self.copies.append((src, dst, n_keep))
-
-    def move_sequence(self, src, dst, n_keep):
-        assert not self.kv[dst], f"move into the non-empty sequence {dst}"
-        assert len(self.kv[src]) == n_keep, "a move must keep every cell of the sequence"
-        self.kv[dst], self.kv[src] = self.kv[src], []
-        self.moves.append((src, dst))
 
     def piece(self, t):
         return f"<{t}>".encode()
@@ -136,33 +145,6 @@ def test_alone_equals_concurrent_and_positions_are_contiguous():
         assert all(s.finish_reason == "stop" and s.generated[-1] == IM_END_ID for s in seqs)
         # 3 slots, 7 requests: slots were reused, and every finished sequence freed its cells
         assert sched.n_free_slots == 3 and all(not c for c in fake.kv.values())
-    finally:
-        sched.close()
-
-
-def test_running_sequences_stay_packed_in_the_lowest_slots():
-    # llama.cpp (one KV stream per slot) runs a batch as one pass only if its seq ids are
-    # consecutive and increasing: a finished sequence's slot is refilled by the highest one
-    fake = FakeText(n_slots=4, n_batch=64)
-    sched = Scheduler(fake, max_queue=32)
-    try:
-        alone = [run_one(fake, sched, float(v), max_tokens=m).generated
-                 for v, m in zip(range(4), (30, 2, 30, 3))]
-        fake.batch_slots.clear()
-        reqs, seqs = [], []
-        for v, m in zip(range(4), (30, 2, 30, 3)):  # the 2nd and 4th finish first
-            r = OcrRequest(f"r{v}", 1)
-            reqs.append(r)
-            seqs.append(make_seq(fake, r, float(v), max_tokens=m))
-        sched.submit(seqs)
-        for r in reqs:
-            r.result(10)
-        assert [s.generated for s in seqs] == alone  # moved sequences keep their KV
-        assert sched.slot_moves >= 1 and fake.moves
-        for slots in fake.batch_slots:
-            distinct = list(dict.fromkeys(slots))
-            assert distinct == list(range(len(distinct))), f"unpacked batch: {slots}"
-        assert sched.n_free_slots == 4 and all(not c for c in fake.kv.values())
     finally:
         sched.close()
 

@@ -26,3 +26,78 @@ def test_cpu_only_build_runs_without_flash_attention():
 def test_gpu_build_leaves_flash_attention_to_llama_cpp():
     assert _default_flash_attn(_llama(True), "f16") is None
 
+
+
+# --- the shared KV pool (a converted tiny model) -------------------------------------------------
+def _tiny_text_gguf(converted_model, outtype="f32"):
+    return next(converted_model("tiny", "hf", outtype).glob("got-text-*.gguf"))
+
+
+def _kv_row_bytes(config: str, kv_type_bytes: int) -> int:
+    """One token's K and V rows in every layer, from the synth config the model was made from."""
+    from gotocr_fast import synth
+
+    t = synth.CONFIGS[config].text
+    return t.num_layers * 2 * (t.hidden_size // t.num_heads * t.num_kv_heads) * kv_type_bytes
+
+
+def test_default_pool_is_one_requests_context_shared_by_the_slots(converted_model):
+    from gotocr_fast.engine.model import TextModel
+
+    m = TextModel(_tiny_text_gguf(converted_model), n_threads=1)  # the defaults: 4 slots, 8192 tokens each
+    try:
+        assert m.n_slots == 4 and m.n_ctx_slot == 8192
+        n_ctx = int(m._ll.llama_n_ctx(m._ctx))
+        assert n_ctx == m.kv_tokens == 8192  # one pool of one request's context, not 4 × 8192
+        assert int(m._ll.llama_n_ctx_seq(m._ctx)) == 8192  # and one sequence may fill it
+        assert m.kv_bytes == 8192 * _kv_row_bytes("tiny", 2)
+    finally:
+        m.close()
+
+
+def test_full_size_default_pool_fits_its_memory_budget():
+    # the full-size GOT LM at the defaults (f16 cache, 8192 shared cells): 24 layers × K and V ×
+    # 1024 values × 2 bytes = 96 KiB a token, 0.75 GiB in all (4 slots × 8192 each were 3 GiB)
+    assert _kv_row_bytes("full", 2) == 96 * 1024
+    assert 8192 * _kv_row_bytes("full", 2) == 0.75 * 2**30
+
+
+def test_the_pool_is_allocated_once_and_resident(converted_model):
+    from gotocr_fast.engine.model import TextModel
+
+    def rss() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+
+    path = _tiny_text_gguf(converted_model)
+    TextModel(path, n_threads=1, n_ctx_slot=64).close()  # libraries and page cache warm
+    before = rss()
+    m = TextModel(path, n_threads=1, n_ctx_slot=64, kv_tokens=1 << 17, kv_type="f32")
+    try:
+        grown = rss() - before
+        assert m.kv_bytes == (1 << 17) * _kv_row_bytes("tiny", 4) == 128 * 2**20
+        # llama.cpp zeroes the cache when it creates it: all of it is resident at once (the rest
+        # is the tiny model's weights, ~40 MB, and the compute buffers)
+        assert m.kv_bytes * 0.95 <= grown <= m.kv_bytes + 96 * 2**20
+    finally:
+        m.close()
+
+
+def test_a_pool_smaller_than_one_requests_context_is_refused(converted_model):
+    from gotocr_fast.engine.model import TextModel
+
+    with pytest.raises(ValueError, match="kv_tokens"):
+        TextModel(_tiny_text_gguf(converted_model), n_threads=1, n_ctx_slot=512, kv_tokens=256)
+
+
+def test_stop_ids_are_the_vocabularys_end_of_generation_tokens(converted_model):
+    # the scheduler's stop ids (tokens.STOP_IDS) against llama.cpp's reading of the converted GGUF
+    from gotocr_fast.engine.model import TextModel
+    from gotocr_fast.tokens import ENDOFTEXT_ID, IM_END_ID, SPECIAL_TOKENS, STOP_IDS
+
+    m = TextModel(_tiny_text_gguf(converted_model), n_threads=1, n_ctx_slot=64)
+    try:
+        eog = {t for t in SPECIAL_TOKENS.values() if m._ll.llama_vocab_is_eog(m.vocab, t)}
+    finally:
+        m.close()
+    assert eog == {IM_END_ID, ENDOFTEXT_ID} == STOP_IDS

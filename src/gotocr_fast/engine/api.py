@@ -149,8 +149,9 @@ class OcrStream:
 class OcrEngine:
     """GOT-OCR2 on llama.cpp + the ggml vision encoder, with continuous batching.
 
-    ``n_ctx`` is the context of ONE request (prompt + generated tokens); the llama.cpp context
-    holds ``max_slots`` of them. ``max_queue`` bounds the requests waiting for a slot (beyond it
+    ``n_ctx`` is the context of ONE request (prompt + generated tokens); ``kv_tokens`` the KV
+    pool the ``max_slots`` running requests share (default: ``n_ctx``, see docs/MEMORY.md).
+    ``max_queue`` bounds the requests waiting for a slot (beyond it
     ``submit`` raises :class:`Overloaded`).
 
     ``share_cpu``: the vision encoder and the LM decode loop run in turns instead of at the same
@@ -167,6 +168,7 @@ class OcrEngine:
         *,
         n_threads: int | None = None,
         n_ctx: int = 8192,
+        kv_tokens: int | None = None,
         max_slots: int = 4,
         max_queue: int = 64,
         embed_cache_bytes: int = 256 * 1024 * 1024,
@@ -194,8 +196,8 @@ class OcrEngine:
         self.text: TextModel | None = None
         try:
             self.text = TextModel(
-                self.paths.text, n_slots=max_slots, n_ctx_slot=n_ctx, n_batch=n_batch, n_threads=n_threads,
-                kv_type=kv_type, flash_attn=flash_attn, verbose=verbose,
+                self.paths.text, n_slots=max_slots, n_ctx_slot=n_ctx, kv_tokens=kv_tokens, n_batch=n_batch,
+                n_threads=n_threads, kv_type=kv_type, flash_attn=flash_attn, verbose=verbose,
             )
             if self.text.n_embd != self.vision.embedding_length:
                 raise ModelError(

@@ -23,7 +23,7 @@ from ..llama_load import model_params
 from ..llama_log import llama_cpp_module
 from .errors import ModelError
 
-__all__ = ["ModelPaths", "resolve_model_paths", "TextModel", "load_llama_cpp"]
+__all__ = ["ModelPaths", "resolve_model_paths", "TextModel", "KvCacheFull", "kv_bytes_per_token", "load_llama_cpp"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,12 @@ def resolve_model_paths(model: str | os.PathLike, vision: str | os.PathLike | No
 
 
 _KV_TYPES = {"f32": 0, "f16": 1}  # enum ggml_type: GGML_TYPE_F32, GGML_TYPE_F16
+_KV_TYPE_BYTES = {"f32": 4, "f16": 2}
+
+
+def kv_bytes_per_token(*, n_layer: int, n_embd_kv: int, kv_type: str) -> int:
+    """KV cache bytes one token takes: a K and a V row of ``n_embd_kv`` elements in every layer."""
+    return n_layer * 2 * n_embd_kv * _KV_TYPE_BYTES[kv_type]
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -105,8 +111,26 @@ def _default_flash_attn(ll, kv_type: str) -> bool | None:
     return None if ll.llama_supports_gpu_offload() else False
 
 
+class KvCacheFull(ModelError):
+    """llama.cpp found no free KV cells for a batch (the scheduler makes room and retries)."""
+
+
+def _check_decode(rc: int, what: str) -> None:
+    if rc == 1:  # llama_decode: no free KV cells for the batch; nothing was written
+        raise KvCacheFull(f"llama_decode ({what}): the KV cache has no room for the batch")
+    if rc != 0:
+        raise ModelError(f"llama_decode ({what}) failed with status {rc}")
+
+
 class TextModel:
-    """The Qwen2 LM in llama.cpp with ``n_slots`` independent sequences of ``n_ctx_slot`` tokens each."""
+    """The Qwen2 LM in llama.cpp: ``n_slots`` sequences sharing one KV pool of ``kv_tokens`` cells.
+
+    ``n_ctx_slot`` is the context of one request (prompt + generated tokens); ``kv_tokens`` the
+    pool every running sequence takes its cells from, by default one request's context
+    (``n_ctx_slot``): one request alone can use all of it, several typical pages share it, and
+    the scheduler makes room when it runs out (``scheduler.py``). It may not be smaller than
+    ``n_ctx_slot``, so a request that fits its context always fits the pool once alone.
+    """
 
     def __init__(
         self,
@@ -114,6 +138,7 @@ class TextModel:
         *,
         n_slots: int = 4,
         n_ctx_slot: int = 8192,
+        kv_tokens: int | None = None,
         n_batch: int = 2048,
         n_threads: int | None = None,
         kv_type: str = "f16",
@@ -122,6 +147,10 @@ class TextModel:
     ):
         if kv_type not in _KV_TYPES:
             raise ValueError(f"kv_type must be one of {', '.join(_KV_TYPES)}; got {kv_type!r}")
+        if kv_tokens is None:
+            kv_tokens = n_ctx_slot
+        if kv_tokens < n_ctx_slot:
+            raise ValueError(f"kv_tokens ({kv_tokens}) must be >= the context of one request ({n_ctx_slot})")
         self._ll = ll = load_llama_cpp(verbose)
         self._native = _load_native()
         self.path = Path(path)
@@ -140,13 +169,15 @@ class TextModel:
             self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
             self.n_embd = int(ll.llama_model_n_embd(self._model))
             cparams = ll.llama_context_default_params()
-            cparams.n_ctx = n_ctx_slot * n_slots
+            cparams.n_ctx = kv_tokens
             cparams.n_seq_max = n_slots
             cparams.n_batch = n_batch
             cparams.n_ubatch = min(512, n_batch)
             cparams.n_threads = n_threads
             cparams.n_threads_batch = n_threads
-            cparams.kv_unified = False  # one KV stream per slot: a slot's n_ctx is its own
+            # one KV stream shared by the slots: memory for the tokens actually held, not
+            # n_slots × n_ctx; a batch runs as one pass whatever its seq ids (docs/MEMORY.md)
+            cparams.kv_unified = True
             cparams.no_perf = True
             # f16 KV halves cache memory; f32 keeps logits within 1e-3 of an f32 reference
             cparams.type_k = cparams.type_v = _KV_TYPES[kv_type]
@@ -155,9 +186,17 @@ class TextModel:
             cparams.flash_attn_type = -1 if flash_attn is None else int(bool(flash_attn))
             self._ctx = ll.llama_init_from_model(self._model, cparams)
             if not self._ctx:
-                raise ModelError(f"llama.cpp could not create a context ({n_slots} × {n_ctx_slot} tokens)")
+                raise ModelError(f"llama.cpp could not create a context ({kv_tokens} KV cells, {n_slots} slots)")
             self.n_slots = int(ll.llama_n_seq_max(self._ctx))
-            self.n_ctx_slot = int(ll.llama_n_ctx_seq(self._ctx))
+            self.n_ctx_slot = n_ctx_slot
+            self.kv_tokens = int(ll.llama_n_ctx(self._ctx))  # llama.cpp may round the pool up
+            self.kv_type = kv_type
+            self.kv_bytes = self.kv_tokens * kv_bytes_per_token(
+                n_layer=int(ll.llama_model_n_layer(self._model)),
+                n_embd_kv=int(ll.llama_model_n_embd(self._model)) * int(ll.llama_model_n_head_kv(self._model))
+                // int(ll.llama_model_n_head(self._model)),
+                kv_type=kv_type,
+            )
             self.n_batch = int(ll.llama_n_batch(self._ctx))
             self._mem = ll.llama_get_memory(self._ctx)
             self.ctx_ptr = ctypes.cast(self._ctx, ctypes.c_void_p).value
@@ -194,19 +233,12 @@ class TextModel:
             self._piece_cache[token] = p
         return p
 
-    def is_eog(self, token: int) -> bool:
-        return bool(self._ll.llama_vocab_is_eog(self.vocab, token))
-
     # --- decoding (scheduler thread only) ----------------------------------------------------
     def decode_tokens(self, tokens: np.ndarray, pos: np.ndarray, seq: np.ndarray, logits: np.ndarray) -> None:
-        rc = self._native.decode_tokens(self.ctx_ptr, tokens, pos, seq, logits)
-        if rc != 0:
-            raise ModelError(f"llama_decode (tokens) failed with status {rc}")
+        _check_decode(self._native.decode_tokens(self.ctx_ptr, tokens, pos, seq, logits), "tokens")
 
     def decode_embeddings(self, embd: np.ndarray, pos: np.ndarray, seq: np.ndarray, logits: np.ndarray) -> None:
-        rc = self._native.decode_embeddings(self.ctx_ptr, embd, pos, seq, logits)
-        if rc != 0:
-            raise ModelError(f"llama_decode (embeddings) failed with status {rc}")
+        _check_decode(self._native.decode_embeddings(self.ctx_ptr, embd, pos, seq, logits), "embeddings")
 
     def logits(self, rows: np.ndarray) -> np.ndarray:
         """float32 [len(rows), n_vocab]: the output rows (batch indices) of the last decode."""
@@ -216,22 +248,17 @@ class TextModel:
         """Drop every KV cell of ``seq_id`` (the slot is reusable right after)."""
         self._ll.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
 
+    def trim_sequence(self, seq_id: int, n_keep: int) -> None:
+        """Drop ``seq_id``'s cells from position ``n_keep`` on."""
+        self._ll.llama_memory_seq_rm(self._mem, seq_id, n_keep, -1)
+
     def copy_sequence(self, src: int, dst: int, n_keep: int) -> None:
         """Make ``dst`` (an empty slot) hold ``src``'s first ``n_keep`` positions.
 
-        One KV stream per slot: llama.cpp copies whole streams between sequences, so copy all of
-        ``src`` and drop what lies past ``n_keep``.
+        In the shared KV stream this copies nothing: the cells of positions [0, n_keep) are
+        tagged with ``dst`` as well, and stay until the last sequence holding them lets go.
         """
-        ll = self._ll
-        ll.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
-        if not ll.llama_memory_seq_rm(self._mem, dst, n_keep, -1):
-            ll.llama_memory_seq_rm(self._mem, dst, -1, -1)
-            raise ModelError(f"llama.cpp could not trim the copied sequence {dst} to {n_keep} positions")
-
-    def move_sequence(self, src: int, dst: int, n_keep: int) -> None:
-        """Move ``src``'s first ``n_keep`` positions to the empty slot ``dst``; ``src`` ends empty."""
-        self.copy_sequence(src, dst, n_keep)
-        self.free_sequence(src)
+        self._ll.llama_memory_seq_cp(self._mem, src, dst, 0, n_keep)
 
     def clear(self) -> None:
         self._ll.llama_memory_clear(self._mem, True)

@@ -15,34 +15,47 @@ Each step (vLLM's loop, on llama.cpp's API):
 
 Position bookkeeping is per sequence (``n_past``); a slot is a llama.cpp seq id.
 
-Slots stay packed: running sequences hold the lowest slots and every batch lists them in slot
-order. The context keeps one KV stream per slot, and llama.cpp then splits a batch into one
-forward pass per run of consecutive, increasing seq ids, so 8 decoding sequences in slots
-7, 6, …, 0 (or 0, 2, 5) cost 8 (or 3) passes over the weights instead of one; that made a batch
-of 8 about 3× slower per step. New sequences take the lowest free slot, and when one in the
-middle finishes, the highest one moves down into its slot (one KV stream copy, done by llama.cpp
-before the next pass).
+One KV pool: the slots share one KV stream of ``model.kv_tokens`` cells (``model.py``), so a batch
+is one forward pass whatever its seq ids, and memory follows the tokens actually held. Every
+running sequence is counted for the cells it holds or was promised (``_cells``): from admission
+on its whole prompt (and the tokens it replays, below), then one more per decode step. Cells a
+sequence shares with another (see "Shared prompts") are counted for each, so the count never
+falls short of what llama.cpp holds.
+
+* Admission: the first waiting sequence (FIFO) starts when a slot is free and its cells fit
+  what is left of the pool; alone it always fits (``kv_tokens`` >= one request's context).
+* The pool runs out mid-generation: before a step whose writes would not fit, the youngest
+  running sequence (last admitted) is *preempted*: its cells are given back and it goes back to
+  the head of the queue with everything it generated. Once readmitted it recomputes its prompt
+  and replays its generated tokens (``_replay``; no sampling) and carries on from its last
+  token, so its text and streamed deltas continue where they stopped. After a preemption no
+  sequence is admitted until one finishes or is cancelled (otherwise the one just preempted
+  would come back, recompute its prompt and be preempted again at every step). The oldest
+  sequence is never preempted, so one always progresses. If llama.cpp itself finds no room
+  (``KvCacheFull``), the youngest is preempted the same way and the step retried.
 
 Shared prompts: sequences with the same ``share_key`` (same image, same text prefix: the boxes
 of one request, or requests for several regions of one page) have the same KV cache up to the end
-of the image. The first one computes it; the others wait in ATTACH, then copy it
-(``llama_memory_seq_cp``) and only prefill their own suffix.
+of the image. The first one computes it; the others wait in ATTACH, then take it over
+(``llama_memory_seq_cp``: in the shared stream the cells are tagged with both seq ids, nothing
+is copied) and only prefill their own suffix.
 """
 
 from __future__ import annotations
 
 import collections
 import heapq
+import itertools
 import logging
 import threading
 import time
 
 import numpy as np
 
-from ..tokens import ENDOFTEXT_ID, IM_END_ID
+from ..tokens import STOP_IDS
 from .cpu_turns import CpuTurns, NoTurns
 from .errors import EngineClosed, ModelError, Overloaded
-from .model import TextModel
+from .model import KvCacheFull, TextModel
 from .request import Sequence
 
 log = logging.getLogger(__name__)
@@ -59,14 +72,16 @@ class Scheduler:
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: dict[int, Sequence] = {}  # slot → sequence
         self._free_slots = list(range(model.n_slots))  # a heap: the lowest free slot first
-        self._pending_free: list[Sequence] = []  # cancelled while running: free on the thread
         self._filling: dict[bytes, Sequence] = {}  # share_key → the sequence computing the shared part
         self._donors: dict[bytes, Sequence] = {}   # share_key → a running sequence that holds it
+        self.kv_budget = model.kv_tokens
+        self._admitted: dict[int, int] = {}  # slot → admission number (the youngest is preempted first)
+        self._restore: dict[int, int] = {}  # slot → positions the sequence holds before it samples again
+        self._admissions = itertools.count()
+        self._kv_short = False  # a preemption happened: admit nothing until a sequence finishes
         self.kv_copies = 0
-        self.slot_moves = 0
+        self.preemptions = 0
         self._closing = False
-        # GOT ends its turn with <|im_end|>; <|endoftext|> is the checkpoints' eos_token_id.
-        self._stop_ids = frozenset({IM_END_ID, ENDOFTEXT_ID})
         self.steps = 0
         self._thread = threading.Thread(target=self._run, name="gotocr-scheduler", daemon=True)
         self._thread.start()
@@ -100,14 +115,6 @@ class Scheduler:
                 seq.state = Sequence.DONE
             self._cv.notify()
 
-    def reserve(self, n: int) -> None:
-        """Check that ``n`` more sequences may queue (raises Overloaded), before any work."""
-        with self._cv:
-            if self._closing:
-                raise EngineClosed("the engine is closed")
-            if len(self._waiting) + n > self.max_queue:
-                raise Overloaded(f"queue full ({self.max_queue} waiting); retry later")
-
     @property
     def n_waiting(self) -> int:
         return len(self._waiting)
@@ -119,6 +126,11 @@ class Scheduler:
     @property
     def n_free_slots(self) -> int:
         return len(self._free_slots)
+
+    @property
+    def kv_held(self) -> int:
+        """KV cells the running sequences hold or were promised (see the module doc)."""
+        return sum(self._cells(s) for s in list(self._running.values()))
 
     def close(self, timeout: float | None = 30.0) -> None:
         with self._cv:
@@ -136,8 +148,8 @@ class Scheduler:
                     if self._closing:
                         break
                     self._reap_cancelled()
+                    self._make_room()
                     self._admit()
-                    self._pack_slots()
                 if self._running:
                     with self.cpu_turns.turn("decode"):
                         self._step()
@@ -163,7 +175,7 @@ class Scheduler:
             if seq.cancelled:
                 self._release(seq)
 
-    def _release(self, seq: Sequence) -> None:
+    def _release(self, seq: Sequence, *, preempted: bool = False) -> None:
         key = seq.share_key
         if key is not None:
             if self._filling.get(key) is seq:  # failed or cancelled before it got there
@@ -178,36 +190,69 @@ class Scheduler:
                 if heir is not None:
                     self._donors[key] = heir
         del self._running[seq.slot]
+        del self._admitted[seq.slot], self._restore[seq.slot]
         self.model.free_sequence(seq.slot)
         heapq.heappush(self._free_slots, seq.slot)
         seq.slot = -1
+        if not preempted:
+            seq.embeddings = None  # kept until now: a preempted sequence recomputes its image rows
+            self._kv_short = False
+
+    @staticmethod
+    def _restore_target(seq: Sequence) -> int:
+        """Positions ``seq`` must hold before it samples again: its prompt, and all it generated
+        but the last token (the next decode step feeds that one)."""
+        return seq.prompt_tokens + max(len(seq.generated) - 1, 0)
+
+    def _cells(self, seq: Sequence) -> int:
+        """Cells ``seq`` holds or was promised, counting the one its next decode step writes."""
+        target = self._restore.get(seq.slot, 0)
+        step = 1 if seq.state == Sequence.DECODE and seq.n_past >= target else 0
+        return max(seq.n_past + step, target)
 
     def _admit(self) -> None:
         while self._free_slots and self._waiting:
-            seq = self._waiting.popleft()
+            seq = self._waiting[0]
+            if self._running and (
+                self._kv_short or self.kv_held + self._restore_target(seq) + 1 > self.kv_budget
+            ):
+                return  # first come, first served: the ones behind it wait too
+            self._waiting.popleft()
             seq.slot = heapq.heappop(self._free_slots)
             seq.n_past = 0
-            seq.t_prefill_start = time.perf_counter()
+            if not seq.t_prefill_start:  # a resumed sequence keeps its first start
+                seq.t_prefill_start = time.perf_counter()
             self._running[seq.slot] = seq
+            self._admitted[seq.slot] = next(self._admissions)
+            self._restore[seq.slot] = self._restore_target(seq)
             self._place(seq)
 
-    def _pack_slots(self) -> None:
-        """Move the highest running sequences down into free lower slots (see the module doc)."""
-        while self._free_slots and self._running:
-            low, high = self._free_slots[0], max(self._running)
-            if low > high:
+    def _make_room(self) -> None:
+        """Preempt the youngest running sequences until the next step's writes fit the pool."""
+        while len(self._running) > 1 and self.kv_held > self.kv_budget:
+            self._preempt_youngest()
+
+    def _preempt_youngest(self) -> None:
+        slot = max(self._admitted, key=self._admitted.__getitem__)
+        seq = self._running[slot]
+        log.info("KV pool full (%d cells): preempting the sequence in slot %d (%d generated tokens)",
+                 self.kv_budget, slot, len(seq.generated))
+        self._release(seq, preempted=True)
+        seq.state = Sequence.WAITING
+        seq.n_past = 0
+        seq.kv_copied = False
+        self._waiting.appendleft(seq)
+        self._kv_short = True
+        self.preemptions += 1
+
+    def _no_room(self, seqs: list[Sequence], err: KvCacheFull) -> None:
+        """llama.cpp found no cells for a batch: preempt the youngest and retry, or fail if alone."""
+        with self._cv:
+            if len(self._running) > 1:
+                self._preempt_youngest()
                 return
-            seq = self._running[high]
-            try:
-                self.model.move_sequence(high, low, seq.n_past)
-            except ModelError:  # llama.cpp refused: keep the slot, run unpacked
-                log.warning("moving the sequence in slot %d to %d failed; batches run unpacked", high, low)
-                return
-            heapq.heapreplace(self._free_slots, high)
-            del self._running[high]
-            self._running[low] = seq
-            seq.slot = low
-            self.slot_moves += 1
+        for s in seqs:
+            self._finish_seq(s, error=err)
 
     def _place(self, seq: Sequence) -> None:
         """First state of an admitted sequence: compute its prompt, or copy its shared part."""
@@ -237,7 +282,6 @@ class Scheduler:
             seq.state = Sequence.PREFIX
             return
         seq.n_past = seq.n_shared
-        seq.embeddings = None
         seq.kv_copied = True
         seq.state = Sequence.SUFFIX
         self.kv_copies += 1
@@ -257,7 +301,6 @@ class Scheduler:
     def _step(self) -> None:
         model = self.model
         self.steps += 1
-        # slot order: consecutive seq ids make one llama.cpp pass (see the module doc)
         running = [self._running[k] for k in sorted(self._running) if not self._running[k].cancelled]
         # 1. the token batch
         toks: list[np.ndarray] = []
@@ -269,8 +312,14 @@ class Scheduler:
         n = 0
         budget = model.n_batch
         for s in running:
+            sample = s.state == Sequence.DECODE or (s.state == Sequence.SUFFIX and not s.generated)
             if s.state == Sequence.DECODE:
-                ids = np.array([s.last_token], dtype=np.int32)
+                target = self._restore[s.slot]
+                if s.n_past < target:  # resumed after a preemption: replay, n_batch rows at a time
+                    ids = self._replay(s, target, budget)
+                    sample = False
+                else:
+                    ids = np.array([s.last_token], dtype=np.int32)
             elif s.state == Sequence.PREFIX:
                 ids = s.prefix
             elif s.state == Sequence.SUFFIX:
@@ -278,8 +327,8 @@ class Scheduler:
             else:
                 continue
             k = len(ids)
-            if k > budget:
-                if n == 0:
+            if k > budget or k == 0:
+                if n == 0 and k:
                     self._finish_seq(s, error=ModelError(f"prompt part of {k} tokens exceeds n_batch {model.n_batch}"))
                 continue  # waits for the next step
             budget -= k
@@ -287,7 +336,7 @@ class Scheduler:
             poss.append(np.arange(s.n_past, s.n_past + k, dtype=np.int32))
             seqs.append(np.full(k, s.slot, dtype=np.int32))
             o = np.zeros(k, dtype=np.int8)
-            if s.state != Sequence.PREFIX:
+            if sample:
                 o[-1] = 1
                 sampled.append((s, n + k - 1))
             outs.append(o)
@@ -298,6 +347,9 @@ class Scheduler:
                 model.decode_tokens(
                     np.concatenate(toks), np.concatenate(poss), np.concatenate(seqs), np.concatenate(outs)
                 )
+            except KvCacheFull as e:
+                self._no_room([s for s, _ in laid], e)
+                return
             except ModelError as e:
                 for s, _ in laid:
                     self._finish_seq(s, error=e)
@@ -315,7 +367,7 @@ class Scheduler:
                         continue
                     if s.logits_hook is not None:
                         s.logits_hook(row)
-                    if s.add_token(s.sampler.sample(row), self._stop_ids):
+                    if s.add_token(s.sampler.sample(row), STOP_IDS):
                         self._finish_seq(s)
         # 2. the embedding batch: image rows of the sequences whose prefix is in
         group = [s for s in running if s.state == Sequence.EMBED and not s.cancelled]
@@ -335,15 +387,26 @@ class Scheduler:
                 b = a + model.n_batch
                 model.decode_embeddings(embd[a:b], pos[a:b], seq[a:b], out[a:b])
         except ModelError as e:
+            for s in group:  # drop the rows of the chunks that went in: a retry starts at n_past
+                model.trim_sequence(s.slot, s.n_past)
+            if isinstance(e, KvCacheFull):
+                self._no_room(group, e)
+                return
             for s in group:
                 self._finish_seq(s, error=e)
             return
         for s in group:
             s.n_past += s.n_image_tokens
-            s.embeddings = None  # the KV cache holds them now
             s.state = Sequence.SUFFIX
         for s in group:
             self._shared_part_done(s)
+
+    @staticmethod
+    def _replay(s: Sequence, target: int, budget: int) -> np.ndarray:
+        """The next generated tokens a resumed sequence puts back in the KV cache (at most ``budget``)."""
+        a = s.n_past - s.prompt_tokens
+        b = min(target - s.prompt_tokens, a + budget)
+        return np.asarray(s.generated[a:b], dtype=np.int32)
 
     def _finish_seq(self, s: Sequence, error: BaseException | None = None) -> None:
         if error is not None:
