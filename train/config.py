@@ -30,6 +30,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     aux_weight: float = 1.0
+    guide_weight: float = 1.0
     curriculum_steps: int = 1200
     """Steps from the easiest pages to the full task (4 lines, 32 characters, small fonts, boxes)."""
     curriculum_start: int = 0

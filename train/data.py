@@ -112,6 +112,7 @@ class Example:
     prompt_ids: list[int]
     answer_ids: list[int]
     bag: np.ndarray  # [grid*grid, BAG_SLOTS] used-vocabulary indices of the tokens printed there
+    cells: np.ndarray  # [len(answer_ids)] image token where each answer token is printed, or -1
     patch_aux: np.ndarray  # [patches, PATCH_AUX_SLOTS]
     truth: str
     page: reading.Page
@@ -146,7 +147,9 @@ def _draw_example(rng: np.random.Generator, level: TaskLevel, image_size: int, t
     answer_ids = encode(page.truth) + [tokens.IM_END_ID]
     bag = token_bag_targets(page, token_grid, full_to_used)
     patch_aux = aux_targets(page, patch_grid, PATCH_AUX_SLOTS)
-    return Example(pixel_values(page.image, image_size), prompt_ids, answer_ids, bag, patch_aux, page.truth, page)
+    cells = answer_cells(page, answer_ids, token_grid)
+    return Example(pixel_values(page.image, image_size), prompt_ids, answer_ids, bag, cells, patch_aux, page.truth,
+                   page)
 
 
 def token_bag_targets(page: reading.Page, grid: int, full_to_used: np.ndarray, slots: int = BAG_SLOTS) -> np.ndarray:
@@ -158,29 +161,60 @@ def token_bag_targets(page: reading.Page, grid: int, full_to_used: np.ndarray, s
     printed characters.
     """
     out = np.full((grid * grid, slots), IGNORE, dtype=np.int64)
-    if page.char_centres is None or not len(page.char_centres):
-        return out
-    w, h = page.image.size
     filled = np.zeros(grid * grid, dtype=np.int64)
-    row = 0  # char_centres rows run over the lines' printed characters in order
-    for line in page.lines:
-        printed = [j for j, ch in enumerate(line) if not ch.isspace()]
-        centre_of = {j: page.char_centres[row + k, :2] for k, j in enumerate(printed)}
-        row += len(printed)
+    for line, centres in zip(page.lines, _line_centres(page)):
         ids = encode(line)
-        _, starts = encoding().decode_with_offsets(ids)
-        ends = list(starts[1:]) + [len(line)]
-        for tok, a, b in zip(ids, starts, ends):
-            points = [centre_of[j] for j in range(a, b) if j in centre_of]
+        for tok, cell in zip(ids, _token_cells(page, ids, len(line), centres, grid)):
             used = full_to_used[tok] if 0 <= tok < len(full_to_used) else -1
-            if not points or used < 0:
-                continue
-            x, y = np.mean(points, axis=0)
-            cell = min(grid - 1, max(0, int(y * grid / h))) * grid + min(grid - 1, max(0, int(x * grid / w)))
-            if filled[cell] < slots:
+            if cell >= 0 and used >= 0 and filled[cell] < slots:
                 out[cell, filled[cell]] = used
                 filled[cell] += 1
     return out
+
+
+def answer_cells(page: reading.Page, answer_ids: list[int], grid: int) -> np.ndarray:
+    """For each answer token, the image token (cell) where it is printed; -1 for ``<|im_end|>``
+    and for tokens with no printed character (a line break)."""
+    per_line = _line_centres(page)
+    shown = [page.box_line] if page.box_line is not None else range(len(page.lines))
+    centres: dict[int, np.ndarray] = {}
+    offset = 0
+    for i in shown:
+        centres.update({offset + j: xy for j, xy in per_line[i].items()})
+        offset += len(page.lines[i]) + 1
+    text_ids = [t for t in answer_ids if t != tokens.IM_END_ID]
+    cells = _token_cells(page, text_ids, len(page.truth), centres, grid)
+    return np.array(cells + [-1] * (len(answer_ids) - len(text_ids)), dtype=np.int64)
+
+
+def _line_centres(page: reading.Page) -> list[dict[int, np.ndarray]]:
+    """Per line, character index → printed centre (x, y) in page pixels; spaces have none."""
+    out = []
+    row = 0  # char_centres rows run over the lines' printed characters in order
+    have = page.char_centres is not None
+    for line in page.lines:
+        printed = [j for j, ch in enumerate(line) if not ch.isspace()]
+        out.append({j: page.char_centres[row + k, :2] for k, j in enumerate(printed)} if have else {})
+        row += len(printed)
+    return out
+
+
+def _token_cells(page: reading.Page, ids: list[int], text_len: int, centres: dict[int, np.ndarray],
+                 grid: int) -> list[int]:
+    """Cell of each token of ``ids`` (the encoding of a text whose character centres are given):
+    where the mean centre of its printed characters falls, or -1."""
+    w, h = page.image.size
+    _, starts = encoding().decode_with_offsets(ids)
+    ends = list(starts[1:]) + [text_len]
+    cells = []
+    for a, b in zip(starts, ends):
+        points = [centres[j] for j in range(a, b) if j in centres]
+        if not points:
+            cells.append(-1)
+            continue
+        x, y = np.mean(points, axis=0)
+        cells.append(min(grid - 1, max(0, int(y * grid / h))) * grid + min(grid - 1, max(0, int(x * grid / w))))
+    return cells
 
 
 def aux_targets(page: reading.Page, grid: int, slots: int) -> np.ndarray:

@@ -10,15 +10,18 @@ from the stock training forward, both for cost on a CPU:
   ``log(number of zero rows)``: a zero row's logit is exactly 0 under the tied head, so this
   softmax equals the full one.
 
-Two auxiliary losses (nothing of them is exported) give the image path a direct, local signal
-long before the language model learns to look at the image:
+Three auxiliary losses (nothing of them is exported) give the image path a direct, local signal
+long before the language model would learn on its own to look at the image:
 
 - a patch head names the characters under each ViT patch, in reading order;
 - a token bag: each image token (projector output) is scored against the language model's own
   token embeddings, and must rank the text tokens printed in its cell highest. This puts the image
   tokens in the space the language model reads and writes, so copying a token from the image is
-  the first thing attention can learn; without it the model sat at the text prior for thousands
-  of steps (see docs/DEMO_MODEL.md).
+  the first thing attention can learn;
+- guided attention: one head of the language model is taught to attend, when predicting an answer
+  token, to the image token where that token is printed (the token-cell map comes with the page).
+  Without an alignment signal the model sat at the text prior for thousands of steps
+  (docs/DEMO_MODEL.md).
 """
 
 from __future__ import annotations
@@ -62,6 +65,41 @@ def use_fast_vision_attention() -> None:
     from transformers.models.got_ocr2 import modeling_got_ocr2
 
     modeling_got_ocr2.GotOcr2VisionAttention.forward = _vision_attention_sdpa
+
+
+GUIDE_LAYER = 1
+GUIDE_HEAD = 0
+"""The language-model attention head whose attention is guided to the image token that holds the
+answer token being predicted."""
+
+
+def use_guided_attention() -> None:
+    """Let the guided head record its attention log-probabilities while training.
+
+    transformers looks the attention function up by name at every call, so wrapping the "sdpa"
+    entry adds the record to the one module flagged ``record_guide`` and changes nothing else:
+    the attention output is still the fused kernel's.
+    """
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    base = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    if getattr(base, "records_guide", False):
+        return
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        out = base(module, query, key, value, attention_mask, **kwargs)
+        if module.training and getattr(module, "record_guide", False):
+            group = query.shape[1] // key.shape[1]
+            scores = (query[:, GUIDE_HEAD] @ key[:, GUIDE_HEAD // group].transpose(-1, -2)).float() * module.scaling
+            n_q, n_k = scores.shape[-2:]
+            # Right-padded batches: a real query position sees only real keys before it, so the
+            # causal mask is the whole mask for the positions the loss reads.
+            future = torch.ones(n_q, n_k, dtype=torch.bool, device=scores.device).triu(n_k - n_q + 1)
+            module.guide_log_probs = scores.masked_fill(future, float("-inf")).log_softmax(-1)
+        return out
+
+    attention.records_guide = True
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = attention
 
 
 def build_hf_model(cfg: GotConfig):
@@ -135,9 +173,14 @@ class DemoTrainer(nn.Module):
         self.embed = nn.Parameter(torch.randn(len(used_ids), hidden) * 0.02)
         self.zero_rows_logit = math.log(tokens.VOCAB_SIZE - len(used_ids))
         self.bag_log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.guided_attention.record_guide = True
         self.patch_aux_head = nn.Linear(cfg.vision.hidden_size, PATCH_AUX_SLOTS * (len(CHARSET) + 1))
 
     # -- pieces -----------------------------------------------------------------------------
+
+    @property
+    def guided_attention(self) -> nn.Module:
+        return self.hf.model.language_model.layers[GUIDE_LAYER].self_attn
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.vision(pixels)[1]
@@ -176,8 +219,9 @@ class DemoTrainer(nn.Module):
     # -- training -----------------------------------------------------------------------------
 
     def forward(self, pixels, input_ids, attention_mask, image_mask, label_positions, labels, bag_targets,
-                patch_aux_targets):
-        """Returns (answer loss, auxiliary loss). ``labels`` are used-vocabulary indices."""
+                patch_aux_targets, guide_keys):
+        """Returns (answer loss, auxiliary loss, guide loss). ``labels`` are used-vocabulary indices;
+        ``guide_keys`` the sequence position of the image token holding each label, or -1."""
         vit, feats = self.vision(pixels)  # [B, G, G, D], [B, T, E]
         embeds = self.embed_ids(input_ids)
         embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), feats.to(embeds.dtype))
@@ -186,7 +230,12 @@ class DemoTrainer(nn.Module):
         loss = F.cross_entropy(self.logits(h).float(), labels)
         patch_logits = self.patch_aux_head(vit).view(vit.shape[0], -1, PATCH_AUX_SLOTS, len(CHARSET) + 1)
         aux = _bag_loss(feats, self.embed, self.bag_log_scale, bag_targets) + _slot_loss(patch_logits, patch_aux_targets)
-        return loss, aux
+        guided = guide_keys >= 0
+        guide = loss.new_zeros(())
+        if guided.any():
+            pos = label_positions[guided]
+            guide = -self.guided_attention.guide_log_probs[pos[:, 0], pos[:, 1], guide_keys[guided]].mean()
+        return loss, aux, guide
 
     # -- greedy decoding (validation) -----------------------------------------------------------
 

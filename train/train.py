@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gotocr_fast import reading
+from gotocr_fast import reading, tokens
 
 from . import compact, data
 from .config import DEMO_MODEL, TrainConfig
-from .model import DemoTrainer, use_fast_vision_attention
+from .model import DemoTrainer, use_fast_vision_attention, use_guided_attention
 
-LOG_FIELDS = ("step", "elapsed_s", "loss", "aux_loss", "lr", "val_cer", "val_exact")
+LOG_FIELDS = ("step", "elapsed_s", "loss", "aux_loss", "guide_loss", "lr", "val_cer", "val_exact")
 
 
 def collate(examples: list[data.Example], model: DemoTrainer):
@@ -37,22 +37,22 @@ def collate(examples: list[data.Example], model: DemoTrainer):
     length = max(len(s) for s in seqs)
     ids = torch.full((b, length), int(model.used_ids[0]), dtype=torch.long)
     attn = torch.zeros((b, length), dtype=torch.long)
-    label_pos, labels = [], []
+    label_pos, labels, guide = [], [], []
     for i, (e, s) in enumerate(zip(examples, seqs)):
         ids[i, : len(s)] = torch.tensor(s)
         attn[i, : len(s)] = 1
         start = len(e.prompt_ids) - 1  # the last prompt position predicts the first answer token
-        for k, tok in enumerate(e.answer_ids):
+        first_image = e.prompt_ids.index(tokens.IMG_PAD_ID)
+        for k, (tok, cell) in enumerate(zip(e.answer_ids, e.cells)):
             label_pos.append((i, start + k))
             labels.append(int(model.full_to_used[tok]))
+            guide.append(first_image + int(cell) if cell >= 0 else -1)
     pixels = torch.from_numpy(np.stack([e.pixels for e in examples]))
     bag = torch.from_numpy(np.stack([e.bag for e in examples]))
     patch_aux = torch.from_numpy(np.stack([e.patch_aux for e in examples]))
-    from gotocr_fast import tokens
-
     return dict(pixels=pixels, input_ids=ids, attention_mask=attn, image_mask=ids == tokens.IMG_PAD_ID,
                 label_positions=torch.tensor(label_pos), labels=torch.tensor(labels), bag_targets=bag,
-                patch_aux_targets=patch_aux)
+                patch_aux_targets=patch_aux, guide_keys=torch.tensor(guide))
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"used vocabulary: {len(used)} tokens", flush=True)
 
     use_fast_vision_attention()
+    use_guided_attention()
     torch.manual_seed(tc.seed)
     cfg = DEMO_MODEL
     model = DemoTrainer(cfg, torch.from_numpy(used))
@@ -218,15 +219,16 @@ def main(argv: list[str] | None = None) -> int:
         for group in opt.param_groups:
             group["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16):
-            loss, aux = model(**batch)
-        total = loss + tc.aux_weight * aux
+            loss, aux, guide = model(**batch)
+        total = loss + tc.aux_weight * aux + tc.guide_weight * guide
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
         opt.step()
         step += 1
         row = {"step": step, "elapsed_s": f"{elapsed0 + time.time() - t0:.1f}", "loss": f"{loss.item():.4f}",
-               "aux_loss": f"{aux.item():.4f}", "lr": f"{lr:.2e}", "val_cer": "", "val_exact": ""}
+               "aux_loss": f"{aux.item():.4f}",
+               "guide_loss": f"{guide.item():.4f}", "lr": f"{lr:.2e}", "val_cer": "", "val_exact": ""}
         if step % tc.eval_every == 0 or step == end:
             cer, exact, pairs = evaluate(model, val_pages)
             row["val_cer"], row["val_exact"] = f"{cer:.4f}", f"{exact:.3f}"
