@@ -47,6 +47,7 @@ def default_engine_factory(settings: ServerSettings) -> Callable[[], Any]:
             settings.vision,
             n_threads=settings.threads,
             n_ctx=settings.n_ctx,
+            kv_tokens=settings.kv_tokens,
             max_slots=settings.slots,
             # The server's Admission is the bounded queue; the engine only ever sees `slots`
             # prompts at a time (each may be several sequences, one per box), so its own queue

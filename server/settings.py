@@ -73,6 +73,8 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     queue: int = 64
     """Requests waiting for a slot before new ones are refused with 429."""
     n_ctx: int = 8192
+    kv_tokens: int | None = None
+    """KV cache cells the running requests share (unset: the engine's, one request's ``n_ctx``)."""
     threads: int | None = None
 
     # ---- HTTP
@@ -90,6 +92,7 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
         positive = (
             "port", "max_body_bytes", "max_image_pixels", "max_images", "max_pdf_pages",
             "max_input_bytes", "max_tokens_limit", "default_max_tokens", "slots", "n_ctx",
+            "kv_tokens",
         )
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -141,7 +144,9 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
                         f"loop_guard (finish_reason 'repetition'; default {LOOP_GUARD.min_span}; 0 = off)"),
     ("slots", int, "concurrent decode slots"),
     ("queue", int, "queued requests before 429"),
-    ("n_ctx", int, "context tokens per slot"),
+    ("n_ctx", int, "context tokens per request"),
+    ("kv_tokens", int, "KV cache cells shared by the running requests, >= --n-ctx (default: --n-ctx; "
+                       "about 96 KiB each for the full-size model; docs/MEMORY.md)"),
     ("threads", int, "CPU threads for the engine"),
     ("api_key", str, "require 'Authorization: Bearer KEY' on /v1, /metrics and /docs (prefer env GOTOCR_API_KEY)"),
     ("public_ops", bool, "with --api-key: serve /metrics and /docs without the key"),
