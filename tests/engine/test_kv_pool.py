@@ -202,3 +202,37 @@ def test_one_request_may_use_the_whole_pool(kv_tokens):
         assert fake.max_held == kv_tokens
     finally:
         sched.close()
+
+
+# --- the engine on the converted tiny model ------------------------------------------------------
+def test_greedy_paths_match_transformers_through_preemptions(tiny_model_dir, oracle, fixtures_dir):
+    """Every decoding fixture case at once in a pool of one request's context (512 cells for 8
+    sequences of ~300): sequences are preempted and resumed, and each still follows transformers'
+    greedy path (tests/fixtures/tiny_decoding) wherever its margins are clear."""
+    from gotocr_fast.engine import OcrEngine
+
+    from .test_decoding_parity import MARGIN
+
+    fx = oracle("tiny_decoding")
+    with OcrEngine(tiny_model_dir, n_ctx=512, kv_tokens=512, max_slots=8, max_queue=32, n_threads=2,
+                   kv_type="f32") as engine:
+        assert engine.text.kv_tokens == 512
+        jobs = []
+        for case, c in fx.meta["cases"].items():
+            images = [str(fixtures_dir / p) for p in c["images"]]
+            want = fx[f"{case}/ngram0/gen_ids"].tolist()
+            req = engine.submit(images if c["multi_page"] else images[0], type=c["type"], color=c["color"],
+                                crop=c["crop"], loop_guard=0, no_repeat_ngram_size=0, max_tokens=len(want))
+            jobs.append((case, req, want, fx[f"{case}/ngram0/gen_margins"].tolist()))
+        for case, req, want, margins in jobs:
+            req.result(600)
+            got = req.sequences[0].generated
+            steps = 0
+            for step, (w, m) in enumerate(zip(want, margins)):
+                if m <= MARGIN:
+                    break
+                assert got[step] == w, (case, step)
+                steps += 1
+            assert steps >= 10, (case, steps)
+        assert engine.scheduler.preemptions >= 1
+        assert engine.scheduler.kv_held == 0 and engine.scheduler.n_free_slots == 8

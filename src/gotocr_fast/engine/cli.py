@@ -59,7 +59,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--slots", type=int, default=None,
                    help=f"concurrent sequences in llama.cpp (default {DEFAULT_SLOTS}; `ocr`: no more than its "
-                        "inputs × boxes need). Each slot holds a KV cache of --ctx tokens")
+                        "inputs × boxes need). The slots share one KV cache of --ctx tokens")
     p.add_argument("--ctx", type=int, default=8192, help="context tokens per request")
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's and gotocr_fast's log lines")
 
@@ -80,8 +80,8 @@ def _engine(args, sequences: int | None = None):
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    # llama.cpp allocates every slot's KV cache up front (≈ 0.8 GB per 8192 tokens at full size):
-    # one image needs one slot, not the server-sized default
+    # the slots share one KV pool of --ctx cells (docs/MEMORY.md); one image needs one slot,
+    # not the server-sized default
     slots = args.slots if args.slots is not None else min(DEFAULT_SLOTS, sequences or DEFAULT_SLOTS)
     return OcrEngine(args.model, args.vision, n_threads=args.threads, n_ctx=args.ctx, max_slots=slots,
                      max_queue=max(64, slots * 4), verbose=args.verbose)
