@@ -21,15 +21,17 @@ WEIGHTS = "weights.safetensors"
 STATE = "state.json"
 
 
-def save_compact(model, step: int, run_dir: Path, out_dir: Path) -> Path:
+def save_compact(model, step: int, run_dir: Path, out_dir: Path, steps: int | None = None) -> Path:
+    """``steps``: the end of the learning-rate schedule the state was trained under (recorded)."""
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {name: p.detach().to(torch.float16).contiguous()
+    tensors = {name: p.detach().to(torch.float16).cpu().contiguous()
                for name, p in model.named_parameters() if p.requires_grad}
     save_file(tensors, str(out_dir / WEIGHTS))
-    np.save(out_dir / "used_ids.npy", model.used_ids.numpy())
-    (out_dir / STATE).write_text(json.dumps({"step": step}, indent=2) + "\n")
+    np.save(out_dir / "used_ids.npy", model.used_ids.cpu().numpy())
+    state = {"step": step} if steps is None else {"step": step, "schedule_steps": steps}
+    (out_dir / STATE).write_text(json.dumps(state, indent=2) + "\n")
     if (run_dir / "log.csv").exists():
         shutil.copyfile(run_dir / "log.csv", out_dir / "log.csv")
     return out_dir

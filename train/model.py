@@ -245,7 +245,7 @@ class DemoTrainer(nn.Module):
         from transformers import DynamicCache
 
         feats = self.image_features(pixels[None])
-        ids = torch.tensor(prompt_ids)[None]
+        ids = torch.tensor(prompt_ids, device=pixels.device)[None]
         embeds = self.embed_ids(ids)
         mask = ids == tokens.IMG_PAD_ID
         embeds = embeds.masked_scatter(mask.unsqueeze(-1), feats.to(embeds.dtype))

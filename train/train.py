@@ -31,11 +31,12 @@ from .model import DemoTrainer, use_fast_vision_attention, use_guided_attention
 LOG_FIELDS = ("step", "elapsed_s", "loss", "aux_loss", "guide_loss", "lr", "val_cer", "val_exact")
 
 
-def collate(examples: list[data.Example], model: DemoTrainer):
+def collate(examples: list[data.Example], full_to_used: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+    """Tensors of one batch (CPU); ``pad_id`` fills the right padding (any used token)."""
     b = len(examples)
     seqs = [e.prompt_ids + e.answer_ids[:-1] for e in examples]
     length = max(len(s) for s in seqs)
-    ids = torch.full((b, length), int(model.used_ids[0]), dtype=torch.long)
+    ids = torch.full((b, length), pad_id, dtype=torch.long)
     attn = torch.zeros((b, length), dtype=torch.long)
     label_pos, labels, guide = [], [], []
     for i, (e, s) in enumerate(zip(examples, seqs)):
@@ -45,7 +46,7 @@ def collate(examples: list[data.Example], model: DemoTrainer):
         first_image = e.prompt_ids.index(tokens.IMG_PAD_ID)
         for k, (tok, cell) in enumerate(zip(e.answer_ids, e.cells)):
             label_pos.append((i, start + k))
-            labels.append(int(model.full_to_used[tok]))
+            labels.append(int(full_to_used[tok]))
             guide.append(first_image + int(cell) if cell >= 0 else -1)
     pixels = torch.from_numpy(np.stack([e.pixels for e in examples]))
     bag = torch.from_numpy(np.stack([e.bag for e in examples]))
@@ -53,6 +54,46 @@ def collate(examples: list[data.Example], model: DemoTrainer):
     return dict(pixels=pixels, input_ids=ids, attention_mask=attn, image_mask=ids == tokens.IMG_PAD_ID,
                 label_positions=torch.tensor(label_pos), labels=torch.tensor(labels), bag_targets=bag,
                 patch_aux_targets=patch_aux, guide_keys=torch.tensor(guide))
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``step`` is the collated batch of that step: pages depend on (seed, step) only, so
+    any number of loader workers gives the same run."""
+
+    def __init__(self, tc: TrainConfig, full_to_used: np.ndarray, pad_id: int):
+        self.tc, self.full_to_used, self.pad_id = tc, full_to_used, pad_id
+
+    def __len__(self) -> int:
+        return self.tc.steps
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        tc, cfg = self.tc, DEMO_MODEL
+        level = data.task_level(step - tc.curriculum_start, tc.curriculum_steps)
+        grid = int(round(math.sqrt(cfg.tokens_per_view)))
+        pages = data.make_batch(tc.seed, step, tc.batch_size, level, cfg.vision.image_size, grid,
+                                cfg.tokens_per_view, self.full_to_used, cfg.vision.grid)
+        return collate(pages, self.full_to_used, self.pad_id)
+
+
+def batches(source: StepBatches, start: int, end: int, workers: int):
+    """Batches of steps ``start``..``end - 1`` in order.
+
+    Without workers the next batch is drawn on a thread while this step computes (rendering
+    releases the GIL for most of its time); with workers, by a process pool (an accelerator
+    outruns one CPU core's page rendering many times over).
+    """
+    if workers > 0:
+        loader = torch.utils.data.DataLoader(source, batch_size=None, sampler=range(start, end),
+                                             num_workers=workers, prefetch_factor=4, pin_memory=torch.cuda.is_available())
+        yield from loader
+        return
+    with ThreadPoolExecutor(max_workers=1) as prefetch:
+        upcoming = prefetch.submit(source.__getitem__, start) if start < end else None
+        for at in range(start, end):
+            batch = upcoming.result()
+            if at + 1 < end:
+                upcoming = prefetch.submit(source.__getitem__, at + 1)
+            yield batch
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -91,8 +132,8 @@ def evaluate(model: DemoTrainer, pages: list[reading.Page]) -> tuple[float, floa
     for page in pages:
         mode = OcrMode(boxes=(page.box,)) if page.box is not None else OcrMode()
         prompt = data.encode(build_prompt(build_query(mode, image_size=page.image.size), cfg.tokens_per_view))
-        px = torch.from_numpy(data.pixel_values(page.image, cfg.vision.image_size))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=model.bf16):
+        px = torch.from_numpy(data.pixel_values(page.image, cfg.vision.image_size)).to(model.used_ids.device)
+        with torch.autocast(model.used_ids.device.type, dtype=torch.bfloat16, enabled=model.bf16):
             got = data.decode(model.greedy(px, prompt, max_new=len(data.encode(page.truth)) + 16))
         pairs.append((page.truth, got))
     model.train()
@@ -135,12 +176,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (pays off on wide models only)")
     p.add_argument("--stop-after", type=int, default=None, help="stop after this many steps of this run")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--workers", type=int, default=0, help="page-rendering processes (0: one thread)")
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="stop (with a checkpoint) when this many seconds of this run have passed")
+    p.add_argument("--fit-steps", action="store_true",
+                   help="with --deadline-s: after 150 steps, set --steps to what the deadline allows at the "
+                        "measured rate, so the schedule ends with the run (the value is printed and logged)")
+    p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
+    p.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
+    p.add_argument("--compact-out", type=Path, default=None,
+                   help="also write the compact state (train.compact) here at every checkpoint")
     p.add_argument("--from-compact", type=Path, default=None,
                    help="start from a compact training state (train.compact) when --out has no checkpoint yet")
     args = p.parse_args(argv)
     tc = dataclasses.replace(TrainConfig(), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              seed=args.seed, curriculum_steps=args.curriculum_steps,
-                             curriculum_start=args.curriculum_start, warmup_start=args.warmup_start, bf16=args.bf16)
+                             curriculum_start=args.curriculum_start, warmup_start=args.warmup_start, bf16=args.bf16,
+                             checkpoint_every=args.checkpoint_every, eval_every=args.eval_every)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -189,7 +242,16 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
     val_pages = validation_pages(TrainConfig.eval_pages)
     full_to_used = model.full_to_used.numpy()
-    grid = int(round(math.sqrt(cfg.tokens_per_view)))
+    device = torch.device(args.device)
+    model.to(device)
+    # moments were loaded on the CPU: move them with the parameters
+    for state_of in opt.state.values():
+        for k, v in state_of.items():
+            if torch.is_tensor(v) and k != "step":
+                state_of[k] = v.to(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     t0 = time.time()
     elapsed0 = 0.0
     if not new_log:
@@ -200,25 +262,22 @@ def main(argv: list[str] | None = None) -> int:
             elapsed0 = 0.0
     model.train()
     end = tc.steps if args.stop_after is None else min(tc.steps, step + args.stop_after)
+    source = StepBatches(tc, full_to_used, int(model.used_ids[0]))
+    first_step = step
+    fit_from = 0.0
 
-    def pages_for(at: int) -> list[data.Example]:
-        level = data.task_level(at - tc.curriculum_start, tc.curriculum_steps)
-        return data.make_batch(tc.seed, at, tc.batch_size, level, cfg.vision.image_size, grid,
-                               cfg.tokens_per_view, full_to_used, cfg.vision.grid)
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, model, opt, step, tc)
+        if args.compact_out is not None:
+            log.flush()
+            compact.save_compact(model, step, args.out, args.compact_out, steps=tc.steps)
 
-    # The next step's pages are drawn on a thread while this step computes: rendering releases the
-    # GIL for most of its time, and a batch depends only on (seed, step), so the run stays the same.
-    prefetch = ThreadPoolExecutor(max_workers=1)
-    upcoming = prefetch.submit(pages_for, step)
-    while step < end:
-        examples = upcoming.result()
-        if step + 1 < end:
-            upcoming = prefetch.submit(pages_for, step + 1)
-        batch = collate(examples, model)
+    for batch in batches(source, step, end, args.workers):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         lr = lr_at(step, tc)
         for group in opt.param_groups:
             group["lr"] = lr
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
             loss, aux, guide = model(**batch)
         total = loss + tc.aux_weight * aux + tc.guide_weight * guide
         opt.zero_grad(set_to_none=True)
@@ -226,21 +285,31 @@ def main(argv: list[str] | None = None) -> int:
         torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
         opt.step()
         step += 1
-        row = {"step": step, "elapsed_s": f"{elapsed0 + time.time() - t0:.1f}", "loss": f"{loss.item():.4f}",
-               "aux_loss": f"{aux.item():.4f}",
-               "guide_loss": f"{guide.item():.4f}", "lr": f"{lr:.2e}", "val_cer": "", "val_exact": ""}
-        if step % tc.eval_every == 0 or step == end:
+        ran = time.time() - t0
+        if args.fit_steps and args.deadline_s and step - first_step == 50:
+            fit_from = ran  # the first steps wait for the loader's workers to start
+        if args.fit_steps and args.deadline_s and step - first_step == 150:
+            rate = 100 / (ran - fit_from)
+            tc = dataclasses.replace(tc, steps=max(step + 1, step + int((args.deadline_s - ran - 20) * rate)))
+            source.tc = tc  # the loader's workers keep their copy: only the schedule uses steps
+            print(f"--fit-steps: {rate:.1f} steps/s, schedule now ends at step {tc.steps}", flush=True)
+        last = step == end or (args.deadline_s is not None and ran >= args.deadline_s) or step >= tc.steps
+        row = {"step": step, "elapsed_s": f"{elapsed0 + ran:.1f}", "loss": f"{loss.item():.4f}",
+               "aux_loss": f"{aux.item():.4f}", "guide_loss": f"{guide.item():.4f}", "lr": f"{lr:.2e}",
+               "val_cer": "", "val_exact": ""}
+        if step % tc.eval_every == 0 or last:
             cer, exact, pairs = evaluate(model, val_pages)
             row["val_cer"], row["val_exact"] = f"{cer:.4f}", f"{exact:.3f}"
             for truth, got in pairs[:3]:
                 print(f"    truth {truth!r}\n    read  {got!r}", flush=True)
-        if step % tc.checkpoint_every == 0 or step == end:
-            save_checkpoint(ckpt_path, model, opt, step, tc)
         writer.writerow(row)
+        if step % tc.checkpoint_every == 0 or last:
+            checkpoint()
         log.flush()
         if step % 10 == 0 or row["val_cer"]:
             print(" ".join(f"{k}={v}" for k, v in row.items() if v != ""), flush=True)
-    prefetch.shutdown()
+        if last:
+            break
     log.close()
     return 0
 
