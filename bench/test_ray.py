@@ -121,7 +121,7 @@ def test_ray_pages(benchmark, setup, ray_cluster, model_files, pages):
         engine.ocr(warm[0], max_tokens=8)  # first encode and decode allocate their buffers
 
         def one_round(batch):
-            reqs = [engine.submit(p, _stream=False, max_tokens=tokens) for p in batch]
+            reqs = [engine.submit(p, stream=False, max_tokens=tokens) for p in batch]
             results.extend(r.result() for r in reqs)
     else:
         handle = _deploy_engines(folder, replicas=2, slots=n // 2, name="bench-pages")
@@ -198,7 +198,7 @@ def test_ray_overhead_batch(benchmark, path, ray_cluster, tiny_model, batch_inpu
         engine = OcrEngine(tiny_model, n_threads=1, n_ctx=1024, max_slots=4)
 
         def one():
-            reqs = [engine.submit(f.read_bytes(), _stream=False, **options) for f in files]
+            reqs = [engine.submit(f.read_bytes(), stream=False, **options) for f in files]
             return [r.result() for r in reqs]
     else:
         def one():

@@ -1,8 +1,8 @@
 """gotocr_fast: fast self-hosted OCR with the GOT-OCR2 model (ggml vision encoder + llama.cpp LM).
 
 ``import gotocr_fast`` is cheap: it loads no native code, no numpy and no model. The public API
-names (``OcrEngine``, ``OcrResult``, the error types, ...) resolve on first attribute access, from
-``gotocr_fast.engine``.
+names (``OcrEngine``, its ``EngineConfig`` and per-request ``OcrOptions``, ``OcrResult``, the
+error types, ...) resolve on first attribute access, from ``gotocr_fast.engine``.
 """
 
 from __future__ import annotations
@@ -14,14 +14,17 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .engine import (
+        AsyncOcrStream,
         Cancelled,
         ContextOverflow,
         EngineClosed,
         InvalidRequest,
+        EngineConfig,
         ModelError,
         OcrEngine,
         OcrError,
-        OcrRequest,
+        OcrHandle,
+        OcrOptions,
         OcrResult,
         Overloaded,
         Timings,
@@ -30,7 +33,10 @@ if TYPE_CHECKING:
 _ENGINE_NAMES = frozenset(
     {
         "OcrEngine",
-        "OcrRequest",
+        "EngineConfig",
+        "OcrOptions",
+        "OcrHandle",
+        "AsyncOcrStream",
         "OcrResult",
         "Timings",
         "OcrError",

@@ -25,17 +25,26 @@ from PIL import Image
 from .preprocess import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, load_image
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "DEFAULT_MAX_PDF_PAGES",
     "DEFAULT_PDF_DPI",
+    "IMAGE_SUFFIXES",
+    "ImageError",
+    "ImageTooLarge",
     "MAX_PDF_PAGE_POINTS",
     "PdfError",
     "PdfPageTooLarge",
     "TooManyPdfPages",
     "is_pdf",
+    "load_image",
     "load_pages",
     "pdf_page_count",
     "render_pdf_pages",
 ]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jp2", ".ppm",
+                            ".qoi", ".avif"})
+"""File name endings read as images when a folder is scanned (a PDF is recognised by its content)."""
 
 DEFAULT_PDF_DPI = 200.0
 """GOT sees 1024² views: 200 dpi gives ≈1700×2200 px for a letter page, enough for crop mode."""

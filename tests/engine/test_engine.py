@@ -23,7 +23,7 @@ from gotocr_fast.engine.errors import Cancelled  # noqa: E402
 from gotocr_fast.engine.model import TextModel  # noqa: E402
 from gotocr_fast.prompt import build_prompt  # noqa: E402
 from gotocr_fast.prompt import OcrMode, build_queries  # noqa: E402
-from gotocr_fast.tokens import ENDOFTEXT_ID, IM_END_ID, IMG_PAD_ID  # noqa: E402
+from gotocr_fast.tokens import ENDOFTEXT_ID, IM_END, IM_END_ID, IMG_PAD_ID  # noqa: E402
 
 from .test_prompt import got_original_prompt  # noqa: E402
 
@@ -251,6 +251,18 @@ def test_asyncio_wrappers(engine):
 
     r, deltas = asyncio.run(main())
     assert "".join(deltas) == r.text
+
+
+def test_result_names_what_stopped_it(engine):
+    free = engine.ocr(_image(41), max_tokens=24)
+    if free.finish_reason == "stop":
+        assert free.stop_reason in (IM_END_ID, ENDOFTEXT_ID, IM_END)
+    else:
+        assert free.stop_reason is None
+    assert len(free.text) >= 6, free.text  # greedy on a random-weight model: a fixed, arbitrary text
+    stop = free.text[3:6]
+    cut = engine.ocr(_image(41), max_tokens=24, stop=[stop])
+    assert (cut.text, cut.finish_reason, cut.stop_reason) == (free.text[: free.text.index(stop)], "stop", stop)
 
 
 def test_imgpad_is_one_token_per_image_row(engine):

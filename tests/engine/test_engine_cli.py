@@ -60,17 +60,21 @@ def test_batch_pdf_resume_and_failures(tiny_model_dir, fixtures_dir, tmp_path, c
 
 @pytest.fixture
 def engine_kwargs(monkeypatch):
-    """The keyword arguments each CLI command builds its ``OcrEngine`` with (the real engine runs)."""
+    """The configuration each CLI command builds its ``OcrEngine`` with, as a dict (the real engine runs)."""
+    import dataclasses
+
+    import gotocr_fast
     from gotocr_fast.engine import api
 
     seen: list[dict] = []
 
     class Recording(api.OcrEngine):
         def __init__(self, *args, **kwargs):
-            seen.append(kwargs)
             super().__init__(*args, **kwargs)
+            seen.append(dataclasses.asdict(self.config))
 
     monkeypatch.setattr(api, "OcrEngine", Recording)
+    monkeypatch.setattr(gotocr_fast, "OcrEngine", Recording)
     return seen
 
 

@@ -50,7 +50,7 @@ def test_every_mode_matches_transformers(setup, fixtures_dir):
         if boxes:
             opts["box"] = boxes
         rows: dict[int, list[np.ndarray]] = {}
-        req = engine.submit(images if c["multi_page"] else images[0], _stream=False,
+        req = engine.submit(images if c["multi_page"] else images[0], stream=False,
                             _logits_hook=lambda part, row: rows.setdefault(part, []).append(row.copy()), **opts)
         result = req.result(300)
         assert result.prompt_tokens == sum(len(fx[f"{k}/prompt_ids"]) for k in keys), keys

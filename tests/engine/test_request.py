@@ -9,7 +9,7 @@ import pytest
 
 from gotocr_fast.engine.cache import EmbeddingCache
 from gotocr_fast.engine.errors import Cancelled
-from gotocr_fast.engine.request import Detokenizer, OcrRequest, OcrResult
+from gotocr_fast.engine.request import Detokenizer, OcrHandle, OcrResult
 
 
 def _split_bytes(data: bytes, sizes):
@@ -55,7 +55,7 @@ def test_detokenizer_incomplete_tail_at_end_is_replacement():
 
 
 def test_request_joins_parts_in_order_while_streaming():
-    req = OcrRequest("r", 2)
+    req = OcrHandle("r", 2)
     got = []
     t = threading.Thread(target=lambda: got.extend(req))
     t.start()
@@ -72,7 +72,7 @@ def test_request_joins_parts_in_order_while_streaming():
 
 
 def test_cancel_fails_result_and_runs_hooks():
-    req = OcrRequest("r", 1)
+    req = OcrHandle("r", 1)
     hit = []
     req._on_cancel(lambda: hit.append(1))
     req.cancel()
@@ -85,7 +85,7 @@ def test_cancel_fails_result_and_runs_hooks():
 
 def test_result_timeout():
     with pytest.raises(TimeoutError):
-        OcrRequest("r", 1).result(0.01)
+        OcrHandle("r", 1).result(0.01)
 
 
 def test_embedding_cache_lru_bounded_in_bytes():

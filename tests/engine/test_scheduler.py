@@ -17,10 +17,10 @@ import pytest
 
 from gotocr_fast.engine.errors import Cancelled, ModelError
 from gotocr_fast.engine.model import KvCacheFull
-from gotocr_fast.engine.request import OcrRequest, Sequence
+from gotocr_fast.engine.request import DecodeSequence, OcrHandle
 from gotocr_fast.engine.sampling import Sampler, SamplingParams
 from gotocr_fast.engine.scheduler import Scheduler
-from gotocr_fast.tokens import IM_END_ID
+from gotocr_fast.tokens import ENDOFTEXT_ID, IM_END, IM_END_ID
 
 V = IM_END_ID + 1
 
@@ -109,9 +109,10 @@ def _always(rows, token):
     return out
 
 
-def make_seq(fake, req, image_value: float, max_tokens=64, n_img=20, part=0, suffix=(4, 5), share_key=None):
-    seq = Sequence(prefix=[1, 2, 3], n_image_tokens=n_img, suffix=list(suffix), sampler=Sampler(SamplingParams(), [], V),
-                   max_tokens=max_tokens, piece=fake.piece, on_delta=lambda t: req._part_delta(part, t),
+def make_seq(fake, req, image_value: float, max_tokens=64, n_img=20, part=0, suffix=(4, 5), share_key=None,
+             stop_texts=()):
+    seq = DecodeSequence(prefix=[1, 2, 3], n_image_tokens=n_img, suffix=list(suffix), sampler=Sampler(SamplingParams(), [], V),
+                   max_tokens=max_tokens, piece=fake.piece, on_delta=lambda t: req._part_delta(part, t), stop_texts=stop_texts,
                    on_done=lambda s: (req._part_finished(part), req._finish(s)) if s.error is None else req._fail(s.error))
     seq.embeddings = np.full((n_img, fake.n_embd), image_value, dtype=np.float32)
     seq.share_key = share_key
@@ -119,7 +120,7 @@ def make_seq(fake, req, image_value: float, max_tokens=64, n_img=20, part=0, suf
 
 
 def run_one(fake, sched, value, **kw):
-    req = OcrRequest("r", 1)
+    req = OcrHandle("r", 1)
     seq = make_seq(fake, req, value, **kw)
     sched.submit([seq])
     req.result(10)
@@ -133,7 +134,7 @@ def test_alone_equals_concurrent_and_positions_are_contiguous():
         alone = [run_one(fake, sched, float(v)).generated for v in range(7)]
         reqs, seqs = [], []
         for v in range(7):
-            r = OcrRequest(f"r{v}", 1)
+            r = OcrHandle(f"r{v}", 1)
             s = make_seq(fake, r, float(v))
             reqs.append(r)
             seqs.append(s)
@@ -147,6 +148,43 @@ def test_alone_equals_concurrent_and_positions_are_contiguous():
         assert sched.n_free_slots == 3 and all(not c for c in fake.kv.values())
     finally:
         sched.close()
+
+
+@pytest.mark.parametrize("token", [IM_END_ID, ENDOFTEXT_ID])
+def test_either_end_token_stops_and_is_the_stop_reason(token):
+    # GOT ends a turn with <|im_end|>; a model may also end the text with <|endoftext|>
+    fake = FakeText()
+    fake.logits = lambda rows: _always(rows, token)
+    sched = Scheduler(fake)
+    try:
+        s = run_one(fake, sched, 1.0, max_tokens=50)
+        assert (s.finish_reason, s.stop_reason, s.generated, s.text) == ("stop", token, [token], "")
+    finally:
+        sched.close()
+
+
+def test_stop_text_in_the_output_stops_and_is_the_stop_reason():
+    # the stop text arrives as ordinary pieces ("<1000>", "<1001>", ...): a request's extra stop text
+    # and GOT's own "<|im_end|>" spelt out in text both end generation, cut from the answer
+    pieces = {1000: b"ab", 1001: b"c<", 1002: b"|im_end|>", 1003: b"ST", 1004: b"OP"}
+    for tokens, stop, want_text, want_reason in (
+        ([1000, 1003, 1004, 1000], ("STOP",), "ab", "STOP"),
+        ([1000, 1001, 1002, 1000], (), "abc", IM_END),
+    ):
+        fake = FakeText()
+        fake.piece = lambda t: pieces[t]
+        it = iter(tokens)
+        fake.logits = lambda rows, it=it: _always(rows, next(it))
+        sched = Scheduler(fake)
+        try:
+            req = OcrHandle("r", 1)
+            seq = make_seq(fake, req, 1.0, max_tokens=50, stop_texts=stop)
+            sched.submit([seq])
+            req.result(10)
+            assert (seq.finish_reason, seq.stop_reason, seq.text) == ("stop", want_reason, want_text)
+            assert len(seq.generated) == len(tokens) - 1
+        finally:
+            sched.close()
 
 
 def test_max_tokens_gives_length():
@@ -166,11 +204,11 @@ def test_cancel_running_frees_slot_and_queue():
         # a sequence that never stops on its own
         fake_logits = fake.logits
         fake.logits = lambda rows: _always(rows, 1000)
-        req = OcrRequest("long", 1)
+        req = OcrHandle("long", 1)
         seq = make_seq(fake, req, 1.0, max_tokens=10**6)
         req._on_cancel(lambda: sched.cancel(seq))
         sched.submit([seq])
-        queued = OcrRequest("queued", 1)
+        queued = OcrHandle("queued", 1)
         qseq = make_seq(fake, queued, 2.0)
         queued._on_cancel(lambda: sched.cancel(qseq))
         sched.submit([qseq])
@@ -196,7 +234,7 @@ def test_decode_error_fails_requests_and_frees_slots():
     sched = Scheduler(fake)
     try:
         fake.fail_next = True
-        req = OcrRequest("r", 1)
+        req = OcrHandle("r", 1)
         seq = make_seq(fake, req, 1.0)
         sched.submit([seq])
         with pytest.raises(ModelError):
@@ -216,7 +254,7 @@ def test_overloaded_and_closed():
     fake = FakeText(n_slots=1)
     sched = Scheduler(fake, max_queue=1)
     fake.logits = lambda rows: _always(rows, 1000)
-    reqs = [OcrRequest(str(i), 1) for i in range(3)]
+    reqs = [OcrHandle(str(i), 1) for i in range(3)]
     seqs = [make_seq(fake, r, 1.0, max_tokens=10**6) for r in reqs]
     sched.submit([seqs[0]])
     while sched.n_running == 0:
@@ -235,7 +273,7 @@ def test_overloaded_and_closed():
 
 
 def _shared_batch(fake, n, key=b"page"):
-    reqs = [OcrRequest(f"s{i}", 1) for i in range(n)]
+    reqs = [OcrHandle(f"s{i}", 1) for i in range(n)]
     seqs = [make_seq(fake, r, 7.0, suffix=(4, 5 + i), share_key=key) for i, r in enumerate(reqs)]
     return reqs, seqs
 
@@ -246,7 +284,7 @@ def test_shared_part_is_computed_once_and_copied():
     try:
         alone = []
         for i in range(4):
-            req = OcrRequest("a", 1)
+            req = OcrHandle("a", 1)
             seq = make_seq(fake, req, 7.0, suffix=(4, 5 + i))
             sched.submit([seq])
             req.result(10)
@@ -277,7 +315,7 @@ def test_shared_part_copies_from_a_running_sequence_later():
     try:
         fake_logits = fake.logits
         fake.logits = lambda rows: _always(rows, 1000)
-        long_req = OcrRequest("long", 1)
+        long_req = OcrHandle("long", 1)
         long_seq = make_seq(fake, long_req, 7.0, max_tokens=10**6, share_key=b"page")
         long_req._on_cancel(lambda: sched.cancel(long_seq))
         sched.submit([long_seq])
@@ -293,7 +331,7 @@ def test_shared_part_copies_from_a_running_sequence_later():
             return out
 
         fake.logits = long_never_stops
-        req = OcrRequest("late", 1)
+        req = OcrHandle("late", 1)
         seq = make_seq(fake, req, 7.0, suffix=(4, 9), share_key=b"page")
         sched.submit([seq])
         req.result(10)
@@ -301,7 +339,7 @@ def test_shared_part_copies_from_a_running_sequence_later():
         long_req.cancel()
         fake.logits = fake_logits
         # the same prompt computed on its own gives the same tokens
-        req2 = OcrRequest("alone", 1)
+        req2 = OcrHandle("alone", 1)
         seq2 = make_seq(fake, req2, 7.0, suffix=(4, 9))
         sched.submit([seq2])
         req2.result(10)
@@ -316,7 +354,7 @@ def test_cancelled_filler_hands_the_shared_part_to_a_waiter():
     try:
         alone = []
         for i in range(1, 3):
-            req = OcrRequest("a", 1)
+            req = OcrHandle("a", 1)
             seq = make_seq(fake, req, 7.0, suffix=(4, 5 + i))
             sched.submit([seq])
             req.result(10)

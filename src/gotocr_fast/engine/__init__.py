@@ -6,7 +6,10 @@ from .errors import Cancelled, ContextOverflow, EngineClosed, InvalidRequest, Mo
 
 __all__ = [
     "OcrEngine",
-    "OcrRequest",
+    "EngineConfig",
+    "OcrOptions",
+    "OcrHandle",
+    "AsyncOcrStream",
     "OcrResult",
     "Timings",
     "OcrError",
@@ -18,7 +21,8 @@ __all__ = [
     "ModelError",
 ]
 
-_LAZY = {"OcrEngine": ".api", "OcrRequest": ".request", "OcrResult": ".request", "Timings": ".request"}
+_LAZY = {"OcrEngine": ".api", "AsyncOcrStream": ".api", "EngineConfig": ".options", "OcrOptions": ".options", "OcrHandle": ".request",
+         "OcrResult": ".request", "Timings": ".request"}
 
 
 def __getattr__(name: str):

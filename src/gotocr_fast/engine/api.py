@@ -21,7 +21,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence as Seq
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -29,41 +29,24 @@ from typing import Any
 
 import numpy as np
 
-from ..prompt import InvalidPrompt, OcrMode, build_prompt, build_queries, image_token_span
+from ..prompt import InvalidPrompt, build_prompt, build_queries, image_token_span
 from ..tokens import IMG_PAD_ID
 from ..cpus import available_cpus
 from ..inputs import load_pages
 from .cache import EmbeddingCache, image_key
 from .cpu_turns import CpuTurns, NoTurns
 from .errors import Cancelled, ContextOverflow, EngineClosed, InvalidRequest, ModelError, OcrError, Overloaded
-from .defaults import LOOP_GUARD, REFERENCE_MAX_NEW_TOKENS, default_max_tokens, default_no_repeat_ngram_size
+from .defaults import LOOP_GUARD, default_max_tokens, default_no_repeat_ngram_size
 from .model import TextModel, resolve_model_paths
+from .options import EngineConfig, OcrOptions
 from .repetition import LoopGuard
-from .request import OcrRequest, OcrResult, Sequence, Timings
-from .sampling import Sampler, SamplingParams
+from .request import DecodeSequence, OcrHandle, OcrResult, Timings
+from .sampling import Sampler
 from .scheduler import Scheduler
 
-__all__ = ["OcrEngine", "OcrStream", "DEFAULT_MAX_TOKENS"]
+__all__ = ["AsyncOcrStream", "EngineBase", "OcrEngine", "OcrStream"]
 
-DEFAULT_MAX_TOKENS = REFERENCE_MAX_NEW_TOKENS
-"""``max_tokens`` when a request gives none, as far as the context allows (``defaults.py``)."""
-_OPTION_NAMES = frozenset(
-    {"type", "box", "color", "crop", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed",
-     "no_repeat_ngram_size", "loop_guard"}
-)
 _ids = itertools.count(1)
-
-
-def _parse_boxes(box: Any) -> tuple:
-    if box is None:
-        return ()
-    if isinstance(box, (str, bytes)) or not isinstance(box, Seq):
-        raise InvalidRequest(f"box must be [x1, y1, x2, y2] or a list of them; got {box!r}")
-    if len(box) == 0:
-        return ()
-    if all(isinstance(v, Seq) and not isinstance(v, (str, bytes)) for v in box):
-        return tuple(tuple(b) for b in box)
-    return (tuple(box),)
 
 
 class _Prepared:
@@ -99,10 +82,10 @@ class _Handoff:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._request: OcrRequest | None = None
+        self._request: OcrHandle | None = None
         self.cancelled = False
 
-    def bind(self, request: OcrRequest) -> None:
+    def bind(self, request: OcrHandle) -> None:
         with self._lock:
             self._request = request
             cancel = self.cancelled
@@ -120,7 +103,7 @@ class _Handoff:
 class OcrStream:
     """Iterator over text deltas; ``.result`` (OcrResult) once exhausted. Closing it early cancels."""
 
-    def __init__(self, request: OcrRequest):
+    def __init__(self, request: OcrHandle):
         self.request = request
         self.result: OcrResult | None = None
         self._it = iter(request)
@@ -146,58 +129,164 @@ class OcrStream:
         self.close()
 
 
-class OcrEngine:
-    """GOT-OCR2 on llama.cpp + the ggml vision encoder, with continuous batching.
+class EngineBase:
+    """The ways to call an engine (blocking, streaming, handles, asyncio), all over ``_submit``.
 
-    ``n_ctx`` is the context of ONE request (prompt + generated tokens); ``kv_tokens`` the KV
-    pool the ``max_slots`` running requests share (default: ``n_ctx``, see docs/MEMORY.md).
-    ``max_queue`` bounds the requests waiting for a slot (beyond it
-    ``submit`` raises :class:`Overloaded`).
-
-    ``share_cpu``: the vision encoder and the LM decode loop run in turns instead of at the same
-    time (see ``cpu_turns.py``); by default whenever their threads together exceed the CPUs.
-
-    ``flash_attn``: llama.cpp's flash attention; by default off on a CPU-only build (slower
-    decode there) and with an f32 KV cache, llama.cpp's "auto" with a GPU build.
+    Options are an :class:`OcrOptions`, keyword arguments (``engine.ocr(image, type="format")``) or
+    both (the keywords change the given options); ``config.resolve`` fills in the deployment's
+    defaults. A subclass implements ``_submit``.
     """
 
-    def __init__(
-        self,
-        model_dir_or_text_gguf: str | os.PathLike,
-        vision_gguf: str | os.PathLike | None = None,
-        *,
-        n_threads: int | None = None,
-        n_ctx: int = 8192,
-        kv_tokens: int | None = None,
-        max_slots: int = 4,
-        max_queue: int = 64,
-        embed_cache_bytes: int = 256 * 1024 * 1024,
-        max_tiles: int = 6,
-        max_pixels: int | None = None,
-        n_batch: int = 2048,
-        kv_type: str = "f16",
-        flash_attn: bool | None = None,
-        share_cpu: bool | None = None,
-        verbose: bool = False,
-    ):
-        for name, v, lo in (("n_ctx", n_ctx, 64), ("max_slots", max_slots, 1), ("max_queue", max_queue, 1),
-                            ("max_tiles", max_tiles, 1), ("n_batch", n_batch, 32)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}; got {v!r}")
+    config: EngineConfig
+
+    def request_options(self, options: OcrOptions | None = None, /, **fields: Any) -> OcrOptions:
+        """The options a request runs with: ``options`` changed by ``fields``, with this engine's defaults."""
+        return self.config.resolve(OcrOptions.of(options, **fields))
+
+    def ocr(self, image_or_pages, options: OcrOptions | None = None, /, **fields: Any) -> OcrResult:
+        """OCR one image (or one multi-page group: a list of images) and wait for the result."""
+        return self.submit(image_or_pages, options, stream=False, **fields).result()
+
+    def ocr_stream(self, image_or_pages, options: OcrOptions | None = None, /, **fields: Any) -> OcrStream:
+        """Text deltas as they are generated; ``.result`` holds the OcrResult at the end."""
+        return OcrStream(self.submit(image_or_pages, options, **fields))
+
+    def submit(self, image_or_pages, options: OcrOptions | None = None, /, *, stream: bool = True,
+               _logits_hook=None, **fields: Any) -> OcrHandle:
+        """Queue a request; returns its handle at once (``result(timeout)``, ``cancel()``, and with
+        ``stream`` iteration over its text deltas).
+
+        ``_logits_hook(part, row)`` (for parity tests) sees every raw logits row before sampling.
+        """
+        return self._submit(image_or_pages, self.request_options(options, **fields), stream=stream,
+                            logits_hook=_logits_hook)
+
+    def _submit(self, image_or_pages, options: OcrOptions, *, stream: bool, logits_hook=None,
+                listener=None, handoff: "_Handoff | None" = None) -> OcrHandle:
+        raise NotImplementedError
+
+    async def aocr(self, image_or_pages, options: OcrOptions | None = None, /, **fields: Any) -> OcrResult:
+        """``ocr`` for asyncio: image decoding runs in a worker thread, the loop never blocks.
+
+        Cancelling the caller cancels the request, also while ``submit`` is still running in its
+        worker thread (the request is then cancelled the moment it is created).
+        """
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future = loop.create_future()
+
+        def on_item(item) -> None:
+            if item is None:
+                _call_soon(loop, lambda: finished.done() or finished.set_result(None))
+
+        handoff = _Handoff()
+        try:
+            req = await asyncio.to_thread(
+                self._submit, image_or_pages, self.request_options(options, **fields), stream=False, listener=on_item, handoff=handoff
+            )
+            await finished
+        except BaseException:
+            handoff.cancel()
+            raise
+        return req.result(0)
+
+    async def aocr_stream(self, image_or_pages, options: OcrOptions | None = None, /,
+                          **fields: Any) -> AsyncIterator[str]:
+        """Text deltas for asyncio; cancelling/closing the iterator cancels the request."""
+        stream = await self.aopen_stream(image_or_pages, options, **fields)
+        try:
+            async for delta in stream:
+                yield delta
+        finally:
+            stream.close()  # no-op once the request has finished
+
+    async def aopen_stream(self, image_or_pages, options: OcrOptions | None = None, /,
+                           **fields: Any) -> "AsyncOcrStream":
+        """Submit a request and return its deltas as an async iterator (``.result`` at the end).
+
+        Every error of ``submit`` (options, image, context, a full queue) is raised here, before
+        the first delta, so a server can still answer it with a status code. The caller must
+        ``close()`` the stream: that cancels the request unless it has finished. The listener is
+        attached before the request is scheduled: no delta is lost however long the caller takes
+        to start iterating.
+        """
+        resolved = self.request_options(options, **fields)
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        handoff = _Handoff()
+        try:
+            req = await asyncio.to_thread(
+                self._submit, image_or_pages, resolved, stream=False,
+                listener=lambda item: _call_soon(loop, q.put_nowait, item), handoff=handoff,
+            )
+        except BaseException:
+            handoff.cancel()
+            raise
+        return AsyncOcrStream(req, q, handoff)
+
+
+class AsyncOcrStream:
+    """Async iterator over one request's text deltas; ``result`` (OcrResult) once exhausted.
+
+    The request's error (``Cancelled``, ``ModelError``, ...) is raised at the end of the
+    iteration. ``close()`` (synchronous, idempotent) cancels the request unless it finished.
+    """
+
+    def __init__(self, request: OcrHandle, deltas: asyncio.Queue, handoff: _Handoff) -> None:
+        self.request = request
+        self.result: OcrResult | None = None
+        self._deltas = deltas
+        self._handoff = handoff
+
+    def __aiter__(self) -> "AsyncOcrStream":
+        return self
+
+    async def __anext__(self) -> str:
+        item = await self._deltas.get()
+        if item is None:
+            self.result = self.request.result(0)
+            raise StopAsyncIteration
+        return item
+
+    def close(self) -> None:
+        self._handoff.cancel()
+
+
+class OcrEngine(EngineBase):
+    """GOT-OCR2 on llama.cpp + the ggml vision encoder, with continuous batching.
+
+    ``OcrEngine(config)`` with an :class:`EngineConfig`, or ``OcrEngine(model, vision=None,
+    **fields)`` with the config's fields as keywords (``n_ctx``, ``max_slots``, ...; their meaning
+    and defaults are documented there). Beyond ``max_queue`` waiting sequences ``submit`` raises
+    :class:`Overloaded`.
+    """
+
+    def __init__(self, model_or_config: EngineConfig | str | os.PathLike, vision_gguf: str | os.PathLike | None = None,
+                 **fields: Any):
+        if isinstance(model_or_config, EngineConfig):
+            config = model_or_config.replace(**fields) if fields or vision_gguf is not None else model_or_config
+            if vision_gguf is not None:
+                config = config.replace(vision=vision_gguf)
+        else:
+            try:
+                config = EngineConfig(model=model_or_config, vision=vision_gguf, **fields)
+            except TypeError as e:  # an unknown keyword: name it as the caller wrote it
+                raise TypeError(f"OcrEngine: {e}") from None
+        self.config = config
         from .. import preprocess
         from ..vision import VisionEncoder
 
         self._preprocess = preprocess
-        self.paths = resolve_model_paths(model_dir_or_text_gguf, vision_gguf)
-        self.model_name = self.paths.text.parent.name if Path(model_dir_or_text_gguf).is_dir() else self.paths.text.stem
-        self.max_tiles = max_tiles
-        self.max_pixels = preprocess.DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-        self.vision = VisionEncoder(str(self.paths.vision), n_threads=n_threads)
+        self.paths = resolve_model_paths(config.model, config.vision)
+        self.model_name = self.paths.text.parent.name if Path(config.model).is_dir() else self.paths.text.stem
+        self.max_tiles = config.max_tiles
+        self.max_pixels = config.max_pixels
+        self.vision = VisionEncoder(str(self.paths.vision), n_threads=config.n_threads)
         self.text: TextModel | None = None
         try:
             self.text = TextModel(
-                self.paths.text, n_slots=max_slots, n_ctx_slot=n_ctx, kv_tokens=kv_tokens, n_batch=n_batch,
-                n_threads=n_threads, kv_type=kv_type, flash_attn=flash_attn, verbose=verbose,
+                self.paths.text, n_slots=config.max_slots, n_ctx_slot=config.n_ctx, kv_tokens=config.kv_tokens,
+                n_batch=config.n_batch, n_threads=config.n_threads, kv_type=config.kv_type, flash_attn=config.flash_attn,
+                verbose=config.verbose,
             )
             if self.text.n_embd != self.vision.embedding_length:
                 raise ModelError(
@@ -208,39 +297,24 @@ class OcrEngine:
             raise
         self.n_ctx = self.text.n_ctx_slot
         self.max_slots = self.text.n_slots
-        self.max_queue = max_queue
-        self.cache = EmbeddingCache(embed_cache_bytes)
+        self.max_queue = config.max_queue
+        self.cache = EmbeddingCache(config.embed_cache_bytes)
         self._closed = False
         self._submit_lock = threading.Lock()
         self._encode_q: queue.Queue[_Prepared | None] = queue.Queue()
         self._in_encode = 0
         # encoder and decode loop take turns on the CPU when their threads would oversubscribe it
+        share_cpu = config.share_cpu
         if share_cpu is None:
             share_cpu = self.vision.n_threads + self.text.n_threads > available_cpus()
         self.cpu_turns = CpuTurns() if share_cpu else NoTurns()
-        self.scheduler = Scheduler(self.text, max_queue=max_queue, cpu_turns=self.cpu_turns)
+        self.scheduler = Scheduler(self.text, max_queue=config.max_queue, cpu_turns=self.cpu_turns)
         self._encoder = threading.Thread(target=self._encode_loop, name="gotocr-encoder", daemon=True)
         self._encoder.start()
         self._prompt_ids = lru_cache(maxsize=256)(self._tokenize_prompt)
 
-    # --- public API --------------------------------------------------------------------------
-    def ocr(self, image_or_pages, **options) -> OcrResult:
-        """OCR one image (or one multi-page group: a list of images) and wait for the result."""
-        return self.submit(image_or_pages, _stream=False, **options).result()
-
-    def ocr_stream(self, image_or_pages, **options) -> OcrStream:
-        """Text deltas as they are generated; ``.result`` holds the OcrResult at the end."""
-        return OcrStream(self.submit(image_or_pages, **options))
-
-    def submit(self, image_or_pages, *, _stream: bool = True, _logits_hook=None, **options) -> OcrRequest:
-        """Queue a request; returns its handle at once (``result(timeout)``, ``cancel()``, deltas).
-
-        ``_logits_hook(part, row)`` (for parity tests) sees every raw logits row before sampling.
-        """
-        return self._submit(image_or_pages, options, stream=_stream, logits_hook=_logits_hook)
-
-    def _submit(self, image_or_pages, options: dict, *, stream: bool, logits_hook=None,
-                listener=None, handoff: "_Handoff | None" = None) -> OcrRequest:
+    def _submit(self, image_or_pages, options: OcrOptions, *, stream: bool, logits_hook=None,
+                listener=None, handoff: "_Handoff | None" = None) -> OcrHandle:
         """``submit`` with two hooks for callers on other threads (the asyncio API).
 
         ``listener`` is attached to the handle before the request can produce anything, so it
@@ -275,53 +349,6 @@ class OcrEngine:
             return req
         self._encode_q.put(prepared)
         return req
-
-    async def aocr(self, image_or_pages, **options) -> OcrResult:
-        """``ocr`` for asyncio: image decoding runs in a worker thread, the loop never blocks.
-
-        Cancelling the caller cancels the request, also while ``submit`` is still running in its
-        worker thread (the request is then cancelled the moment it is created).
-        """
-        loop = asyncio.get_running_loop()
-        finished: asyncio.Future = loop.create_future()
-
-        def on_item(item) -> None:
-            if item is None:
-                _call_soon(loop, lambda: finished.done() or finished.set_result(None))
-
-        handoff = _Handoff()
-        try:
-            req = await asyncio.to_thread(
-                self._submit, image_or_pages, options, stream=False, listener=on_item, handoff=handoff
-            )
-            await finished
-        except BaseException:
-            handoff.cancel()
-            raise
-        return req.result(0)
-
-    async def aocr_stream(self, image_or_pages, **options) -> AsyncIterator[str]:
-        """Text deltas for asyncio; cancelling/closing the iterator cancels the request.
-
-        The listener is attached before the request is scheduled: no delta is lost however long
-        the caller takes to resume after ``submit``.
-        """
-        loop = asyncio.get_running_loop()
-        q: asyncio.Queue = asyncio.Queue()
-        handoff = _Handoff()
-        try:
-            req = await asyncio.to_thread(
-                self._submit, image_or_pages, options, stream=False,
-                listener=lambda item: _call_soon(loop, q.put_nowait, item), handoff=handoff,
-            )
-            while True:
-                item = await q.get()
-                if item is None:
-                    break
-                yield item
-            req.result(0)  # raise the request's error, if any
-        finally:
-            handoff.cancel()  # no-op once the request has finished
 
     def stats(self) -> dict:
         return {
@@ -358,39 +385,6 @@ class OcrEngine:
             self.vision = None
 
     # --- submit-side work -------------------------------------------------------------------
-    def _options(self, options: dict) -> tuple[tuple, SamplingParams, int | None, int | None, int]:
-        """(mode fields, sampling, max_tokens or None, no_repeat_ngram_size or None, loop guard span)."""
-        unknown = set(options) - _OPTION_NAMES
-        if unknown:
-            raise InvalidRequest(f"unknown option(s): {', '.join(sorted(unknown))}")
-        max_tokens = options.get("max_tokens")
-        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-            raise InvalidRequest(f"max_tokens must be an integer >= 1; got {max_tokens!r}")
-        ngram = options.get("no_repeat_ngram_size")
-        if ngram is not None and (isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 0):
-            raise InvalidRequest(f"no_repeat_ngram_size must be an integer >= 0 (0 = off); got {ngram!r}")
-        loop_span = options.get("loop_guard")
-        if loop_span is None:
-            loop_span = LOOP_GUARD.min_span
-        if isinstance(loop_span, bool) or not isinstance(loop_span, int) or loop_span < 0:
-            raise InvalidRequest(f"loop_guard must be an integer >= 0 (tokens; 0 = off); got {loop_span!r}")
-        crop = options.get("crop", False)
-        if not isinstance(crop, bool):
-            raise InvalidRequest(f"crop must be true or false; got {crop!r}")
-        try:
-            params = SamplingParams(
-                temperature=options.get("temperature", 0.0) if options.get("temperature") is not None else 0.0,
-                top_p=options.get("top_p", 1.0) if options.get("top_p") is not None else 1.0,
-                top_k=options.get("top_k", 0) if options.get("top_k") is not None else 0,
-                repetition_penalty=options.get("repetition_penalty", 1.0)
-                if options.get("repetition_penalty") is not None else 1.0,
-                seed=options.get("seed"),
-            )
-        except ValueError as e:
-            raise InvalidRequest(str(e)) from e
-        mode = (options.get("type") or "plain", _parse_boxes(options.get("box")), options.get("color"), crop)
-        return mode, params, max_tokens, ngram, loop_span
-
     def _tokenize_prompt(self, query: str, n_image_tokens: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         ids = self.text.tokenize(build_prompt(query, n_image_tokens))
         try:
@@ -407,9 +401,9 @@ class OcrEngine:
         pre, suf = self._prompt_ids(query, n)
         return [*pre, *([IMG_PAD_ID] * n), *suf]
 
-    def _prepare(self, image_or_pages, options: dict, *, stream: bool) -> _Prepared:
+    def _prepare(self, image_or_pages, options: OcrOptions, *, stream: bool) -> _Prepared:
         t0 = time.perf_counter()
-        (type_, boxes, color, crop), params, max_tokens, ngram, loop_span = self._options(options)
+        crop, max_tokens, loop_span = options.crop, options.max_tokens, options.loop_guard_span()
         pages = list(image_or_pages) if isinstance(image_or_pages, (list, tuple)) else [image_or_pages]
         if not pages:
             raise InvalidRequest("no image given")
@@ -419,18 +413,16 @@ class OcrEngine:
             try:  # an image is one page; a PDF (bytes or path) gives all of its pages
                 images.extend(load_pages(src, max_pixels=self.max_pixels))
             except pp.ImageError as e:
-                raise InvalidRequest(str(e)) from e
+                code = "image_too_large" if isinstance(e, pp.ImageTooLarge) else "invalid_image"
+                raise InvalidRequest(str(e), code=code) from e
         if len(images) > 1 and len(pages) == 1 and not isinstance(image_or_pages, (list, tuple)):
             raise InvalidRequest(
                 f"the PDF has {len(images)} pages: OCR them one by one (gotocr_fast.inputs.render_pdf_pages) "
                 "or pass [pdf] to read them as one multi-page prompt"
             )
-        multi_page = len(images) > 1
-        try:
-            mode = OcrMode(type=type_, boxes=boxes, color=color, crop=crop, multi_page=multi_page)
-        except InvalidPrompt as e:
-            raise InvalidRequest(str(e)) from e
-        params = replace(params, no_repeat_ngram_size=default_no_repeat_ngram_size(mode) if ngram is None else ngram)
+        mode = options.mode(multi_page=len(images) > 1)
+        ngram = options.no_repeat_ngram_size
+        params = options.sampling(default_no_repeat_ngram_size(mode) if ngram is None else ngram)
         guard = None if loop_span == 0 else replace(LOOP_GUARD, min_span=loop_span)
         try:
             queries = build_queries(mode, images[0].size)
@@ -451,7 +443,7 @@ class OcrEngine:
                 page_views.append(views)
         n_image_tokens = sum(views_per_page) * self.vision.tokens_per_view
         rid = f"ocr-{next(_ids)}"
-        req = OcrRequest(rid, len(queries), stream=stream)
+        req = OcrHandle(rid, len(queries), stream=stream)
         seqs = []
         for part, q in enumerate(queries):
             prefix, suffix = self._prompt_ids(q, n_image_tokens)
@@ -464,12 +456,13 @@ class OcrEngine:
                     prompt_tokens=n_prompt, max_tokens=budget, n_ctx=self.n_ctx,
                 )
             sampler = Sampler(params, itertools.chain(prefix, [IMG_PAD_ID] * n_image_tokens, suffix), self.text.n_vocab)
-            seq = Sequence(
+            seq = DecodeSequence(
                 prefix=list(prefix), n_image_tokens=n_image_tokens, suffix=list(suffix), sampler=sampler,
                 max_tokens=budget, piece=self.text.piece,
                 on_delta=lambda text, part=part: req._part_delta(part, text),
                 on_done=lambda s, part=part: self._seq_done(req, part, s),
                 loop_guard=None if guard is None else LoopGuard(guard, capacity=min(budget, 4096)),
+                stop_texts=options.stop,
             )
             # the KV up to the end of the images depends on nothing else: the scheduler computes
             # it once for every sequence with this key (boxes of this request, other requests)
@@ -533,7 +526,7 @@ class OcrEngine:
                 job.request._fail(EngineClosed("the engine was closed"))
 
     # --- completion ------------------------------------------------------------------------------
-    def _seq_done(self, req: OcrRequest, part: int, seq: Sequence) -> None:
+    def _seq_done(self, req: OcrHandle, part: int, seq: DecodeSequence) -> None:
         if seq.error is not None:
             req._fail(seq.error)
             for s in req.sequences:  # the other boxes of a failed request are pointless
@@ -548,6 +541,8 @@ class OcrEngine:
         # one reason per request: a stopped loop first (its text is cut), then the budget
         reasons = {s.finish_reason for s in seqs}
         finish = "repetition" if "repetition" in reasons else "length" if "length" in reasons else "stop"
+        # what stopped it: the last sequence that finished for that reason (its stop token or text)
+        stop_reason = next((s.stop_reason for s in reversed(seqs) if s.finish_reason == finish), None)
         timings = Timings(
             preprocess_ms=req.preprocess_ms,
             encode_ms=req.encode_ms,
@@ -558,6 +553,7 @@ class OcrEngine:
             OcrResult(
                 text=text,
                 finish_reason=finish,
+                stop_reason=stop_reason,
                 prompt_tokens=sum(s.prompt_tokens for s in seqs),
                 completion_tokens=sum(len(s.generated) for s in seqs),
                 timings=timings,

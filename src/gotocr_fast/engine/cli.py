@@ -9,26 +9,20 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from ..inputs import DEFAULT_PDF_DPI, is_pdf, pdf_page_count, render_pdf_pages
-from ..preprocess import ImageError
+from .. import EngineConfig, InvalidRequest, OcrError, OcrOptions
+from ..inputs import DEFAULT_PDF_DPI, IMAGE_SUFFIXES, ImageError, is_pdf, pdf_page_count, render_pdf_pages
 from .defaults import LOOP_GUARD, REFERENCE_MAX_NEW_TOKENS, REFERENCE_NO_REPEAT_NGRAM_SIZE
-from .errors import InvalidRequest, OcrError
+from .options import COLORS, DEFAULT_N_CTX, DEFAULT_QUEUE, DEFAULT_SLOTS, TYPES
 
 __all__ = ["ocr_main", "batch_main"]
 
-DEFAULT_SLOTS = 4
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jp2", ".ppm", ".qoi", ".avif"}
-
 
 def _box(text: str) -> list[float]:
-    parts = text.replace(" ", "").split(",")
+    """``x1,y1,x2,y2`` → numbers (how many, and their values, OcrOptions checks)."""
     try:
-        box = [float(p) for p in parts]
+        return [float(p) for p in text.replace(" ", "").split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--box wants x1,y1,x2,y2 in pixels; got {text!r}") from None
-    if len(box) != 4:
-        raise argparse.ArgumentTypeError(f"--box wants 4 numbers x1,y1,x2,y2; got {text!r}")
-    return box
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -36,15 +30,15 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="model folder (got-text-*.gguf + got-vision-*.gguf) or the text GGUF; env GOTOCR_MODEL "
                         "(default: the bundled demo model, a small model trained on printed text lines)")
     p.add_argument("--vision", default=None, help="vision GGUF (when --model is a text GGUF elsewhere)")
-    p.add_argument("--type", choices=("plain", "format"), default="plain", help="output mode (default plain)")
-    p.add_argument("--color", choices=("red", "green", "blue"), default=None, help="colour-guided OCR")
+    p.add_argument("--type", choices=TYPES, default=None, help=f"output mode (default {OcrOptions.type})")
+    p.add_argument("--color", choices=COLORS, default=None, help="colour-guided OCR")
     p.add_argument("--crop", action="store_true", help="multi-crop tiling for large pages")
     p.add_argument("--max-tokens", type=int, default=None,
                    help=f"tokens to generate at most (default {REFERENCE_MAX_NEW_TOKENS}, as GOT's scripts, "
                         "or what the context leaves after the prompt)")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=None, help=f"default {OcrOptions.temperature} (greedy)")
+    p.add_argument("--top-p", type=float, default=None, help=f"default {OcrOptions.top_p}")
+    p.add_argument("--repetition-penalty", type=float, default=None, help=f"default {OcrOptions.repetition_penalty}")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-repeat-ngram", type=int, default=None, metavar="N",
                    help="ban repeating any N-gram of the prompt and output (transformers' no_repeat_ngram_size; "
@@ -60,7 +54,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slots", type=int, default=None,
                    help=f"concurrent sequences in llama.cpp (default {DEFAULT_SLOTS}; `ocr`: no more than its "
                         "inputs × boxes need). The slots share one KV cache of --ctx tokens")
-    p.add_argument("--ctx", type=int, default=8192, help="context tokens per request")
+    p.add_argument("--ctx", type=int, default=DEFAULT_N_CTX, help=f"context tokens per request (default {DEFAULT_N_CTX})")
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's and gotocr_fast's log lines")
 
 
@@ -74,7 +68,7 @@ def _engine(args, sequences: int | None = None):
                                  "GOTOCR_MODEL; this installation has no bundled demo model")
         print(f"note: {NOTICE}", file=sys.stderr)
         args.model = str(model_dir())
-    from .api import OcrEngine
+    from .. import OcrEngine
 
     if args.verbose:
         import logging
@@ -83,17 +77,20 @@ def _engine(args, sequences: int | None = None):
     # the slots share one KV pool of --ctx cells (docs/MEMORY.md); one image needs one slot,
     # not the server-sized default
     slots = args.slots if args.slots is not None else min(DEFAULT_SLOTS, sequences or DEFAULT_SLOTS)
-    return OcrEngine(args.model, args.vision, n_threads=args.threads, n_ctx=args.ctx, max_slots=slots,
-                     max_queue=max(64, slots * 4), verbose=args.verbose)
+    try:
+        config = EngineConfig(model=args.model, vision=args.vision, n_threads=args.threads, n_ctx=args.ctx,
+                              max_slots=slots, max_queue=max(DEFAULT_QUEUE, slots * 4), verbose=args.verbose)
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from None
+    return OcrEngine(config)
 
 
-def _options(args, box=None) -> dict:
-    opts = {"type": args.type, "color": args.color, "crop": args.crop, "max_tokens": args.max_tokens,
-            "temperature": args.temperature, "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
-            "seed": args.seed, "no_repeat_ngram_size": args.no_repeat_ngram, "loop_guard": args.loop_guard}
-    if box:
-        opts["box"] = box
-    return opts
+def _options(args, box=None) -> OcrOptions:
+    """The request options the flags give (an unset flag leaves the option's default)."""
+    return OcrOptions.of(type=args.type, color=args.color, crop=args.crop, max_tokens=args.max_tokens,
+                         temperature=args.temperature, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                         seed=args.seed, no_repeat_ngram_size=args.no_repeat_ngram, loop_guard=args.loop_guard,
+                         box=box or None)
 
 
 def _expand(path: str, dpi: int):
@@ -130,7 +127,7 @@ def ocr_main(argv: list[str]) -> int:
                    help="also write the answers as a standalone HTML page (math typeset, tables drawn; "
                         "needs --type format)")
     args = p.parse_args(argv)
-    if args.render and args.type != "format":
+    if args.render and args.type != "format":  # rendering shows markup: only format output has it
         raise InvalidRequest("--render needs --type format (plain text has no markup to render)")
     if args.render and not Path(args.render).absolute().parent.is_dir():
         raise InvalidRequest(f"--render: no such folder for {args.render!r}")
@@ -139,10 +136,10 @@ def ocr_main(argv: list[str]) -> int:
     sequences = (1 if args.multi_page else len(items)) * max(1, len(args.box or ()))
     with _engine(args, sequences) as engine:
         if args.multi_page:
-            r = engine.ocr([img for _, img in items], **opts)
+            r = engine.ocr([img for _, img in items], opts)
             out = [("+".join(lbl for lbl, _ in items), r)]
         elif len(items) == 1 and not args.json:
-            stream = engine.ocr_stream(items[0][1], **opts)
+            stream = engine.ocr_stream(items[0][1], opts)
             pieces = []
             with stream:
                 for delta in stream:
@@ -154,7 +151,7 @@ def ocr_main(argv: list[str]) -> int:
                 _write_render(args.render, [(items[0][0], "".join(pieces))])
             return 0
         else:
-            reqs = [(lbl, engine.submit(img, _stream=False, **opts)) for lbl, img in items]
+            reqs = [(lbl, engine.submit(img, opts, stream=False)) for lbl, img in items]
             out = [(lbl, req.result()) for lbl, req in reqs]
         if args.json:
             objs = [_result_json(lbl, r) for lbl, r in out]
@@ -269,7 +266,7 @@ def batch_main(argv: list[str]) -> int:
             while len(inflight) >= window:
                 drain_one()
             try:
-                req = engine.submit(load(loader), _stream=False, **opts)
+                req = engine.submit(load(loader), opts, stream=False)
             except (OcrError, ImageError, OSError) as e:
                 failures.append((label, str(e)))
                 if bar is not None:

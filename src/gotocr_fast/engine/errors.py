@@ -10,14 +10,20 @@ class OcrError(Exception):
 
 
 class InvalidRequest(OcrError, ValueError):
-    """Bad arguments (mode, box, sampling options, image); raised before any work (HTTP 4xx)."""
+    """Bad arguments (mode, box, sampling options, image); raised before any work (HTTP 4xx).
+
+    ``code`` is a stable machine name of the fault (the server's error ``code``)."""
+
+    def __init__(self, message: str, *, code: str = "invalid_request"):
+        super().__init__(message)
+        self.code = code
 
 
 class ContextOverflow(InvalidRequest):
     """prompt tokens + max_tokens exceed the per-slot context (HTTP 400/413)."""
 
     def __init__(self, message: str, *, prompt_tokens: int, max_tokens: int, n_ctx: int):
-        super().__init__(message)
+        super().__init__(message, code="context_length_exceeded")
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
         self.n_ctx = n_ctx

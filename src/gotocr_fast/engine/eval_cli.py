@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import InvalidRequest
 from ..evaluation import Score, score, total
 from ..inputs import is_pdf, render_pdf_pages
 from .cli import DEFAULT_SLOTS, IMAGE_SUFFIXES, _box, _common, _engine, _options
-from .errors import InvalidRequest
 
 __all__ = ["eval_main"]
 
@@ -58,8 +58,8 @@ def find_cases(root: Path) -> tuple[list[Case], int]:
 def _read(engine, case: Case, args) -> str:
     opts = _options(args, [case.box] if case.box else None)
     if is_pdf(case.path):
-        return "\n".join(engine.ocr(page, **opts).text for page in render_pdf_pages(case.path, dpi=args.dpi))
-    return engine.ocr(case.path, **opts).text
+        return "\n".join(engine.ocr(page, opts).text for page in render_pdf_pages(case.path, dpi=args.dpi))
+    return engine.ocr(case.path, opts).text
 
 
 def eval_main(argv: list[str]) -> int:

@@ -21,10 +21,13 @@ from .errors import Cancelled, OcrError
 from .repetition import LoopCut, LoopGuard
 from .sampling import Sampler
 
-__all__ = ["Timings", "OcrResult", "OcrRequest", "Detokenizer", "Sequence"]
+__all__ = ["Timings", "OcrResult", "OcrHandle", "Detokenizer", "DecodeSequence", "Sequence"]
 
 STOP_TEXT = IM_END
 """GOT stops when this text appears in the decoded stream (KeywordsStoppingCriteria)."""
+
+StopReason = int | str | None
+"""What ended a stopped generation: the stop token's id, or the stop text found in the output."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,9 @@ class OcrResult:
     completion_tokens: int
     timings: Timings = field(default_factory=Timings)
     cache_hit: bool = False
+    stop_reason: StopReason = None
+    """With ``finish_reason`` "stop": the id of the token that ended generation (``<|im_end|>``,
+    ``<|endoftext|>``), or the stop text found in the output; None otherwise."""
 
     @property
     def total_tokens(self) -> int:
@@ -51,32 +57,36 @@ class OcrResult:
 
 class Detokenizer:
     """Incremental bytes → text: never splits a multi-byte UTF-8 character, holds back any tail
-    that could be the start of the stop text, and cuts the text where the stop text appears."""
+    that could be the start of a stop text, and cuts the text where a stop text appears
+    (``stopped_by`` names it; the earliest one wins)."""
 
-    __slots__ = ("_dec", "_pending", "text", "stopped", "_stop")
+    __slots__ = ("_dec", "_pending", "text", "stopped", "stopped_by", "_stops")
 
-    def __init__(self, stop_text: str = STOP_TEXT):
+    def __init__(self, stop_texts: str | tuple[str, ...] = STOP_TEXT):
         self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._pending = ""  # decoded, not yet released (might begin the stop text)
+        self._pending = ""  # decoded, not yet released (might begin a stop text)
         self.text = ""  # released text
         self.stopped = False
-        self._stop = stop_text
+        self.stopped_by: str | None = None
+        self._stops = (stop_texts,) if isinstance(stop_texts, str) else tuple(stop_texts)
 
     def feed(self, data: bytes) -> str:
         """Add a token's bytes; return the newly released text (may be empty)."""
         if self.stopped:
             return ""
         self._pending += self._dec.decode(data)
-        i = self._pending.find(self._stop)
-        if i >= 0:
-            self.stopped = True
+        found = [(i, stop) for stop in self._stops if (i := self._pending.find(stop)) >= 0]
+        if found:
+            i, stop = min(found, key=lambda f: f[0])
+            self.stopped, self.stopped_by = True, stop
             return self._release(self._pending[:i])
-        # keep the longest tail that is a proper prefix of the stop text
+        # keep the longest tail that is a proper prefix of a stop text
         keep = 0
-        for k in range(min(len(self._stop) - 1, len(self._pending)), 0, -1):
-            if self._pending.endswith(self._stop[:k]):
-                keep = k
-                break
+        for stop in self._stops:
+            for k in range(min(len(stop) - 1, len(self._pending)), keep, -1):
+                if self._pending.endswith(stop[:k]):
+                    keep = k
+                    break
         return self._release(self._pending[: len(self._pending) - keep], rest=self._pending[len(self._pending) - keep :])
 
     def flush(self) -> str:
@@ -92,7 +102,7 @@ class Detokenizer:
         return out
 
 
-class Sequence:
+class DecodeSequence:
     """One prompt in one llama.cpp slot: prefill parts, then the decode loop's state."""
 
     # states (ATTACH: has a slot, waits for another sequence with the same share_key to finish
@@ -109,8 +119,9 @@ class Sequence:
         max_tokens: int,
         piece: Callable[[int], bytes],
         on_delta: Callable[[str], None],
-        on_done: Callable[["Sequence"], None],
+        on_done: Callable[["DecodeSequence"], None],
         loop_guard: LoopGuard | None = None,
+        stop_texts: tuple[str, ...] = (),
     ):
         self.prefix = np.asarray(prefix, dtype=np.int32)
         self.suffix = np.asarray(suffix, dtype=np.int32)
@@ -121,17 +132,18 @@ class Sequence:
         self.piece = piece
         self.on_delta = on_delta
         self.on_done = on_done
-        self.state = Sequence.WAITING
+        self.state = DecodeSequence.WAITING
         self.slot = -1
         self.n_past = 0
         self.last_token = -1
         self.generated: list[int] = []
-        self.detok = Detokenizer()
+        self.detok = Detokenizer((STOP_TEXT, *stop_texts))
         self.loop_guard = loop_guard
         self.loop: LoopCut | None = None  # the loop the guard stopped, if it did
         self._text: list[str] = []  # what went to on_delta: the sequence's text
         self._held: list[tuple[int, str]] = []  # (generated index, delta) held back by the loop guard
         self.finish_reason: str | None = None
+        self.stop_reason: StopReason = None  # the stop token id or stop text, when it stopped
         self.error: BaseException | None = None
         self.cancelled = False
         self.logits_hook: Callable[[np.ndarray], None] | None = None  # debugging / parity tests
@@ -177,6 +189,7 @@ class Sequence:
             self.t_first_token = time.perf_counter()
         if token in stop_ids:
             self.generated.append(token)  # counted: it is a generated token (as in usage of OpenAI/vLLM)
+            self.stop_reason = token
             self._finish("stop")
             return True
         self.generated.append(token)
@@ -196,6 +209,7 @@ class Sequence:
                 return True
             self._release(guard.hold_from())
         if self.detok.stopped:
+            self.stop_reason = self.detok.stopped_by
             self._finish("stop")
             return True
         if len(self.generated) >= self.max_tokens:
@@ -216,7 +230,7 @@ class Sequence:
             self._emit(kept[len(sent) :])
         self.loop = cut
         self.finish_reason = "repetition"
-        self.state = Sequence.DONE
+        self.state = DecodeSequence.DONE
         self.t_done = time.perf_counter()
 
     def _finish(self, reason: str) -> None:
@@ -232,19 +246,22 @@ class Sequence:
                 if tail:
                     self._emit(tail)
         self.finish_reason = reason
-        self.state = Sequence.DONE
+        self.state = DecodeSequence.DONE
         self.t_done = time.perf_counter()
 
     def fail(self, error: BaseException) -> None:
         self.error = error
-        self.state = Sequence.DONE
+        self.state = DecodeSequence.DONE
         self.t_done = time.perf_counter()
 
+
+Sequence = DecodeSequence
+"""The name ``scheduler.py`` imports (it shadowed ``collections.abc.Sequence``); new code uses DecodeSequence."""
 
 _END = object()
 
 
-class OcrRequest:
+class OcrHandle:
     """The caller's handle: ``result(timeout)``, ``cancel()``, and iteration over text deltas.
 
     Thread-safe. Deltas of a multi-box request arrive box after box, separated by ``"\\n"``.
@@ -268,7 +285,7 @@ class OcrRequest:
         self.preprocess_ms = 0.0
         self.encode_ms = 0.0
         self.cache_hit = False
-        self.sequences: list[Sequence] = []
+        self.sequences: list[DecodeSequence] = []
 
     # --- caller side ---------------------------------------------------------------------------
     def result(self, timeout: float | None = None) -> OcrResult:

@@ -27,6 +27,7 @@ and the model must be readable at the same paths on every node.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -60,7 +61,7 @@ class InputFile:
 
 
 def _kind(path: Path) -> str | None:
-    from gotocr_fast.engine.cli import IMAGE_SUFFIXES
+    from gotocr_fast.inputs import IMAGE_SUFFIXES
     from gotocr_fast.inputs import is_pdf
 
     # by content, or by name: a broken file called .pdf is reported, not skipped
@@ -193,7 +194,7 @@ class PageOcr:
             if errors[i]:
                 continue
             try:
-                pending[i] = self.engine.submit(self.load(str(path), int(page), labels[i]), _stream=False,
+                pending[i] = self.engine.submit(self.load(str(path), int(page), labels[i]), stream=False,
                                                 **self.options)
             except Exception as exc:  # noqa: BLE001 - recorded as the page's failure
                 errors[i] = _describe(exc)
@@ -418,7 +419,7 @@ def job_from_args(args: argparse.Namespace) -> BatchJob:
                    "n_threads": threads, "n_ctx": args.ctx, "max_slots": slots,
                    "max_queue": max(64, batch_size * 4)}
     return BatchJob(sources=list(args.sources), out=Path(args.out), engine_args=engine_args,
-                    options={k: v for k, v in _options(args).items() if v is not None},
+                    options=dataclasses.asdict(_options(args)),
                     concurrency=args.concurrency, actor_cpus=args.actor_cpus, batch_size=batch_size,
                     dpi=args.dpi, resume=not args.no_resume, progress=not args.no_progress)
 
