@@ -7,6 +7,7 @@ one :class:`Runtime` handed to handlers by dependency injection (``rt``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from litestar import Litestar, Router
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
@@ -25,11 +27,11 @@ from litestar.types import Message, Receive, Scope, Send
 from gotocr_fast import __version__
 
 from . import routes_ocr, routes_openai, routes_ops, routes_web
-from .errors import ApiError, exception_handlers
+from .errors import ApiError, error_body, error_event, exception_handlers, shutting_down
 from .fetch import UrlFetcher
 from .inputs import InputLimits, InputResolver
 from .metrics import Metrics
-from .runner import Admission, EngineHolder, OcrService
+from .runner import Admission, EngineHolder, OcrService, cancelled_by_shutdown
 from .runtime import Runtime
 from .settings import ServerSettings
 
@@ -40,23 +42,9 @@ log = logging.getLogger("gotocr_fast.server")
 
 def default_engine_factory(settings: ServerSettings) -> Callable[[], Any]:
     def load() -> Any:
-        from gotocr_fast.engine import OcrEngine
+        from gotocr_fast import OcrEngine
 
-        return OcrEngine(
-            settings.model,
-            settings.vision,
-            n_threads=settings.threads,
-            n_ctx=settings.n_ctx,
-            kv_tokens=settings.kv_tokens,
-            max_slots=settings.slots,
-            # The server's Admission is the bounded queue; the engine only ever sees `slots`
-            # prompts at a time (each may be several sequences, one per box), so its own queue
-            # just has to be large enough never to refuse them.
-            max_queue=max(64, settings.slots * 64),
-            max_pixels=settings.max_image_pixels,
-            # llama.cpp's own log lines (load details, warnings) only at --log-level debug
-            verbose=settings.log_level.lower() == "debug",
-        )
+        return OcrEngine(settings.engine_config())
 
     return load
 
@@ -107,6 +95,7 @@ def create_app(
     )
     runtime = Runtime(
         settings=settings,
+        engine_config=settings.engine_config(),
         metrics=metrics,
         holder=holder,
         service=OcrService(holder, admission, metrics),
@@ -131,7 +120,7 @@ def create_app(
         holder.start()
 
     async def on_shutdown() -> None:
-        await holder.stop()
+        await holder.stop()  # requests cut off by the drain timeout first send their 503
 
     guards = [_api_key_guard(settings)] if settings.api_key else []
     v1 = Router(
@@ -166,7 +155,7 @@ def create_app(
         debug=False,
     )
     app.state.runtime = runtime
-    return ObservedApp(app, metrics)
+    return ObservedApp(app, metrics, holder)
 
 
 class ObservedApp:
@@ -174,9 +163,14 @@ class ObservedApp:
     in-flight gauge and the ``total`` latency. It sees every request, unmatched routes included
     (Litestar's own middleware runs only for matched routes)."""
 
-    def __init__(self, app: Litestar, metrics: Metrics) -> None:
+    def __init__(self, app: Litestar, metrics: Metrics, holder: EngineHolder) -> None:
         self.app = app
         self.metrics = metrics
+        self.holder = holder
+
+    def begin_drain(self) -> None:
+        """Called by the server when it stops accepting connections (SIGTERM/SIGINT)."""
+        self.holder.begin_drain()
 
     @property
     def runtime(self) -> Runtime:
@@ -187,18 +181,37 @@ class ObservedApp:
             await self.app(scope, receive, send)
             return
         status = 0
+        event_stream = False
         t0 = time.perf_counter()
 
         async def send_observed(message: Message) -> None:
-            nonlocal status
+            nonlocal status, event_stream
             if message["type"] == "http.response.start":
                 status = message["status"]
+                event_stream = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                                   for k, v in message.get("headers", ()))
             await send(message)
 
         self.metrics.in_flight.add(1)
+        self.holder.request_started()
         try:
             await self.app(scope, receive, send_observed)
+        except asyncio.CancelledError:
+            if not cancelled_by_shutdown(self.holder):
+                raise
+            # the drain timeout is over: answer what can still be answered, never a bare 500
+            api = shutting_down()
+            if not status:
+                body = msgspec.json.encode(error_body(api))
+                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                           *((k.lower().encode(), v.encode()) for k, v in api.headers.items())]
+                await send_observed({"type": "http.response.start", "status": api.status, "headers": headers})
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+            elif event_stream:
+                await send({"type": "http.response.body", "body": error_event(api) + b"data: [DONE]\n\n",
+                            "more_body": False})
         finally:
+            self.holder.request_finished()
             self.metrics.in_flight.add(-1)
             route = scope.get("path_template") or "unmatched"
             label = str(status) if status else "499"  # nothing sent: the client went away

@@ -15,18 +15,11 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from gotocr_fast.engine.errors import (
-    Cancelled,
-    ContextOverflow,
-    EngineClosed,
-    InvalidRequest,
-    ModelError,
-    OcrError,
-    Overloaded,
-)
-from gotocr_fast.preprocess import ImageError, ImageTooLarge
+from gotocr_fast import Cancelled, EngineClosed, InvalidRequest, OcrError, Overloaded
+from gotocr_fast.inputs import ImageError, ImageTooLarge
 
-__all__ = ["ApiError", "ClientDisconnected", "error_body", "exception_handlers", "error_response"]
+__all__ = ["ApiError", "ClientDisconnected", "error_body", "error_event", "exception_handlers", "error_response",
+           "shutting_down"]
 
 log = logging.getLogger("gotocr_fast.server")
 
@@ -90,8 +83,17 @@ def error_response(exc: ApiError) -> Response[ErrorBody]:
     return Response(error_body(exc), status_code=exc.status, headers=exc.headers, media_type="application/json")
 
 
+_INVALID_STATUS = {"image_too_large": 413, "invalid_image": 415}
+"""HTTP status of an engine ``InvalidRequest`` by its code (400 otherwise)."""
+
+
 def _retry_headers(seconds: int) -> dict[str, str]:
     return {"Retry-After": str(seconds)}
+
+
+def shutting_down() -> ApiError:
+    """The answer to a request the server cannot finish because it is stopping."""
+    return ApiError(503, "the server is shutting down", "shutting_down", headers=_retry_headers(5))
 
 
 def to_api_error(exc: BaseException) -> ApiError:
@@ -100,14 +102,12 @@ def to_api_error(exc: BaseException) -> ApiError:
         return exc
     if isinstance(exc, ClientDisconnected):
         return ApiError(499, "client closed the connection", "client_disconnected")
-    if isinstance(exc, ContextOverflow):
-        return ApiError(400, str(exc), "context_length_exceeded")
-    if isinstance(exc, InvalidRequest):
-        return ApiError(400, str(exc), "invalid_request")
+    if isinstance(exc, InvalidRequest):  # the engine names the fault; the status follows from it
+        return ApiError(_INVALID_STATUS.get(exc.code, 400), str(exc), exc.code)
     if isinstance(exc, Overloaded):
         return ApiError(429, str(exc) or "server busy: request queue is full", "queue_full", headers=_retry_headers(1))
     if isinstance(exc, (EngineClosed, Cancelled)):
-        return ApiError(503, "the server is shutting down", "shutting_down", headers=_retry_headers(5))
+        return shutting_down()
     if isinstance(exc, ImageTooLarge):
         return ApiError(413, f"image too large: {exc}", "image_too_large")
     if isinstance(exc, ImageError):
@@ -130,7 +130,7 @@ def to_api_error(exc: BaseException) -> ApiError:
         if status >= 500:
             return ApiError(500, "internal server error", "internal_error")
         return ApiError(status, message, code, headers=dict(exc.headers or {}))
-    if isinstance(exc, (ModelError, OcrError)):
+    if isinstance(exc, OcrError):  # ModelError and any other engine failure
         return ApiError(500, "the model failed while processing the request", "model_error")
     return ApiError(500, "internal server error", "internal_error")
 
@@ -149,9 +149,14 @@ def _validation_message(exc: ValidationException) -> str:
     return exc.detail or "invalid request"
 
 
+def error_event(api: ApiError) -> bytes:
+    """The error as one Server-Sent Event (a stream's status line is gone: errors travel in-band)."""
+    return b"data: " + msgspec.json.encode(error_body(api)) + b"\n\n"
+
+
 def _handle(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     api = to_api_error(exc)
-    if api.status >= 500:
+    if api.status >= 500 and not isinstance(exc, ApiError):  # an ApiError is an answer, not a fault
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(api)
 

@@ -34,16 +34,23 @@ from typing import Any
 import anyio
 from PIL import Image
 
-from gotocr_fast.inputs import PdfError, TooManyPdfPages, is_pdf, pdf_page_count, render_pdf_pages
-from gotocr_fast.preprocess import ImageError, ImageTooLarge, load_image
+from gotocr_fast.inputs import (
+    DEFAULT_PDF_DPI,
+    IMAGE_SUFFIXES,
+    ImageError,
+    ImageTooLarge,
+    PdfError,
+    TooManyPdfPages,
+    is_pdf,
+    load_image,
+    pdf_page_count,
+    render_pdf_pages,
+)
 
 from .errors import ApiError
 from .fetch import UrlFetcher
 
-__all__ = ["IMAGE_EXTENSIONS", "InputLimits", "InputResolver", "PageBudget"]
-
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-"""What a folder contributes (the seed served png/jpg/jpeg/webp)."""
+__all__ = ["InputLimits", "InputResolver", "PageBudget"]
 
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _DATA_RE = re.compile(r"^data:(?P<type>[^;,]*)(?P<params>(?:;[^;,]*)*),", re.DOTALL)
@@ -56,7 +63,7 @@ class InputLimits:
     max_pdf_pages: int
     max_image_pixels: int
     max_input_bytes: int
-    pdf_dpi: float = 200.0
+    pdf_dpi: float = DEFAULT_PDF_DPI
 
 
 class PageBudget:
@@ -172,7 +179,7 @@ class InputResolver:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
                 names = sorted(
-                    (n for n in os.listdir(fd) if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS),
+                    (n for n in os.listdir(fd) if os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES),
                     key=_natural_key,
                 )
                 if not names:

@@ -1,4 +1,4 @@
-"""Request fields → engine options, and the chat text → OCR mode mapping.
+"""Request bodies → the engine's ``OcrOptions``, and the chat text → OCR mode mapping.
 
 Chat mapping (the text parts of the last user message, case-insensitive; anything else is ignored,
 so "OCR this please" is plain OCR):
@@ -21,9 +21,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .errors import ApiError
+from gotocr_fast import OcrOptions
 
-__all__ = ["mode_from_text", "normalize_boxes", "sampling_options"]
+from .schemas import ChatCompletionRequest, OcrRequestBody
+
+__all__ = ["mode_from_text", "ocr_options", "chat_request_options"]
 
 _NUM = r"-?\d+(?:\.\d+)?"
 _BRACKET = rf"\[\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*\]"
@@ -54,57 +56,22 @@ def mode_from_text(text: str) -> dict[str, Any]:
     return mode
 
 
-def normalize_boxes(box: list[Any] | None) -> list[float] | list[list[float]] | None:
-    """Check ``[x1,y1,x2,y2]`` or ``[[x1,y1,x2,y2], ...]`` (the schema lets numbers and lists mix)."""
-    if box is None:
-        return None
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
-        if len(box) != 4:
-            raise ApiError(400, f"box must be [x1, y1, x2, y2]; got {len(box)} numbers", "invalid_box")
-        return list(box)
-    if all(isinstance(v, list) for v in box):
-        if not box:
-            raise ApiError(400, "box must not be empty", "invalid_box")
-        for b in box:
-            if len(b) != 4:
-                raise ApiError(400, f"each box must be [x1, y1, x2, y2]; got {b!r}", "invalid_box")
-        return [list(b) for b in box]
-    raise ApiError(400, "box must be [x1, y1, x2, y2] or a list of such boxes", "invalid_box")
+def ocr_options(body: OcrRequestBody) -> OcrOptions:
+    """A ``/v1/ocr`` body's options (OcrOptions checks them: an InvalidRequest is a 400 with its code)."""
+    return OcrOptions.of(
+        type=body.type, box=body.box, color=body.color, crop=body.crop, max_tokens=body.max_tokens,
+        temperature=body.temperature, top_p=body.top_p, repetition_penalty=body.repetition_penalty, seed=body.seed,
+        no_repeat_ngram_size=body.no_repeat_ngram_size, loop_guard=body.loop_guard,
+    )
 
 
-def sampling_options(
-    *,
-    max_tokens: int | None,
-    default_max_tokens: int | None,
-    max_tokens_limit: int,
-    temperature: float | None,
-    top_p: float | None,
-    repetition_penalty: float | None,
-    seed: int | None,
-    no_repeat_ngram_size: int | None = None,
-    loop_guard: int | None = None,
-    default_loop_guard: int | None = None,
-) -> dict[str, Any]:
-    """Engine options; what neither the request nor the server sets is left to the engine's
-    defaults (``gotocr_fast.engine.defaults``: the token budget, the n-gram rule per mode, the
-    loop guard)."""
-    tokens = default_max_tokens if max_tokens is None else max_tokens
-    if tokens is not None and tokens > max_tokens_limit:
-        raise ApiError(
-            400, f"max_tokens {tokens} exceeds this server's limit of {max_tokens_limit}", "max_tokens_too_large"
-        )
-    options: dict[str, Any] = {
-        "temperature": 0.0 if temperature is None else temperature,
-        "top_p": 1.0 if top_p is None else top_p,
-        "repetition_penalty": 1.0 if repetition_penalty is None else repetition_penalty,
-    }
-    if tokens is not None:
-        options["max_tokens"] = tokens
-    if seed is not None:
-        options["seed"] = seed
-    if no_repeat_ngram_size is not None:
-        options["no_repeat_ngram_size"] = no_repeat_ngram_size
-    guard = default_loop_guard if loop_guard is None else loop_guard
-    if guard is not None:
-        options["loop_guard"] = guard
-    return options
+def chat_request_options(data: ChatCompletionRequest, text: str) -> OcrOptions:
+    """A chat request's options: the mode its text asks for, overridden by the request's own fields."""
+    mode = mode_from_text(text)
+    return OcrOptions.of(
+        type=data.ocr_type or mode.get("type"), box=data.box if data.box is not None else mode.get("box"),
+        color=data.color or mode.get("color"), crop=data.crop if data.crop is not None else mode.get("crop"),
+        max_tokens=data.max_completion_tokens if data.max_completion_tokens is not None else data.max_tokens,
+        temperature=data.temperature, top_p=data.top_p, repetition_penalty=data.repetition_penalty, seed=data.seed,
+        no_repeat_ngram_size=data.no_repeat_ngram_size, loop_guard=data.loop_guard,
+    )

@@ -20,7 +20,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example, OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Reference, RequestBody, Schema
 
 from .errors import ErrorBody
-from .schemas import OcrRequest
+from .schemas import OcrRequestBody
 
 __all__ = ["ChatOperation", "OcrOperation", "error_responses"]
 
@@ -99,10 +99,10 @@ def _examples(value: dict[str, Any], summary: str) -> dict[str, Example]:
 
 
 def _schemas() -> tuple[dict[str, Any], dict[str, Any]]:
-    # OcrRequest has no nested structs, so its schema inlines completely (Litestar rebuilds
+    # OcrRequestBody has no nested structs, so its schema inlines completely (Litestar rebuilds
     # components.schemas from its own registry, so a component reference would dangle).
-    (_,), defs = msgspec.json.schema_components([OcrRequest], ref_template=_REF)
-    ocr = defs["OcrRequest"]
+    (_,), defs = msgspec.json.schema_components([OcrRequestBody], ref_template=_REF)
+    ocr = defs["OcrRequestBody"]
     return _json_body_schema(ocr), _multipart_schema(ocr)
 
 

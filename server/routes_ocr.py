@@ -12,16 +12,16 @@ import msgspec
 from litestar import Request, post
 from litestar.datastructures import UploadFile
 
-from gotocr_fast.tokens import IM_END_ID
+from gotocr_fast import OcrResult
 from gotocr_fast.web.render import render_document
 
 from .errors import ApiError
-from .modes import normalize_boxes, sampling_options
+from .modes import ocr_options
 from .openapi import OCR_ERRORS, OcrOperation, error_responses
 from .render import check_render
 from .runner import until_disconnect
 from .runtime import Runtime
-from .schemas import OcrChoice, OcrRequest, OcrResponse, Usage
+from .schemas import OcrChoice, OcrRequestBody, OcrResponse, Usage
 
 __all__ = ["ocr", "decode_json_body"]
 
@@ -41,7 +41,7 @@ def decode_json_body(body: bytes, typ: type) -> Any:
         raise ApiError(400, f"malformed JSON: {exc}", "invalid_json") from None
 
 
-async def _read_multipart(request: Request) -> tuple[OcrRequest, list[tuple[str, bytes]]]:
+async def _read_multipart(request: Request) -> tuple[OcrRequestBody, list[tuple[str, bytes]]]:
     form = await request.form()
     uploads: list[tuple[str, bytes]] = []
     fields: dict[str, Any] = {}
@@ -71,7 +71,7 @@ async def _read_multipart(request: Request) -> tuple[OcrRequest, list[tuple[str,
             del fields[key]
     try:
         # strict=False: form values are text ("2048", "true", "0.5")
-        return msgspec.convert(fields, OcrRequest, strict=False), uploads
+        return msgspec.convert(fields, OcrRequestBody, strict=False), uploads
     except msgspec.ValidationError as exc:
         raise ApiError(400, f"invalid request: {exc}", "invalid_request") from None
 
@@ -99,27 +99,10 @@ async def ocr(request: Request, rt: Runtime) -> OcrResponse:
     elif media_type == "application/x-www-form-urlencoded":
         raise ApiError(415, "send JSON or multipart/form-data", "unsupported_media_type")
     else:  # application/json, or clients that send JSON without a content type
-        body, uploads = decode_json_body(await request.body(), OcrRequest), []
+        body, uploads = decode_json_body(await request.body(), OcrRequestBody), []
 
-    settings = rt.settings
-    options = sampling_options(
-        max_tokens=body.max_tokens,
-        default_max_tokens=settings.default_max_tokens,
-        max_tokens_limit=settings.max_tokens_limit,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        repetition_penalty=body.repetition_penalty,
-        seed=body.seed,
-        no_repeat_ngram_size=body.no_repeat_ngram_size,
-        loop_guard=body.loop_guard,
-        default_loop_guard=settings.loop_guard,
-    )
-    options["type"] = body.type
-    options["crop"] = body.crop
-    if body.color is not None:
-        options["color"] = body.color
-    if (box := normalize_boxes(body.box)) is not None:
-        options["box"] = box
+    # checked before any input is read: a bad option costs no file or URL access
+    options = rt.engine_config.resolve(ocr_options(body))
     check_render(body.render, body.type)
     rt.holder.require()  # 503 while loading: before any input work
 
@@ -140,13 +123,13 @@ async def ocr(request: Request, rt: Runtime) -> OcrResponse:
     return await until_disconnect(request.receive, work)
 
 
-def _response(rt: Runtime, results: list[Any], render: str | None = None) -> OcrResponse:
+def _response(rt: Runtime, results: list[OcrResult], render: str | None = None) -> OcrResponse:
     choices = [
         OcrChoice(
             index=i,
             text=r.text,
             finish_reason=r.finish_reason,
-            stop_reason=IM_END_ID if r.finish_reason == "stop" else None,
+            stop_reason=r.stop_reason,
             **({"html": render_document(r.text)} if render else {}),
         )
         for i, r in enumerate(results)

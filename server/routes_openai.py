@@ -17,9 +17,11 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
 
-from .errors import ApiError, ClientDisconnected, to_api_error
+from gotocr_fast import OcrOptions
+
+from .errors import ApiError, ClientDisconnected, error_event, to_api_error
 from .inputs import PageBudget
-from .modes import mode_from_text, normalize_boxes, sampling_options
+from .modes import chat_request_options
 from .openapi import OCR_ERRORS, ChatOperation, error_responses
 from .routes_ocr import decode_json_body
 from .runner import until_disconnect
@@ -40,7 +42,7 @@ from .schemas import (
 __all__ = ["chat_completions", "chat_options"]
 
 
-def chat_options(data: ChatCompletionRequest, rt: Runtime) -> tuple[dict[str, Any], list[str]]:
+def chat_options(data: ChatCompletionRequest, rt: Runtime) -> tuple[OcrOptions, list[str]]:
     """Engine options and the image URLs of a chat request."""
     if data.n != 1:
         raise ApiError(400, "only n=1 is supported", "invalid_request")
@@ -55,30 +57,7 @@ def chat_options(data: ChatCompletionRequest, rt: Runtime) -> tuple[dict[str, An
     if not urls:
         raise ApiError(400, "the last user message has no image_url part", "missing_image")
 
-    settings = rt.settings
-    options = sampling_options(
-        max_tokens=data.max_completion_tokens if data.max_completion_tokens is not None else data.max_tokens,
-        default_max_tokens=settings.default_max_tokens,
-        max_tokens_limit=settings.max_tokens_limit,
-        temperature=data.temperature,
-        top_p=data.top_p,
-        repetition_penalty=data.repetition_penalty,
-        seed=data.seed,
-        no_repeat_ngram_size=data.no_repeat_ngram_size,
-        loop_guard=data.loop_guard,
-        default_loop_guard=settings.loop_guard,
-    )
-    mode = mode_from_text(text or "")
-    if data.ocr_type is not None:
-        mode["type"] = data.ocr_type
-    if data.box is not None:
-        mode["box"] = normalize_boxes(data.box)
-    if data.color is not None:
-        mode["color"] = data.color
-    if data.crop is not None:
-        mode["crop"] = data.crop
-    options.update(mode)
-    return options, urls
+    return rt.engine_config.resolve(chat_request_options(data, text or "")), urls
 
 
 async def _pages(rt: Runtime, urls: list[str]) -> list[Any]:
@@ -173,10 +152,7 @@ async def chat_completions(
             except ClientDisconnected:
                 raise
             except Exception as exc:  # noqa: BLE001 - the status line is gone: report in-band
-                api = to_api_error(exc)
-                yield b"data: " + msgspec.json.encode(
-                    {"error": {"message": api.message, "type": api.type, "code": api.code}}
-                ) + b"\n\n"
+                yield error_event(to_api_error(exc))
                 yield b"data: [DONE]\n\n"
                 return
             result = stream.result

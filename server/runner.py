@@ -6,8 +6,9 @@ a decode slot → streamed → finished, or aborted when the client goes away.
 * :class:`Admission` is the bounded queue in front of the engine: at most ``slots`` prompts run,
   at most ``queue`` wait, the next one is refused (429 + Retry-After). Its counts are the
   ``gotocr_active_slots`` / ``gotocr_queue_depth`` gauges.
-* :class:`OcrService` submits one prompt to the engine and waits without blocking the event loop;
-  a cancelled wait (client disconnect, shutdown) cancels the engine request, which frees its slot.
+* :class:`OcrService` runs one prompt through the engine's asyncio API (``aocr``,
+  ``aopen_stream``): a cancelled wait (client disconnect, shutdown) cancels the engine request,
+  which frees its slot.
 """
 
 from __future__ import annotations
@@ -15,24 +16,32 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from litestar.types import Receive
 
 import anyio
 
-from .errors import ApiError, ClientDisconnected
+from gotocr_fast import OcrOptions, OcrResult
+
+from .errors import ApiError, ClientDisconnected, shutting_down
 from .metrics import Metrics
 
-__all__ = ["Admission", "EngineHolder", "OcrService", "until_disconnect"]
+if TYPE_CHECKING:
+    from gotocr_fast import AsyncOcrStream
+
+__all__ = ["Admission", "AdmittedStream", "EngineHolder", "OcrService", "cancelled_by_shutdown", "until_disconnect"]
 
 log = logging.getLogger("gotocr_fast.server")
 
 LOADING, READY, FAILED, STOPPING = "loading", "ready", "failed", "stopping"
+
+SHUTDOWN_ANSWER_SECONDS = 5.0
+"""At shutdown, how long requests cut off by the drain timeout get to send their 503 / error event."""
+
 
 
 class EngineHolder:
@@ -44,7 +53,11 @@ class EngineHolder:
         self.state = LOADING
         self.error: str | None = None
         self.engine: Any = None
+        self.draining = False
+        """The server stopped accepting connections and lets in-flight requests finish."""
         self._task: asyncio.Task[None] | None = None
+        self._active = 0  # HTTP requests in progress (ObservedApp counts them)
+        self._idle: asyncio.Event | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._load(), name="gotocr-model-load")
@@ -73,11 +86,35 @@ class EngineHolder:
             raise ApiError(503, "the model is still loading; retry shortly", "model_loading",
                            headers={"Retry-After": "5"})
         if self.state == STOPPING:
-            raise ApiError(503, "the server is shutting down", "shutting_down", headers={"Retry-After": "5"})
+            raise shutting_down()
         raise ApiError(503, "the model failed to load (see the server log)", "model_unavailable",
                        type="server_error")
 
+    def begin_drain(self) -> None:
+        """The process was told to stop: from now on a cancelled request is one the server gave
+        up on (see :func:`cancelled_by_shutdown`)."""
+        self.draining = True
+
+    def request_started(self) -> None:
+        self._active += 1
+
+    def request_finished(self) -> None:
+        self._active -= 1
+        if self._active == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def _wait_idle(self, timeout: float) -> None:
+        """Let requests the server gave up on send their error before the engine closes."""
+        if self._active == 0:
+            return
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("%d request(s) still open at shutdown", self._active)
+
     async def stop(self) -> None:
+        await self._wait_idle(SHUTDOWN_ANSWER_SECONDS)
         self.state = STOPPING
         self._metrics.model_ready.set(0)
         if self._task is not None and not self._task.done():
@@ -157,59 +194,41 @@ class Admission:
 
 
 class OcrService:
-    """Runs prompts on the engine from async code."""
+    """Runs prompts on the engine from async code: admission, then the engine's asyncio API."""
 
     def __init__(self, holder: EngineHolder, admission: Admission, metrics: Metrics) -> None:
         self.holder = holder
         self.admission = admission
         self.metrics = metrics
 
-    async def run(self, pages: list[Any], options: dict[str, Any]) -> Any:
+    async def run(self, pages: list[Any], options: OcrOptions) -> OcrResult:
         """One prompt → OcrResult. Cancelling the caller cancels the engine request."""
+        engine = self.holder.require()
         async with self.admission.slot():
-            request = await self._submit(pages, options)
-            done = asyncio.Event()
-            loop = asyncio.get_running_loop()
-
-            def on_event(delta: object) -> None:
-                if delta is None:
-                    loop.call_soon_threadsafe(done.set)
-
             try:
-                request.add_listener(on_event)
-                await done.wait()
-            except BaseException:
-                request.cancel()
+                result = await engine.aocr(_source(pages), options)
+            except asyncio.CancelledError:
                 self.metrics.cancelled.inc()
                 raise
-            result = request.result(0)
         self.observe(result)
         return result
 
-    async def open_stream(self, pages: list[Any], options: dict[str, Any]) -> "TextStream":
+    async def open_stream(self, pages: list[Any], options: OcrOptions) -> "AdmittedStream":
         """Admit and submit (errors surface here, before any response byte) and return the stream.
 
         The caller must ``close()`` it (in a ``finally``): that cancels the engine request if it
-        has not finished and frees the slot.
+        has not finished and frees the place.
         """
+        engine = self.holder.require()
         await self.admission.acquire()
         try:
-            request = await self._submit(pages, options)
+            stream = await engine.aopen_stream(_source(pages), options)
         except BaseException:
             self.admission.release()
             raise
-        return TextStream(request, self)
+        return AdmittedStream(stream, self)
 
-    async def _submit(self, pages: list[Any], options: dict[str, Any]) -> Any:
-        engine = self.holder.require()
-        source = pages[0] if len(pages) == 1 else pages
-        # Shielded: once the engine accepted the request we must hold its handle to cancel it.
-        # (submit decodes and resizes the pages: a worker thread, never the event loop.)
-        with anyio.CancelScope(shield=True):
-            request = await anyio.to_thread.run_sync(lambda: engine.submit(source, **options))
-        return request
-
-    def observe(self, result: Any) -> None:
+    def observe(self, result: OcrResult) -> None:
         m = self.metrics
         m.items.inc(result.finish_reason)
         m.prompt_tokens.inc(amount=result.prompt_tokens)
@@ -220,66 +239,56 @@ class OcrService:
             m.stage_seconds.observe(ms / 1000.0, stage)
 
 
-_END = object()
+def _source(pages: list[Any]) -> Any:
+    """One page is an image; several are one multi-page prompt."""
+    return pages[0] if len(pages) == 1 else pages
 
 
-class TextStream:
-    """Async iteration over an engine request's text deltas; ``result`` once it has finished.
+class AdmittedStream:
+    """The engine's async delta stream, holding an admission place until ``close()``."""
 
-    A pump thread drains the request's own delta queue (which holds every delta from the start),
-    so nothing emitted before we attached is lost. At most ``slots`` such threads exist.
-    """
-
-    def __init__(self, request: Any, service: OcrService) -> None:
-        self.request = request
-        self.result: Any = None
+    def __init__(self, stream: AsyncOcrStream, service: OcrService) -> None:
+        self._stream = stream
         self._service = service
         self._closed = False
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
 
-        def pump() -> None:
-            error: BaseException | None = None
-            try:
-                for delta in request:
-                    loop.call_soon_threadsafe(self._queue.put_nowait, delta)
-            except BaseException as exc:  # noqa: BLE001 - handed to the async side
-                error = exc
-            try:
-                loop.call_soon_threadsafe(self._queue.put_nowait, error if error is not None else _END)
-            except RuntimeError:  # loop closed (shutdown)
-                pass
-
-        self._thread = threading.Thread(target=pump, name="gotocr-stream-pump", daemon=True)
-        self._thread.start()
-
-    def __aiter__(self) -> "TextStream":
+    def __aiter__(self) -> "AdmittedStream":
         return self
 
     async def __anext__(self) -> str:
-        item = await self._queue.get()
-        if item is _END:
-            self.result = self.request.result(0)
-            raise StopAsyncIteration
-        if isinstance(item, BaseException):
-            raise item
-        return item  # type: ignore[return-value]
+        return await self._stream.__anext__()
+
+    @property
+    def result(self) -> OcrResult | None:
+        return self._stream.result
 
     def close(self) -> None:
-        """Cancel the request unless it finished, free the slot, record metrics. Idempotent and
+        """Cancel the request unless it finished, free the place, record metrics. Idempotent and
         synchronous: safe in the ``finally`` of a cancelled generator."""
         if self._closed:
             return
         self._closed = True
-        if not self.request.done():
-            self.request.cancel()
+        if not self._stream.request.done():
+            self._stream.close()
             self._service.metrics.cancelled.inc()
         self._service.admission.release()
-        if self.result is not None:
-            self._service.observe(self.result)
+        if self._stream.result is not None:
+            self._service.observe(self._stream.result)
 
 
 T = TypeVar("T")
+
+
+def cancelled_by_shutdown(holder: EngineHolder) -> bool:
+    """Whether the CancelledError being handled is the server giving up on this request at
+    shutdown (uvicorn cancels what is still running when ``--shutdown-timeout`` is over). If so,
+    the cancellation is absorbed so the request can still be answered 503 ``shutting_down`` (or
+    its stream ended with an error event); the engine request was cancelled on the way out."""
+    task = asyncio.current_task()
+    if holder.draining and task is not None and task.cancelling():
+        task.uncancel()
+        return True
+    return False
 
 
 async def until_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -> T:

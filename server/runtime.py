@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from gotocr_fast import EngineConfig
+
 from .inputs import InputResolver
 from .metrics import Metrics
 from .runner import EngineHolder, OcrService
@@ -16,6 +18,8 @@ __all__ = ["Runtime"]
 @dataclass
 class Runtime:
     settings: ServerSettings
+    engine_config: EngineConfig
+    """The engine's configuration (its request defaults and limits apply before any input is read)."""
     metrics: Metrics
     holder: EngineHolder
     service: OcrService

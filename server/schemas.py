@@ -1,7 +1,9 @@
 """Request and response bodies at the HTTP edge (msgspec structs, validated on decode).
 
-``OcrRequest`` is the seed project's JSON body (docs/HTTP.md); the responses keep its OpenAI
-``text_completion`` shape so its clients work unchanged. The chat structs are the subset of
+``OcrRequestBody`` is the seed project's JSON body (docs/HTTP.md); the responses keep its OpenAI
+``text_completion`` shape so its clients work unchanged. The structs only describe the wire format
+(types, and the ranges the OpenAPI document shows); defaults come from the engine's
+``OcrOptions`` and every rule is checked there (``modes.py`` converts a body into it). The chat structs are the subset of
 OpenAI's chat-completions API the official ``openai`` client sends. Unknown fields are ignored
 (clients add their own), never an error.
 """
@@ -13,10 +15,10 @@ from typing import Annotated, Literal, Union
 import msgspec
 from msgspec import Meta
 
-from gotocr_fast.engine.defaults import LOOP_GUARD, REFERENCE_NO_REPEAT_NGRAM_SIZE
+from gotocr_fast import OcrOptions
 
 __all__ = [
-    "OcrRequest",
+    "OcrRequestBody",
     "OcrChoice",
     "OcrResponse",
     "Usage",
@@ -33,7 +35,10 @@ Number = Union[int, float]
 ImageFileSpec = Union[str, list[Union[str, list[str]]]]
 """A string, a list of strings (one result each), or lists of strings (one multi-page prompt each)."""
 BoxSpec = list[Union[Number, list[Number]]]
-"""``[x1, y1, x2, y2]`` or a list of such boxes (checked in ``modes.normalize_boxes``)."""
+"""``[x1, y1, x2, y2]`` or a list of such boxes (checked by ``OcrOptions``)."""
+OcrType = Literal[OcrOptions.TYPES]  # type: ignore[valid-type]
+Color = Literal[OcrOptions.COLORS]  # type: ignore[valid-type]
+_GUARD = OcrOptions.LOOP_GUARD
 
 MaxTokens = Annotated[int, Meta(ge=1, description="maximum tokens to generate")]
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0, description="0 = greedy (deterministic)")]
@@ -41,17 +46,17 @@ TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
 RepetitionPenalty = Annotated[float, Meta(gt=0.0)]
 NoRepeatNgramSize = Annotated[int, Meta(
     ge=0, description="ban any n-gram of the prompt and output from repeating (transformers' no_repeat_ngram_size); "
-    f"default: {REFERENCE_NO_REPEAT_NGRAM_SIZE} for one view, 0 (off) for crop and multi-page, as GOT's official "
+    f"default: {OcrOptions.REFERENCE_NO_REPEAT_NGRAM_SIZE} for one view, 0 (off) for crop and multi-page, as GOT's official "
     "scripts; 0 = off")]
 LoopGuard = Annotated[int, Meta(
-    ge=0, description=f"stop when the text ends in one cycle (<= {LOOP_GUARD.max_period} tokens) repeated >= "
-    f"{LOOP_GUARD.min_repeats} times over at least this many tokens: finish_reason 'repetition', the text keeps "
+    ge=0, description=f"stop when the text ends in one cycle (<= {_GUARD.max_period} tokens) repeated >= "
+    f"{_GUARD.min_repeats} times over at least this many tokens: finish_reason 'repetition', the text keeps "
     "the first cycle; default: the server's --loop-guard; 0 = off")]
 FinishReason = Annotated[Literal["stop", "length", "repetition"], Meta(
     description="OpenAI's stop / length, plus 'repetition' (our extension): the loop guard stopped a loop")]
 
 
-class OcrRequest(msgspec.Struct, kw_only=True):
+class OcrRequestBody(msgspec.Struct, kw_only=True):
     """``POST /v1/ocr`` body (docs/HTTP.md)."""
 
     image_file: Annotated[
@@ -61,14 +66,14 @@ class OcrRequest(msgspec.Struct, kw_only=True):
             "a list gives one result per item, an inner list one multi-page prompt"
         ),
     ]
-    type: Literal["plain", "format"] = "plain"
+    type: OcrType = OcrOptions.type
     box: BoxSpec | None = None
-    color: Literal["red", "green", "blue"] | None = None
-    crop: bool = False
+    color: Color | None = None
+    crop: bool = OcrOptions.crop
     max_tokens: MaxTokens | None = None
-    temperature: Temperature = 0.0
-    top_p: TopP = 1.0
-    repetition_penalty: RepetitionPenalty = 1.0
+    temperature: Temperature = OcrOptions.temperature
+    top_p: TopP = OcrOptions.top_p
+    repetition_penalty: RepetitionPenalty = OcrOptions.repetition_penalty
     seed: int | None = None
     no_repeat_ngram_size: NoRepeatNgramSize | None = None
     loop_guard: LoopGuard | None = None
@@ -90,8 +95,9 @@ class OcrChoice(msgspec.Struct):
     text: str
     logprobs: None = None
     finish_reason: FinishReason = "stop"
-    stop_reason: int | None = None
-    """The stop token id (151645 = ``<|im_end|>``) when ``finish_reason`` is ``stop``, else null."""
+    stop_reason: Annotated[int | str | None, Meta(
+        description="with finish_reason 'stop': the id of the token that ended the answer (151645 = <|im_end|>, "
+        "151643 = <|endoftext|>) or the stop text found in it; else null")] = None
     prompt_logprobs: None = None
     html: Annotated[str, Meta(description='with render "html": the answer as a standalone HTML document')] \
         | msgspec.UnsetType = msgspec.UNSET
@@ -153,9 +159,9 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     repetition_penalty: RepetitionPenalty | None = None
     no_repeat_ngram_size: NoRepeatNgramSize | None = None
     loop_guard: LoopGuard | None = None
-    ocr_type: Literal["plain", "format"] | None = None
+    ocr_type: OcrType | None = None
     box: BoxSpec | None = None
-    color: Literal["red", "green", "blue"] | None = None
+    color: Color | None = None
     crop: bool | None = None
 
 

@@ -18,7 +18,17 @@ class GracefulServer(uvicorn.Server):
     """uvicorn re-raises the SIGTERM/SIGINT it handled once shutdown is over, so a clean drain ends
     with status 143 (130), which supervisors read as a crash. Here the signal is the request to
     stop: once the server has stopped cleanly the process exits 0. A shutdown that fails keeps
-    uvicorn's behaviour."""
+    uvicorn's behaviour.
+
+    When it stops accepting connections it tells the app (``begin_drain``), so a request it
+    cancels once ``--shutdown-timeout`` is over is answered 503 ``shutting_down`` (a stream ends
+    with an error event and ``[DONE]``) instead of uvicorn's plain-text 500."""
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        begin_drain = getattr(self.config.app, "begin_drain", None)
+        if begin_drain is not None:
+            begin_drain()
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

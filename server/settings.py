@@ -15,7 +15,8 @@ from typing import Any
 
 import msgspec
 
-from gotocr_fast.engine.defaults import LOOP_GUARD, REFERENCE_MAX_NEW_TOKENS
+from gotocr_fast import EngineConfig, OcrOptions
+from gotocr_fast.inputs import DEFAULT_MAX_PIXELS, DEFAULT_PDF_DPI
 
 __all__ = ["ServerSettings", "SettingsError", "build_parser", "settings_from_args"]
 
@@ -45,14 +46,14 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     allow_urls: bool = False
     """Fetch ``http(s)`` image URLs (never to loopback/private/link-local/metadata addresses)."""
     max_body_bytes: int = 32 * MiB
-    max_image_pixels: int = 64 * MiB
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
     """Width × height limit of one decoded image or rendered PDF page (decompression bombs)."""
     max_images: int = 16
     """Images (pages included) per request."""
     max_pdf_pages: int = 32
     max_input_bytes: int = 32 * MiB
     """Size limit of one input file, fetched URL or decoded data URI."""
-    pdf_dpi: float = 200.0
+    pdf_dpi: float = DEFAULT_PDF_DPI
     """PDF pages are rendered at this resolution (capped by ``max_image_pixels``)."""
     fetch_timeout: float = 10.0
     """Seconds for a whole URL fetch, redirects included."""
@@ -68,11 +69,11 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     """The loop guard's span in tokens for requests that give none (0 = off; unset: the engine's)."""
 
     # ---- engine and scheduling
-    slots: int = 4
+    slots: int = EngineConfig.max_slots
     """Requests decoded concurrently (engine batch slots)."""
-    queue: int = 64
+    queue: int = EngineConfig.max_queue
     """Requests waiting for a slot before new ones are refused with 429."""
-    n_ctx: int = 8192
+    n_ctx: int = EngineConfig.n_ctx
     kv_tokens: int | None = None
     """KV cache cells the running requests share (unset: the engine's, one request's ``n_ctx``)."""
     threads: int | None = None
@@ -89,11 +90,11 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Serve the web page at ``/`` (``--no-ui``: the HTTP API only)."""
 
     def __post_init__(self) -> None:
-        positive = (
-            "port", "max_body_bytes", "max_image_pixels", "max_images", "max_pdf_pages",
-            "max_input_bytes", "max_tokens_limit", "default_max_tokens", "slots", "n_ctx",
-            "kv_tokens",
-        )
+        try:  # the engine's fields follow the engine's rules
+            self.engine_config()
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        positive = ("port", "max_body_bytes", "max_images", "max_pdf_pages", "max_input_bytes")
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -103,14 +104,29 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("fetch_timeout and pdf_dpi must be > 0, shutdown_timeout >= 0")
         if self.port > 65535:
             raise SettingsError(f"port must be <= 65535, got {self.port}")
-        if self.loop_guard is not None and self.loop_guard < 0:
-            raise SettingsError(f"loop_guard must be >= 0 (0 = off), got {self.loop_guard}")
-        if self.default_max_tokens is not None and self.default_max_tokens > self.max_tokens_limit:
-            raise SettingsError("default_max_tokens must be <= max_tokens_limit")
-        if self.threads is not None and self.threads < 1:
-            raise SettingsError("threads must be >= 1")
         if self.api_key is not None and not self.api_key:
             raise SettingsError("api_key must not be empty")
+
+    def engine_config(self) -> EngineConfig:
+        """The engine's configuration these settings give."""
+        return EngineConfig(
+            model=self.model,
+            vision=self.vision,
+            n_threads=self.threads,
+            n_ctx=self.n_ctx,
+            kv_tokens=self.kv_tokens,
+            max_slots=self.slots,
+            # The server's admission is the bounded queue in front of the engine: the engine only
+            # ever sees `slots` prompts at a time (each may be several sequences, one per box), so
+            # its own queue just has to be large enough never to refuse them.
+            max_queue=max(EngineConfig.max_queue, self.slots * 64),
+            max_pixels=self.max_image_pixels,
+            # llama.cpp's own log lines (load details, warnings) only at --log-level debug
+            verbose=self.log_level.lower() == "debug",
+            max_tokens_limit=self.max_tokens_limit,
+            default_max_tokens=self.default_max_tokens,
+            loop_guard=self.loop_guard,
+        )
 
     @property
     def served_model_name(self) -> str:
@@ -138,10 +154,10 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("fetch_timeout", float, "seconds for one URL fetch, redirects included"),
     ("fetch_max_redirects", int, "redirects followed per URL"),
     ("max_tokens_limit", int, "largest max_tokens accepted"),
-    ("default_max_tokens", int, f"max_tokens when a request gives none (default {REFERENCE_MAX_NEW_TOKENS}, as "
+    ("default_max_tokens", int, f"max_tokens when a request gives none (default {OcrOptions.REFERENCE_MAX_TOKENS}, as "
                                 "GOT's scripts, or what the context leaves after the prompt)"),
     ("loop_guard", int, "stop a repeating loop once its repeats span this many tokens, for requests that give no "
-                        f"loop_guard (finish_reason 'repetition'; default {LOOP_GUARD.min_span}; 0 = off)"),
+                        f"loop_guard (finish_reason 'repetition'; default {OcrOptions.LOOP_GUARD.min_span}; 0 = off)"),
     ("slots", int, "concurrent decode slots"),
     ("queue", int, "queued requests before 429"),
     ("n_ctx", int, "context tokens per request"),

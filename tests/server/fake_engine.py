@@ -1,7 +1,8 @@
 """A scripted stand-in for ``OcrEngine`` (no model): tests of the HTTP layer's own behaviour.
 
-It returns the real engine's handle type (``gotocr_fast.engine.request.OcrRequest``) and drives
-it from a thread the way the engine does (deltas, finish, cancel), so the server code under test
+It shares the real engine's calling conventions (``EngineBase``: ``aocr``, ``aopen_stream``, the
+options and their defaults) and returns the real handle type (``gotocr_fast.OcrHandle``), driven
+from a thread the way the engine drives it (deltas, finish, cancel), so the server code under test
 is exactly what runs with the real engine. Its answer describes the pages it was given, so a test
 can tell which image reached which choice::
 
@@ -23,18 +24,17 @@ from typing import Any
 
 from PIL import Image
 
-from gotocr_fast.engine.defaults import REFERENCE_MAX_NEW_TOKENS
-from gotocr_fast.engine.errors import InvalidRequest
-from gotocr_fast.engine.request import OcrRequest, OcrResult, Timings
+from gotocr_fast import EngineConfig, InvalidRequest, OcrHandle, OcrOptions, OcrResult, Timings
+from gotocr_fast.engine.api import EngineBase
+from gotocr_fast.tokens import IM_END_ID
 
-OPTION_NAMES = {"type", "box", "color", "crop", "max_tokens", "temperature", "top_p", "top_k",
-                "repetition_penalty", "seed", "no_repeat_ngram_size", "loop_guard"}
 PROMPT_TOKENS_PER_PAGE = 256
 PROMPT_TOKENS_FIXED = 30
 
 
 def describe(pages: list[Image.Image], options: dict[str, Any]) -> str:
-    box = options.get("box")
+    boxes = options.get("box") or ()
+    box = None if not boxes else list(boxes[0]) if len(boxes) == 1 else [list(b) for b in boxes]
     head = "|".join([
         options.get("type", "plain"),
         options.get("color") or "-",
@@ -50,10 +50,12 @@ def describe(pages: list[Image.Image], options: dict[str, Any]) -> str:
     return text
 
 
-class FakeEngine:
-    def __init__(self, token_delay: float = 0.002, load_delay: float = 0.0) -> None:
+class FakeEngine(EngineBase):
+    def __init__(self, token_delay: float = 0.002, load_delay: float = 0.0,
+                 config: EngineConfig | None = None) -> None:
         if load_delay:
             time.sleep(load_delay)
+        self.config = config or EngineConfig(model="fake-model")
         self.token_delay = token_delay
         self._lock = threading.Lock()
         self.running = 0
@@ -63,33 +65,34 @@ class FakeEngine:
         self.closed = False
         self._ids = itertools.count(1)
 
-    def submit(self, image_or_pages: Any, **options: Any) -> OcrRequest:
-        unknown = set(options) - OPTION_NAMES
-        if unknown:
-            raise InvalidRequest(f"unknown option(s): {sorted(unknown)}")
-        if options.get("type", "plain") not in ("plain", "format"):
-            raise InvalidRequest("bad type")
+    def _submit(self, image_or_pages: Any, opts: OcrOptions, *, stream: bool, logits_hook: Any = None,
+                listener: Any = None, handoff: Any = None) -> OcrHandle:
         pages = list(image_or_pages) if isinstance(image_or_pages, list) else [image_or_pages]
         if not all(isinstance(p, Image.Image) and p.mode == "RGB" for p in pages):
             raise InvalidRequest("the server must hand decoded RGB images to the engine")
-        if options.get("box") is not None and len(pages) > 1:
-            raise InvalidRequest("box cannot be combined with a multi-page prompt")
+        opts.mode(multi_page=len(pages) > 1)  # the engine's rule: no box with several pages
+        # the fields the request set (what the real engine would fill in itself stays out)
+        options = {k: v for k, v in vars(opts).items() if v is not None}
         text = describe(pages, options)
-        max_tokens = options.get("max_tokens", REFERENCE_MAX_NEW_TOKENS)
+        max_tokens = options.get("max_tokens", OcrOptions.REFERENCE_MAX_TOKENS)
         finish = "stop"
         guard = options.get("loop_guard") or 0
         if 0 < guard < len(text) and guard <= max_tokens:
             text, finish = text[:guard], "repetition"
         elif len(text) > max_tokens:
             text, finish = text[:max_tokens], "length"
-        request = OcrRequest(f"fake-{next(self._ids)}", 1)
+        request = OcrHandle(f"fake-{next(self._ids)}", 1, stream=stream)
+        if listener is not None:
+            request.add_listener(listener)
+        if handoff is not None:
+            handoff.bind(request)
         with self._lock:
             self.submitted.append({"pages": len(pages), **options})
         prompt_tokens = PROMPT_TOKENS_FIXED + PROMPT_TOKENS_PER_PAGE * len(pages)
         threading.Thread(target=self._decode, args=(request, text, finish, prompt_tokens), daemon=True).start()
         return request
 
-    def _decode(self, request: OcrRequest, text: str, finish: str, prompt_tokens: int) -> None:
+    def _decode(self, request: OcrHandle, text: str, finish: str, prompt_tokens: int) -> None:
         with self._lock:
             self.running += 1
             self.max_running = max(self.max_running, self.running)
@@ -106,7 +109,8 @@ class FakeEngine:
             decode_ms = (time.perf_counter() - t0) * 1000
             completion = len(text) + (1 if finish == "stop" else 0)  # + <|im_end|>
             request._finish(OcrResult(text, finish, prompt_tokens, completion,
-                                      Timings(preprocess_ms=1.0, encode_ms=2.0, prefill_ms=3.0, decode_ms=decode_ms)))
+                                      Timings(preprocess_ms=1.0, encode_ms=2.0, prefill_ms=3.0, decode_ms=decode_ms),
+                                      stop_reason=IM_END_ID if finish == "stop" else None))
         finally:
             with self._lock:
                 self.running -= 1

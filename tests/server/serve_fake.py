@@ -22,7 +22,7 @@ def main() -> None:
     settings = settings_from_args(["--model", "fake-model", *sys.argv[1:]])
     token_delay = float(os.environ.get("FAKE_TOKEN_DELAY", "0.002"))
     load_delay = float(os.environ.get("FAKE_LOAD_DELAY", "0"))
-    app = create_app(settings, engine_factory=lambda: FakeEngine(token_delay, load_delay))
+    app = create_app(settings, engine_factory=lambda: FakeEngine(token_delay, load_delay, settings.engine_config()))
     run_server(app, settings)
 
 

@@ -389,3 +389,40 @@ def test_graceful_shutdown_finishes_in_flight(start_server, image_root):
     log = s.log_path.read_text(errors="replace")
     assert rc == 0, (rc, log)  # a clean drain is a normal exit, not death by SIGTERM (143)
     assert "Traceback" not in log
+
+
+def test_shutdown_timeout_answers_503_and_ends_streams(start_server, image_root):
+    # each answer takes ~10 s to decode, the drain allows 1 s: the server has to give up on both
+    s = start_server("--allowed-root", str(image_root), "--shutdown-timeout", "1",
+                     env={"FAKE_TOKEN_DELAY": "0.4"})
+    results: dict[str, object] = {}
+
+    def plain() -> None:
+        results["ocr"] = httpx.post(s.url + "/v1/ocr", json={"image_file": "a.png"}, timeout=60)
+
+    def stream() -> None:
+        body = {"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_uri(png_bytes())}}]}], "stream": True}
+        with httpx.stream("POST", s.url + "/v1/chat/completions", json=body, timeout=60) as r:
+            results["stream_status"] = r.status_code
+            results["events"] = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+
+    threads = [threading.Thread(target=plain), threading.Thread(target=stream)]
+    for t in threads:
+        t.start()
+    _wait_metric(s.url, "gotocr_active_slots", 2)  # both are decoding when the signal comes
+    rc = s.stop()
+    for t in threads:
+        t.join()
+    log = s.log_path.read_text(errors="replace")
+    r = results["ocr"]
+    assert isinstance(r, httpx.Response)
+    assert r.headers["content-type"].startswith("application/json"), (r.status_code, r.text, log)
+    assert_error(r, 503, "shutting_down")
+    assert results["stream_status"] == 200
+    events = results["events"]
+    assert isinstance(events, list) and events[-1] == "[DONE]", (events, log)
+    assert json.loads(events[-2])["error"]["code"] == "shutting_down", events
+    assert all("error" not in json.loads(e) for e in events[:-2])  # the text that came before is intact
+    assert "Traceback" not in log and "CancelledError" not in log, log
+    assert rc == 0, (rc, log)

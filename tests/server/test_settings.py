@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gotocr_fast.server.errors import ApiError
-from gotocr_fast.server.modes import mode_from_text, normalize_boxes
+from gotocr_fast import InvalidRequest, OcrOptions
+from gotocr_fast.server.modes import chat_request_options, mode_from_text, ocr_options
+from gotocr_fast.server.schemas import ChatCompletionRequest, OcrRequestBody
 from gotocr_fast.server.settings import ServerSettings, SettingsError, settings_from_args
 
 
@@ -65,9 +66,27 @@ def test_chat_text_to_mode(text, mode):
     assert mode_from_text(text) == mode
 
 
-def test_normalize_boxes():
-    assert normalize_boxes([1, 2, 3, 4]) == [1, 2, 3, 4]
-    assert normalize_boxes([[1, 2, 3, 4], [0, 0, 5, 5]]) == [[1, 2, 3, 4], [0, 0, 5, 5]]
-    for bad in ([1, 2, 3], [[1, 2, 3, 4], 5], [[1, 2]], []):
-        with pytest.raises(ApiError):
-            normalize_boxes(bad)
+def test_settings_give_the_engine_config():
+    s = settings_from_args(["--model", "m", "--slots", "2", "--n-ctx", "1024", "--max-image-pixels", "1000",
+                            "--default-max-tokens", "40", "--max-tokens-limit", "50", "--loop-guard", "0"], env={})
+    c = s.engine_config()
+    assert (c.model, c.max_slots, c.n_ctx, c.max_pixels) == ("m", 2, 1024, 1000)
+    assert (c.default_max_tokens, c.max_tokens_limit, c.loop_guard) == (40, 50, 0)
+
+
+def test_bodies_become_engine_options():
+    body = OcrRequestBody(image_file="a.png", type="format", box=[[1, 2, 3, 4], [0, 0, 5, 5]], color="red",
+                          max_tokens=9, seed=3)
+    assert ocr_options(body) == OcrOptions(type="format", box=((1, 2, 3, 4), (0, 0, 5, 5)), color="red",
+                                           max_tokens=9, seed=3)
+    chat = ChatCompletionRequest(messages=[], box=[1, 2, 3, 4], max_completion_tokens=7, max_tokens=8)
+    assert chat_request_options(chat, "format color: green") == OcrOptions(
+        type="format", box=((1, 2, 3, 4),), color="green", max_tokens=7)
+    assert chat_request_options(ChatCompletionRequest(messages=[]), "crop") == OcrOptions(crop=True)
+    # a request field overrides what the text asks for
+    chat = ChatCompletionRequest(messages=[], ocr_type="plain", crop=False)
+    assert chat_request_options(chat, "format crop") == OcrOptions()
+    for bad in ([1, 2, 3], [[1, 2, 3, 4], 5], [[1, 2]]):
+        with pytest.raises(InvalidRequest) as info:
+            ocr_options(OcrRequestBody(image_file="a.png", box=bad))
+        assert info.value.code == "invalid_box"

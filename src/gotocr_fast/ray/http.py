@@ -20,7 +20,7 @@ __all__ = ["HttpIngress"]
 class HttpIngress:
     async def __init__(self, settings: Any, engine_handle: Any) -> None:
         self._settings = settings
-        self._engine = RemoteEngine(engine_handle, asyncio.get_running_loop())
+        self._engine = RemoteEngine(engine_handle, asyncio.get_running_loop(), settings.engine_config())
 
     def __serve_build_asgi_app__(self) -> Any:
         from gotocr_fast.server.app import create_app

@@ -1,11 +1,11 @@
-"""The ingress side: an object with the engine API the HTTP handlers call (``submit``, ``stats``,
-``close``), backed by engine replicas behind a Ray Serve ``DeploymentHandle``.
+"""The ingress side: an engine for the HTTP handlers (``aocr``, ``aopen_stream``, ``stats``,
+``close``: the calling conventions of :class:`gotocr_fast.engine.api.EngineBase`), backed by engine
+replicas behind a Ray Serve ``DeploymentHandle``.
 
-The handlers call ``submit`` from worker threads and consume the returned request with
-``add_listener`` (whole responses), iteration (streams, on a pump thread), ``result``, ``done``
-and ``cancel``, exactly as they use ``OcrEngine``'s :class:`~gotocr_fast.engine.OcrRequest`. The
-streaming call itself runs as a task on the ingress's event loop (the documented way to use a
-handle); :class:`RemoteRequest` hands its items to those threads.
+Its requests have the caller-side methods of ``OcrEngine``'s :class:`~gotocr_fast.OcrHandle`
+(``add_listener``, iteration, ``result``, ``done``, ``cancel``). The streaming call itself runs as
+a task on the ingress's event loop (the documented way to use a handle); :class:`RemoteRequest`
+hands its items to the listeners.
 
 Replica failures: a call whose replica dies before it produced any text is sent again (another
 replica, or the same one restarted), up to ``retries`` times; one that dies after text went out
@@ -15,11 +15,14 @@ cannot be replayed without duplicating it, and fails with HTTP 503 "replica lost
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from gotocr_fast.engine.api import EngineBase
 
 from . import wire
 
@@ -44,10 +47,14 @@ def _replica_lost(message: str) -> BaseException:
     return ApiError(503, message, "replica_unavailable", headers={"Retry-After": "1"})
 
 
-class RemoteEngine:
-    """``OcrEngine``'s calling surface over a handle to :class:`~.replica.EngineReplica`."""
+class RemoteEngine(EngineBase):
+    """``OcrEngine``'s calling surface over a handle to :class:`~.replica.EngineReplica`.
 
-    def __init__(self, handle: Any, loop: asyncio.AbstractEventLoop, *, retries: int = DEFAULT_RETRIES) -> None:
+    ``config`` is the replicas' engine configuration (its request defaults and limits apply here)."""
+
+    def __init__(self, handle: Any, loop: asyncio.AbstractEventLoop, config: Any, *,
+                 retries: int = DEFAULT_RETRIES) -> None:
+        self.config = config
         self._handle = handle.options(stream=True)
         self._loop = loop
         self.retries = retries
@@ -56,17 +63,24 @@ class RemoteEngine:
         self.starting = 0  # submitted, not yet accepted by a replica
         self.running = 0  # accepted, not finished
 
-    def submit(self, image_or_pages: Any, *, _stream: bool = True, **options: Any) -> "RemoteRequest":
+    def _submit(self, image_or_pages: Any, options: Any, *, stream: bool, logits_hook: Any = None,
+                listener: Any = None, handoff: Any = None) -> "RemoteRequest":
         """Send one request to a replica; returns once a replica accepted it, or raises the
         engine's error for it (invalid options, unreadable image, queue full, ...).
 
-        Call from any thread but the ingress's event loop (the handlers use a worker thread)."""
-        from gotocr_fast.engine.errors import EngineClosed
+        Call from any thread but the ingress's event loop (``aocr`` uses a worker thread)."""
+        from gotocr_fast import EngineClosed, InvalidRequest
 
         if self._closed:
             raise EngineClosed("the engine is closed")
-        request = RemoteRequest(self, image_or_pages, options)
+        if logits_hook is not None:
+            raise InvalidRequest("a logits hook needs the engine in this process")
+        request = RemoteRequest(self, image_or_pages, dataclasses.asdict(options))
+        if listener is not None:  # before the call starts: it sees every delta
+            request.add_listener(listener)
         asyncio.run_coroutine_threadsafe(request._start(), self._loop).result()
+        if handoff is not None:
+            handoff.bind(request)
         return request
 
     def stats(self) -> dict[str, int]:
@@ -85,7 +99,7 @@ class RemoteEngine:
 
 
 class RemoteRequest:
-    """One request on a replica, with ``OcrRequest``'s caller-side methods (thread-safe)."""
+    """One request on a replica, with ``OcrHandle``'s caller-side methods (thread-safe)."""
 
     def __init__(self, engine: RemoteEngine, source: Any, options: dict[str, Any]) -> None:
         self.id = f"ray-ocr-{next(_ids)}"
@@ -143,7 +157,7 @@ class RemoteRequest:
             yield item  # type: ignore[misc]
 
     def add_listener(self, fn: Callable[[object], None]) -> None:
-        """``fn(text)`` per delta and ``fn(None)`` at the end, as ``OcrRequest.add_listener``."""
+        """``fn(text)`` per delta and ``fn(None)`` at the end, as ``OcrHandle.add_listener``."""
         with self._lock:
             self._listeners.append(fn)
             done = self._done.is_set()
