@@ -6,6 +6,9 @@ full-vocab logits at the last position, top-32 ids/values at every position).
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+
 import gguf
 import numpy as np
 import pytest
@@ -158,3 +161,52 @@ def test_q8_0_weights_are_llama_quantized_checkpoint(converted_model, synth_chec
         # half a step of d = amax / 127, plus d's own f16 rounding times up to 127 steps (~0.07 d)
         tol = np.broadcast_to(blocks / 127 * 0.6 + 1e-7, blocks.shape[:2] + (32,)).reshape(shape)
         assert np.all(np.abs(got - want) <= tol), name
+
+
+# --- llama.cpp's k-quant mixes -------------------------------------------------------------------
+# The tiny configs' 64-wide rows are shorter than a k-quant super-block (256 values), so llama.cpp
+# falls back to q5_0/q8_0 there. This config has 256-wide rows (the demo model's width) and one
+# layer, so the mixes really write k-quant blocks.
+
+KQUANT_CONFIG = dataclasses.replace(
+    synth.CONFIGS["tiny"], name="kquant",
+    text=dataclasses.replace(synth.CONFIGS["tiny"].text, hidden_size=256, num_layers=1, num_heads=4,
+                             num_kv_heads=4, ffn_dim=512))
+KQUANT_BASE = {"q6_k": gguf.GGMLQuantizationType.Q6_K, "q5_k_m": gguf.GGMLQuantizationType.Q5_K,
+               "q4_k_m": gguf.GGMLQuantizationType.Q4_K}
+KQUANT_FILE_TYPE = {"q6_k": 18, "q5_k_m": 17, "q4_k_m": 15}  # llama_ftype: MOSTLY_Q6_K, Q5_K_M, Q4_K_M
+
+
+@pytest.fixture(scope="module")
+def kquant_models(tmp_path_factory):
+    from gotocr_fast.convert import convert_checkpoint
+
+    root = tmp_path_factory.mktemp("kquant")
+    src = synth.write_checkpoint(root / "ckpt", config=KQUANT_CONFIG, layout="hf")
+    out = {t: convert_checkpoint(src, root / t, outtype=t, progress=False) for t in ("f32", *KQUANT_BASE)}
+    shutil.rmtree(src)  # the 150 MB checkpoint is not needed once converted
+    return out
+
+
+@pytest.mark.parametrize("outtype", list(KQUANT_BASE))
+def test_k_quant_mix(kquant_models, read_gguf, llama_logits, oracle, outtype):
+    files = kquant_models[outtype]
+    assert files.text.name == f"got-text-{outtype}.gguf"
+    assert files.vision.name == "got-vision-f16.gguf"  # the vision model has no k-quant kernels
+    gg = read_gguf(files.text)
+    assert gg.kv["general.file_type"] == KQUANT_FILE_TYPE[outtype]
+    types = {name: t[0] for name, t in gg.tensors.items()}
+    assert types["blk.0.attn_q.weight"] == KQUANT_BASE[outtype]
+    assert types["blk.0.ffn_gate.weight"] == KQUANT_BASE[outtype]
+    assert types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
+    vision = read_gguf(files.vision)
+    assert {t[0] for t in vision.tensors.values()} <= {gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.F32}
+
+    ids = oracle(ORACLES["tiny"])["input_ids"]
+    exact = llama_logits(kquant_models["f32"].text, ids)
+    got = llama_logits(files.text, ids)
+    err = np.abs(got - exact).mean() / exact.std()
+    # Fewer bits, larger error; all well below a wrong tensor (error ~ 1 std).
+    # Measured (mean |error| / logit std): q6_k 0.056, q5_k_m 0.082, q4_k_m 0.146. llama.cpp also
+    # quantizes the activations for k-quant dot products, so even q6_k is far from f32.
+    assert 0 < err < {"q6_k": 0.1, "q5_k_m": 0.15, "q4_k_m": 0.25}[outtype], err
