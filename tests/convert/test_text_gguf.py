@@ -178,19 +178,26 @@ KQUANT_FILE_TYPE = {"q6_k": 18, "q5_k_m": 17, "q4_k_m": 15}  # llama_ftype: MOST
 
 
 @pytest.fixture(scope="module")
-def kquant_models(tmp_path_factory):
+def kquant_models(tmp_path_factory, llama_logits, oracle):
+    """The three mixes of one 256-wide checkpoint, and the f32 conversion's logits on the oracle
+    prompt. Everything is deleted at the end: the checkpoint and the f32 GGUF are 150 MB each."""
     from gotocr_fast.convert import convert_checkpoint
 
     root = tmp_path_factory.mktemp("kquant")
     src = synth.write_checkpoint(root / "ckpt", config=KQUANT_CONFIG, layout="hf")
-    out = {t: convert_checkpoint(src, root / t, outtype=t, progress=False) for t in ("f32", *KQUANT_BASE)}
-    shutil.rmtree(src)  # the 150 MB checkpoint is not needed once converted
-    return out
+    f32 = convert_checkpoint(src, root / "f32", outtype="f32", progress=False)
+    exact = llama_logits(f32.text, oracle(ORACLES["tiny"])["input_ids"])
+    shutil.rmtree(root / "f32")
+    files = {t: convert_checkpoint(src, root / t, outtype=t, progress=False) for t in KQUANT_BASE}
+    shutil.rmtree(src)
+    yield files, exact
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.parametrize("outtype", list(KQUANT_BASE))
 def test_k_quant_mix(kquant_models, read_gguf, llama_logits, oracle, outtype):
-    files = kquant_models[outtype]
+    models, exact = kquant_models
+    files = models[outtype]
     assert files.text.name == f"got-text-{outtype}.gguf"
     assert files.vision.name == "got-vision-f16.gguf"  # the vision model has no k-quant kernels
     gg = read_gguf(files.text)
@@ -202,9 +209,7 @@ def test_k_quant_mix(kquant_models, read_gguf, llama_logits, oracle, outtype):
     vision = read_gguf(files.vision)
     assert {t[0] for t in vision.tensors.values()} <= {gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.F32}
 
-    ids = oracle(ORACLES["tiny"])["input_ids"]
-    exact = llama_logits(kquant_models["f32"].text, ids)
-    got = llama_logits(files.text, ids)
+    got = llama_logits(files.text, oracle(ORACLES["tiny"])["input_ids"])
     err = np.abs(got - exact).mean() / exact.std()
     # Fewer bits, larger error; all well below a wrong tensor (error ~ 1 std).
     # Measured (mean |error| / logit std): q6_k 0.056, q5_k_m 0.082, q4_k_m 0.146. llama.cpp also
