@@ -21,7 +21,7 @@ from .errors import Cancelled, OcrError
 from .repetition import LoopCut, LoopGuard
 from .sampling import Sampler
 
-__all__ = ["Timings", "OcrResult", "OcrHandle", "Detokenizer", "DecodeSequence", "Sequence"]
+__all__ = ["Timings", "OcrResult", "OcrHandle", "Detokenizer", "DecodeSequence"]
 
 STOP_TEXT = IM_END
 """GOT stops when this text appears in the decoded stream (KeywordsStoppingCriteria)."""
@@ -254,9 +254,6 @@ class DecodeSequence:
         self.state = DecodeSequence.DONE
         self.t_done = time.perf_counter()
 
-
-Sequence = DecodeSequence
-"""The name ``scheduler.py`` imports (it shadowed ``collections.abc.Sequence``); new code uses DecodeSequence."""
 
 _END = object()
 

@@ -56,7 +56,7 @@ from ..tokens import STOP_IDS
 from .cpu_turns import CpuTurns, NoTurns
 from .errors import EngineClosed, ModelError, Overloaded
 from .model import KvCacheFull, TextModel
-from .request import Sequence
+from .request import DecodeSequence
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,11 @@ class Scheduler:
         self.cpu_turns = cpu_turns if cpu_turns is not None else NoTurns()
         self.max_queue = max_queue
         self._cv = threading.Condition()
-        self._waiting: collections.deque[Sequence] = collections.deque()
-        self._running: dict[int, Sequence] = {}  # slot → sequence
+        self._waiting: collections.deque[DecodeSequence] = collections.deque()
+        self._running: dict[int, DecodeSequence] = {}  # slot → sequence
         self._free_slots = list(range(model.n_slots))  # a heap: the lowest free slot first
-        self._filling: dict[bytes, Sequence] = {}  # share_key → the sequence computing the shared part
-        self._donors: dict[bytes, Sequence] = {}   # share_key → a running sequence that holds it
+        self._filling: dict[bytes, DecodeSequence] = {}  # share_key → the sequence computing the shared part
+        self._donors: dict[bytes, DecodeSequence] = {}   # share_key → a running sequence that holds it
         self.kv_budget = model.kv_tokens
         self._admitted: dict[int, int] = {}  # slot → admission number (the youngest is preempted first)
         self._restore: dict[int, int] = {}  # slot → positions the sequence holds before it samples again
@@ -87,7 +87,7 @@ class Scheduler:
         self._thread.start()
 
     # --- any thread ----------------------------------------------------------------------------
-    def submit(self, seqs: list[Sequence], *, force: bool = False) -> None:
+    def submit(self, seqs: list[DecodeSequence], *, force: bool = False) -> None:
         """Queue sequences (all or none); raises Overloaded when the queue is full.
 
         ``force``: the caller already reserved their places (the engine counts requests still
@@ -101,18 +101,18 @@ class Scheduler:
             self._waiting.extend(seqs)
             self._cv.notify()
 
-    def cancel(self, seq: Sequence) -> None:
+    def cancel(self, seq: DecodeSequence) -> None:
         """Release ``seq``: out of the queue now, or out of its slot before the next step."""
         with self._cv:
-            if seq.state == Sequence.DONE or seq.cancelled:
+            if seq.state == DecodeSequence.DONE or seq.cancelled:
                 return
             seq.cancelled = True
-            if seq.state == Sequence.WAITING:
+            if seq.state == DecodeSequence.WAITING:
                 try:
                     self._waiting.remove(seq)
                 except ValueError:
                     pass
-                seq.state = Sequence.DONE
+                seq.state = DecodeSequence.DONE
             self._cv.notify()
 
     @property
@@ -166,7 +166,7 @@ class Scheduler:
             self._waiting.clear()
             self._running.clear()
         for s in seqs:
-            if s.state != Sequence.DONE:
+            if s.state != DecodeSequence.DONE:
                 s.fail(err)
                 s.on_done(s)
 
@@ -175,18 +175,18 @@ class Scheduler:
             if seq.cancelled:
                 self._release(seq)
 
-    def _release(self, seq: Sequence, *, preempted: bool = False) -> None:
+    def _release(self, seq: DecodeSequence, *, preempted: bool = False) -> None:
         key = seq.share_key
         if key is not None:
             if self._filling.get(key) is seq:  # failed or cancelled before it got there
                 del self._filling[key]
-                heir = self._find(key, (Sequence.ATTACH,), besides=seq)
+                heir = self._find(key, (DecodeSequence.ATTACH,), besides=seq)
                 if heir is not None:
-                    heir.state = Sequence.PREFIX
+                    heir.state = DecodeSequence.PREFIX
                     self._filling[key] = heir
             if self._donors.get(key) is seq:
                 del self._donors[key]
-                heir = self._find(key, (Sequence.SUFFIX, Sequence.DECODE), besides=seq)
+                heir = self._find(key, (DecodeSequence.SUFFIX, DecodeSequence.DECODE), besides=seq)
                 if heir is not None:
                     self._donors[key] = heir
         del self._running[seq.slot]
@@ -199,15 +199,15 @@ class Scheduler:
             self._kv_short = False
 
     @staticmethod
-    def _restore_target(seq: Sequence) -> int:
+    def _restore_target(seq: DecodeSequence) -> int:
         """Positions ``seq`` must hold before it samples again: its prompt, and all it generated
         but the last token (the next decode step feeds that one)."""
         return seq.prompt_tokens + max(len(seq.generated) - 1, 0)
 
-    def _cells(self, seq: Sequence) -> int:
+    def _cells(self, seq: DecodeSequence) -> int:
         """Cells ``seq`` holds or was promised, counting the one its next decode step writes."""
         target = self._restore.get(seq.slot, 0)
-        step = 1 if seq.state == Sequence.DECODE and seq.n_past >= target else 0
+        step = 1 if seq.state == DecodeSequence.DECODE and seq.n_past >= target else 0
         return max(seq.n_past + step, target)
 
     def _admit(self) -> None:
@@ -238,14 +238,14 @@ class Scheduler:
         log.info("KV pool full (%d cells): preempting the sequence in slot %d (%d generated tokens)",
                  self.kv_budget, slot, len(seq.generated))
         self._release(seq, preempted=True)
-        seq.state = Sequence.WAITING
+        seq.state = DecodeSequence.WAITING
         seq.n_past = 0
         seq.kv_copied = False
         self._waiting.appendleft(seq)
         self._kv_short = True
         self.preemptions += 1
 
-    def _no_room(self, seqs: list[Sequence], err: KvCacheFull) -> None:
+    def _no_room(self, seqs: list[DecodeSequence], err: KvCacheFull) -> None:
         """llama.cpp found no cells for a batch: preempt the youngest and retry, or fail if alone."""
         with self._cv:
             if len(self._running) > 1:
@@ -254,39 +254,39 @@ class Scheduler:
         for s in seqs:
             self._finish_seq(s, error=err)
 
-    def _place(self, seq: Sequence) -> None:
+    def _place(self, seq: DecodeSequence) -> None:
         """First state of an admitted sequence: compute its prompt, or copy its shared part."""
         key = seq.share_key
         if key is None:
-            seq.state = Sequence.PREFIX
+            seq.state = DecodeSequence.PREFIX
         elif key in self._donors:
             self._attach(self._donors[key], seq)
         elif key in self._filling:
-            seq.state = Sequence.ATTACH
+            seq.state = DecodeSequence.ATTACH
         else:
-            seq.state = Sequence.PREFIX
+            seq.state = DecodeSequence.PREFIX
             self._filling[key] = seq
 
-    def _find(self, key: bytes, states: tuple[int, ...], besides: Sequence) -> Sequence | None:
+    def _find(self, key: bytes, states: tuple[int, ...], besides: DecodeSequence) -> DecodeSequence | None:
         for s in self._running.values():
             if s is not besides and s.share_key == key and s.state in states and not s.cancelled:
                 return s
         return None
 
-    def _attach(self, donor: Sequence, seq: Sequence) -> None:
+    def _attach(self, donor: DecodeSequence, seq: DecodeSequence) -> None:
         """Copy the shared part from ``donor``; if llama.cpp refuses, ``seq`` computes it itself."""
         try:
             self.model.copy_sequence(donor.slot, seq.slot, seq.n_shared)
         except ModelError:
             log.warning("KV copy from slot %d to %d failed; computing the prompt instead", donor.slot, seq.slot)
-            seq.state = Sequence.PREFIX
+            seq.state = DecodeSequence.PREFIX
             return
         seq.n_past = seq.n_shared
         seq.kv_copied = True
-        seq.state = Sequence.SUFFIX
+        seq.state = DecodeSequence.SUFFIX
         self.kv_copies += 1
 
-    def _shared_part_done(self, seq: Sequence) -> None:
+    def _shared_part_done(self, seq: DecodeSequence) -> None:
         """``seq`` has its shared part in the KV cache: it serves the sequences waiting for it."""
         key = seq.share_key
         if key is None:
@@ -295,7 +295,7 @@ class Scheduler:
             del self._filling[key]
         self._donors.setdefault(key, seq)
         for w in list(self._running.values()):
-            if w.state == Sequence.ATTACH and w.share_key == key and not w.cancelled:
+            if w.state == DecodeSequence.ATTACH and w.share_key == key and not w.cancelled:
                 self._attach(seq, w)
 
     def _step(self) -> None:
@@ -307,22 +307,22 @@ class Scheduler:
         poss: list[np.ndarray] = []
         seqs: list[np.ndarray] = []
         outs: list[np.ndarray] = []
-        laid: list[tuple[Sequence, int]] = []  # (sequence, rows it put in the batch)
-        sampled: list[tuple[Sequence, int]] = []  # (sequence, batch row of its logits)
+        laid: list[tuple[DecodeSequence, int]] = []  # (sequence, rows it put in the batch)
+        sampled: list[tuple[DecodeSequence, int]] = []  # (sequence, batch row of its logits)
         n = 0
         budget = model.n_batch
         for s in running:
-            sample = s.state == Sequence.DECODE or (s.state == Sequence.SUFFIX and not s.generated)
-            if s.state == Sequence.DECODE:
+            sample = s.state == DecodeSequence.DECODE or (s.state == DecodeSequence.SUFFIX and not s.generated)
+            if s.state == DecodeSequence.DECODE:
                 target = self._restore[s.slot]
                 if s.n_past < target:  # resumed after a preemption: replay, n_batch rows at a time
                     ids = self._replay(s, target, budget)
                     sample = False
                 else:
                     ids = np.array([s.last_token], dtype=np.int32)
-            elif s.state == Sequence.PREFIX:
+            elif s.state == DecodeSequence.PREFIX:
                 ids = s.prefix
-            elif s.state == Sequence.SUFFIX:
+            elif s.state == DecodeSequence.SUFFIX:
                 ids = s.suffix
             else:
                 continue
@@ -356,10 +356,10 @@ class Scheduler:
                 return
             for s, k in laid:
                 s.n_past += k
-                if s.state == Sequence.PREFIX:
-                    s.state = Sequence.EMBED
-                elif s.state == Sequence.SUFFIX:
-                    s.state = Sequence.DECODE
+                if s.state == DecodeSequence.PREFIX:
+                    s.state = DecodeSequence.EMBED
+                elif s.state == DecodeSequence.SUFFIX:
+                    s.state = DecodeSequence.DECODE
             if sampled:
                 logits = model.logits(np.array([r for _, r in sampled], dtype=np.int32))
                 for (s, _), row in zip(sampled, logits):
@@ -370,11 +370,11 @@ class Scheduler:
                     if s.add_token(s.sampler.sample(row), STOP_IDS):
                         self._finish_seq(s)
         # 2. the embedding batch: image rows of the sequences whose prefix is in
-        group = [s for s in running if s.state == Sequence.EMBED and not s.cancelled]
+        group = [s for s in running if s.state == DecodeSequence.EMBED and not s.cancelled]
         if group:
             self._decode_images(group)
 
-    def _decode_images(self, group: list[Sequence]) -> None:
+    def _decode_images(self, group: list[DecodeSequence]) -> None:
         """Image rows of several sequences, laid out back to back, ``n_batch`` rows per decode."""
         model = self.model
         embd = np.concatenate([s.embeddings for s in group]) if len(group) > 1 else group[0].embeddings
@@ -397,18 +397,18 @@ class Scheduler:
             return
         for s in group:
             s.n_past += s.n_image_tokens
-            s.state = Sequence.SUFFIX
+            s.state = DecodeSequence.SUFFIX
         for s in group:
             self._shared_part_done(s)
 
     @staticmethod
-    def _replay(s: Sequence, target: int, budget: int) -> np.ndarray:
+    def _replay(s: DecodeSequence, target: int, budget: int) -> np.ndarray:
         """The next generated tokens a resumed sequence puts back in the KV cache (at most ``budget``)."""
         a = s.n_past - s.prompt_tokens
         b = min(target - s.prompt_tokens, a + budget)
         return np.asarray(s.generated[a:b], dtype=np.int32)
 
-    def _finish_seq(self, s: Sequence, error: BaseException | None = None) -> None:
+    def _finish_seq(self, s: DecodeSequence, error: BaseException | None = None) -> None:
         if error is not None:
             s.fail(error)
         if s.slot >= 0 and self._running.get(s.slot) is s:
