@@ -425,3 +425,16 @@ def test_mm_oracle_prompts_are_got_prompts(config, oracle):
             assert case["n_views"] == len(case["images"])
         margins = mm[f"{name}/gen_margins"]
         assert len(margins) == len(mm[f"{name}/gen_ids"]) >= 40 and (margins >= 0).all()
+
+
+def test_zeros_are_holes_that_read_back_as_zeros(tmp_path):
+    full = load_file(str(synth.write_checkpoint(tmp_path / "full", "tiny") / "model.safetensors"))
+    path = synth.write_checkpoint(tmp_path / "holes", "tiny", zeros=[synth.EMBED_NAME]) / "model.safetensors"
+    holes = load_file(str(path))
+    assert holes.keys() == full.keys()
+    assert not holes[synth.EMBED_NAME].any() and full[synth.EMBED_NAME].any()
+    for name in full:
+        if name != synth.EMBED_NAME:
+            np.testing.assert_array_equal(holes[name], full[name])
+    with pytest.raises(ValueError, match="no such tensors"):
+        synth.write_checkpoint(tmp_path / "bad", "tiny", zeros=["not.a.tensor"])

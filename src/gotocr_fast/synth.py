@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import json
 import math
 import shutil
 import struct
 import sys
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -341,8 +342,12 @@ EMBED_NAME = "language_model.model.embed_tokens.weight"
 # safetensors (written by hand: streamed tensor by tensor, byte-for-byte deterministic)
 
 
-def _write_safetensors(path: Path, entries: Sequence[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]) -> None:
-    """Write float32 tensors; ``entries`` are (name, shape, make) with make() drawing the array."""
+def _write_safetensors(path: Path, entries: Sequence[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]],
+                       holes: Collection[str] = ()) -> None:
+    """Write float32 tensors; ``entries`` are (name, shape, make) with make() drawing the array.
+
+    Tensors named in ``holes`` are all zeros, left as holes of a sparse file: they cost no disk
+    blocks where the file system supports holes (and read back as zeros everywhere)."""
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, shape, _ in entries:
@@ -355,10 +360,14 @@ def _write_safetensors(path: Path, entries: Sequence[tuple[str, tuple[int, ...],
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for name, shape, make in entries:
+            if name in holes:
+                f.seek(4 * math.prod(shape), io.SEEK_CUR)
+                continue
             arr = make()
             if arr.shape != tuple(shape) or arr.dtype != np.float32:
                 raise AssertionError(f"{name}: drew {arr.dtype} {arr.shape}, declared {shape}")
             f.write(np.ascontiguousarray(arr, dtype="<f4").tobytes())
+        f.truncate()  # a hole at the end still counts towards the file's length
 
 
 # --------------------------------------------------------------------------------------------
@@ -582,8 +591,12 @@ def write_hf_checkpoint(out_dir: str | Path, config: GotConfig, weights: dict[st
 
 
 def write_checkpoint(out_dir: str | Path, config: str | GotConfig = "tiny", layout: str = "hf",
-                     seed: int = 0) -> Path:
-    """Write a seeded random-weight GOT checkpoint directory of ``layout``; returns the directory."""
+                     seed: int = 0, zeros: Collection[str] = ()) -> Path:
+    """Write a seeded random-weight GOT checkpoint directory of ``layout``; returns the directory.
+
+    ``zeros``: canonical (transformers) names of tensors written as zeros, as sparse-file holes —
+    for checkpoints of which a test uses only a part (the full vision tower without its 0.6 GB
+    token embedding)."""
     cfg = _get_config(config)
     names = layout_names(cfg, layout)
     out = Path(out_dir)
@@ -596,7 +609,10 @@ def write_checkpoint(out_dir: str | Path, config: str | GotConfig = "tiny", layo
         embed = next(s for s in specs if s.name == EMBED_NAME)
         entries.append(("lm_head.weight", embed.shape, lambda: _draw(embed, seed, hv)))
     entries.sort(key=lambda e: e[0])
-    _write_safetensors(out / "model.safetensors", entries)
+    unknown = set(zeros) - {s.name for s in specs}
+    if unknown:
+        raise ValueError(f"no such tensors: {sorted(unknown)}")
+    _write_safetensors(out / "model.safetensors", entries, holes={names[n] for n in zeros})
 
     if layout == "hf":
         _write_hf_files(out, cfg)

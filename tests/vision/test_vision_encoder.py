@@ -338,7 +338,7 @@ def test_failed_loads_do_not_leak(rewrite, tiny_vision_gguf):
 # --- the real-size config (converts a 2.3 GB checkpoint, encodes one 1024² view) ------------------
 
 
-# On by default (about 60 s on 2 cores; 1.4 GB of temporary files at most, removed after the session):
+# On by default (about 60 s on 2 cores; about 0.8 GB of temporary files at the peak, removed after the session):
 # the real sizes are what users run. GOTOCR_SKIP_FULL_TESTS=1 skips it for quick local iterations.
 @pytest.mark.skipif(os.environ.get("GOTOCR_SKIP_FULL_TESTS") == "1", reason="GOTOCR_SKIP_FULL_TESTS=1")
 def test_full_config_rows_match_transformers(full_vision_gguf, oracle):
