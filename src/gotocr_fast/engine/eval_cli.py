@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import InvalidRequest
+from .. import InvalidRequest, OcrOptions
 from ..evaluation import Score, score, total
 from ..inputs import is_pdf, render_pdf_pages
 from .cli import DEFAULT_SLOTS, IMAGE_SUFFIXES, _box, _common, _engine, _options
@@ -49,7 +49,8 @@ def find_cases(root: Path) -> tuple[list[Case], int]:
         if box_file.is_file():
             try:
                 box = _box(box_file.read_text("utf-8").strip())
-            except argparse.ArgumentTypeError as exc:
+                OcrOptions(box=box)  # checked here, so the error names the file
+            except (argparse.ArgumentTypeError, InvalidRequest) as exc:
                 raise InvalidRequest(f"{box_file}: {exc}") from None
         cases.append(Case(f, truth_file.read_text("utf-8").rstrip("\n"), box))
     return cases, untruthed
