@@ -280,6 +280,8 @@ def _same_data(a: TensorRef, b: TensorRef, rows: int = 8192) -> bool:
 
 
 def _vision_params(ckpt: Checkpoint) -> VisionParams:
+    """The vision tower's sizes, read from the tensor shapes (and checked against the hf config
+    where it states them), then every tensor's shape checked."""
     vt, mm = N.VISION_PREFIX, N.PROJECTOR_PREFIX
     vcfg = ckpt.config.get("vision_config") if ckpt.layout == N.LAYOUT_HF else None
     vcfg = vcfg if isinstance(vcfg, dict) else {}
@@ -290,10 +292,46 @@ def _vision_params(ckpt: Checkpoint) -> VisionParams:
     hidden, channels, psize, _ = patch.shape
     # The hf config says whether the tensors must exist; the original layout always has both.
     use_abs_pos = bool(vcfg.get("use_abs_pos", True)) if vcfg else vt + "pos_embed" in ckpt.tensors
+    use_rel_pos = bool(vcfg.get("use_rel_pos", True)) if vcfg else vt + "layers.0.attn.rel_pos_h" in ckpt.tensors
+    grid = _vision_grid(ckpt, vcfg, psize, use_abs_pos)
+    n_layers = _block_indices(ckpt.tensors, vt + "layers.")
+    if n_layers == 0:
+        raise ConvertError(f"missing tensor {ckpt.describe(vt + 'layers.0.attn.qkv.weight')} in {ckpt.src}")
+    if "num_hidden_layers" in vcfg and vcfg["num_hidden_layers"] != n_layers:
+        raise ConvertError(f"vision_config num_hidden_layers {vcfg['num_hidden_layers']} but the checkpoint "
+                           f"has {n_layers} vision blocks")
+    heads = _vision_heads(ckpt, vcfg, hidden, use_rel_pos)
+    window, global_layers = _attention_extents(ckpt, vcfg, grid, n_layers, use_rel_pos)
+    mlp_dim = ckpt.get(vt + "layers.0.mlp.lin1.weight").shape[0]
+    eps = float(vcfg.get("layer_norm_eps", VISION_LAYER_NORM_EPS))
+
+    neck = ckpt.get(vt + "neck.conv1.weight").shape[0]
+    proj_channels = ckpt.get(mm + "conv_upsampler1.weight").shape[0]
+    out_len = ckpt.get(mm + "conv_upsampler2.weight").shape[0]
+    if out_len != ckpt.text.hidden_size:
+        raise ConvertError(f"shape mismatch: the projector outputs {out_len} channels but the language "
+                           f"model's hidden size is {ckpt.text.hidden_size}")
+    if "output_channels" in vcfg and vcfg["output_channels"] != neck:
+        raise ConvertError(f"shape mismatch: vision_config output_channels {vcfg['output_channels']} but "
+                           f"the neck has {neck} channels")
+
+    params = VisionParams(
+        image_size=grid * psize, patch_size=psize, num_channels=channels, hidden_size=hidden,
+        num_layers=n_layers, num_heads=heads, mlp_dim=mlp_dim, layer_norm_eps=eps, window_size=window,
+        global_layers=tuple(sorted(global_layers)), use_abs_pos=use_abs_pos, use_rel_pos=use_rel_pos,
+        neck_channels=neck, neck_layer_norm_eps=NECK_LAYER_NORM_EPS, projector_channels=proj_channels,
+        output_length=out_len, image_token_count=_tokens_after_projector(grid) ** 2,
+    )
+    for name, shape in _expected_vision_shapes(params, grid):
+        _expect_shape(ckpt, name, shape)
+    return params
+
+
+def _vision_grid(ckpt: Checkpoint, vcfg: dict, psize: int, use_abs_pos: bool) -> int:
+    """Patches per side: from the position embedding, else from the config's image size."""
+    vt = N.VISION_PREFIX
     if use_abs_pos:
-        ckpt.get(vt + "pos_embed")  # missing tensor error
-    if use_abs_pos:
-        grid = ckpt.tensors[vt + "pos_embed"].shape[1]
+        grid = ckpt.get(vt + "pos_embed").shape[1]
     elif "image_size" in vcfg:
         grid = int(vcfg["image_size"]) // psize
     else:
@@ -304,13 +342,12 @@ def _vision_params(ckpt: Checkpoint) -> VisionParams:
     if "patch_size" in vcfg and int(vcfg["patch_size"]) != psize:
         raise ConvertError(f"shape mismatch: vision_config patch_size {vcfg['patch_size']} but the patch "
                            f"embedding kernel is {psize}")
-    n_layers = _block_indices(ckpt.tensors, vt + "layers.")
-    if n_layers == 0:
-        raise ConvertError(f"missing tensor {ckpt.describe(vt + 'layers.0.attn.qkv.weight')} in {ckpt.src}")
-    if "num_hidden_layers" in vcfg and vcfg["num_hidden_layers"] != n_layers:
-        raise ConvertError(f"vision_config num_hidden_layers {vcfg['num_hidden_layers']} but the checkpoint "
-                           f"has {n_layers} vision blocks")
-    use_rel_pos = bool(vcfg.get("use_rel_pos", True)) if vcfg else vt + "layers.0.attn.rel_pos_h" in ckpt.tensors
+    return grid
+
+
+def _vision_heads(ckpt: Checkpoint, vcfg: dict, hidden: int, use_rel_pos: bool) -> int:
+    """Attention heads: the relative-position tables are one head wide; else the config says."""
+    vt = N.VISION_PREFIX
     if use_rel_pos:
         head_dim = ckpt.get(vt + "layers.0.attn.rel_pos_h").shape[1]
         heads = hidden // head_dim
@@ -324,44 +361,47 @@ def _vision_params(ckpt: Checkpoint) -> VisionParams:
                            f"head count cannot be inferred")
     if hidden % heads:
         raise ConvertError(f"vision hidden size {hidden} is not a multiple of {heads} heads")
-    mlp_dim = ckpt.get(vt + "layers.0.mlp.lin1.weight").shape[0]
+    return heads
 
-    # Attention extent per block: rel_pos has 2S-1 rows, S = grid (global) or the window.
+
+def _attention_extents(ckpt: Checkpoint, vcfg: dict, grid: int, n_layers: int,
+                       use_rel_pos: bool) -> tuple[int, tuple[int, ...]]:
+    """(window size, global blocks). Without a config they come from the relative-position
+    tables: 2S - 1 rows, S = the grid (a global block) or the window."""
+    vt = N.VISION_PREFIX
     if use_rel_pos and not vcfg:
         sides = [(ckpt.get(f"{vt}layers.{i}.attn.rel_pos_h").shape[0] + 1) // 2 for i in range(n_layers)]
         global_layers = tuple(i for i, s in enumerate(sides) if s == grid)
         windows = {s for s in sides if s != grid}
         if len(windows) > 1:
             raise ConvertError(f"shape mismatch: vision blocks use different window sizes {sorted(windows)}")
-        window = windows.pop() if windows else 0
-    else:
-        window = int(vcfg.get("window_size", 14))
-        global_layers = tuple(int(i) for i in vcfg.get("global_attn_indexes", (2, 5, 8, 11)))
-        if window == 0:
-            global_layers = tuple(range(n_layers))
-        if any(not 0 <= i < n_layers for i in global_layers):
-            raise ConvertError(f"vision_config global_attn_indexes {list(global_layers)} outside 0..{n_layers - 1}")
-    eps = float(vcfg.get("layer_norm_eps", VISION_LAYER_NORM_EPS))
+        return (windows.pop() if windows else 0), global_layers
+    window = int(vcfg.get("window_size", 14))
+    global_layers = tuple(int(i) for i in vcfg.get("global_attn_indexes", (2, 5, 8, 11)))
+    if window == 0:
+        global_layers = tuple(range(n_layers))
+    if any(not 0 <= i < n_layers for i in global_layers):
+        raise ConvertError(f"vision_config global_attn_indexes {list(global_layers)} outside 0..{n_layers - 1}")
+    return window, global_layers
 
-    neck = ckpt.get(vt + "neck.conv1.weight").shape[0]
-    proj_channels = ckpt.get(mm + "conv_upsampler1.weight").shape[0]
-    out_len = ckpt.get(mm + "conv_upsampler2.weight").shape[0]
-    if out_len != ckpt.text.hidden_size:
-        raise ConvertError(f"shape mismatch: the projector outputs {out_len} channels but the language "
-                           f"model's hidden size is {ckpt.text.hidden_size}")
-    if "output_channels" in vcfg and vcfg["output_channels"] != neck:
-        raise ConvertError(f"shape mismatch: vision_config output_channels {vcfg['output_channels']} but "
-                           f"the neck has {neck} channels")
 
-    d, f, hd = hidden, mlp_dim, hidden // heads
-    expected: list[tuple[str, tuple[int, ...]]] = [
-        (vt + "patch_embed.projection.bias", (d,)),
-    ]
-    if use_abs_pos:
+def _tokens_after_projector(grid: int) -> int:
+    side = grid
+    for _ in range(2):  # two conv k3 s2 p1: ceil(n / 2) each
+        side = (side + 1) // 2
+    return side
+
+
+def _expected_vision_shapes(v: VisionParams, grid: int) -> list[tuple[str, tuple[int, ...]]]:
+    """Every vision and projector tensor the sizes imply, with its shape."""
+    vt, mm = N.VISION_PREFIX, N.PROJECTOR_PREFIX
+    d, f, hd = v.hidden_size, v.mlp_dim, v.hidden_size // v.num_heads
+    expected: list[tuple[str, tuple[int, ...]]] = [(vt + "patch_embed.projection.bias", (d,))]
+    if v.use_abs_pos:
         expected.append((vt + "pos_embed", (1, grid, grid, d)))
-    for i in range(n_layers):
+    for i in range(v.num_layers):
         p = f"{vt}layers.{i}."
-        side = grid if i in global_layers else window
+        side = grid if i in v.global_layers else v.window_size
         expected += [
             (p + "layer_norm1.weight", (d,)), (p + "layer_norm1.bias", (d,)),
             (p + "attn.qkv.weight", (3 * d, d)), (p + "attn.qkv.bias", (3 * d,)),
@@ -370,31 +410,20 @@ def _vision_params(ckpt: Checkpoint) -> VisionParams:
             (p + "mlp.lin1.weight", (f, d)), (p + "mlp.lin1.bias", (f,)),
             (p + "mlp.lin2.weight", (d, f)), (p + "mlp.lin2.bias", (d,)),
         ]
-        if use_rel_pos:
+        if v.use_rel_pos:
             expected += [(p + "attn.rel_pos_h", (2 * side - 1, hd)), (p + "attn.rel_pos_w", (2 * side - 1, hd))]
+    neck, out = v.neck_channels, v.output_length
     expected += [
         (vt + "neck.conv1.weight", (neck, d, 1, 1)),
         (vt + "neck.layer_norm1.weight", (neck,)), (vt + "neck.layer_norm1.bias", (neck,)),
         (vt + "neck.conv2.weight", (neck, neck, 3, 3)),
         (vt + "neck.layer_norm2.weight", (neck,)), (vt + "neck.layer_norm2.bias", (neck,)),
-        (mm + "conv_upsampler1.weight", (proj_channels, neck, 3, 3)),
-        (mm + "conv_upsampler2.weight", (out_len, proj_channels, 3, 3)),
-        (mm + "multimodal_projector.weight", (out_len, out_len)),
-        (mm + "multimodal_projector.bias", (out_len,)),
+        (mm + "conv_upsampler1.weight", (v.projector_channels, neck, 3, 3)),
+        (mm + "conv_upsampler2.weight", (out, v.projector_channels, 3, 3)),
+        (mm + "multimodal_projector.weight", (out, out)),
+        (mm + "multimodal_projector.bias", (out,)),
     ]
-    for name, shape in expected:
-        _expect_shape(ckpt, name, shape)
-
-    side = grid
-    for _ in range(2):  # two conv k3 s2 p1: ceil(n / 2) each
-        side = (side + 1) // 2
-    return VisionParams(
-        image_size=grid * psize, patch_size=psize, num_channels=channels, hidden_size=d,
-        num_layers=n_layers, num_heads=heads, mlp_dim=f, layer_norm_eps=eps, window_size=window,
-        global_layers=tuple(sorted(global_layers)), use_abs_pos=use_abs_pos, use_rel_pos=use_rel_pos,
-        neck_channels=neck, neck_layer_norm_eps=NECK_LAYER_NORM_EPS, projector_channels=proj_channels,
-        output_length=out_len, image_token_count=side * side,
-    )
+    return expected
 
 
 def _tokenizer(ckpt: Checkpoint) -> tuple[QwenBpe, dict[str, int]]:
