@@ -75,7 +75,7 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Requests waiting for a slot before new ones are refused with 429."""
     n_ctx: int = EngineConfig.n_ctx
     kv_tokens: int | None = None
-    """KV cache cells the running requests share (unset: the engine's, one request's ``n_ctx``)."""
+    """KV cache cells the running requests share (unset: the engine's, ``n_ctx`` and at least 2048 a slot)."""
     threads: int | None = None
 
     # ---- HTTP
@@ -161,7 +161,7 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("slots", int, "concurrent decode slots"),
     ("queue", int, "queued requests before 429"),
     ("n_ctx", int, "context tokens per request"),
-    ("kv_tokens", int, "KV cache cells shared by the running requests, >= --n-ctx (default: --n-ctx; "
+    ("kv_tokens", int, "KV cache cells shared by the running requests, >= --n-ctx (default: --n-ctx, at least 2048 a slot; "
                        "about 96 KiB each for the full-size model; docs/MEMORY.md)"),
     ("threads", int, "CPU threads for the engine"),
     ("api_key", str, "require 'Authorization: Bearer KEY' on /v1, /metrics and /docs (prefer env GOTOCR_API_KEY)"),

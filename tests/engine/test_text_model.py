@@ -55,6 +55,17 @@ def test_default_pool_is_one_requests_context_shared_by_the_slots(converted_mode
         m.close()
 
 
+def test_default_pool_keeps_a_typical_page_per_slot(converted_model):
+    from gotocr_fast.engine.model import TextModel
+
+    # 8 slots of a 512-token context: 8 × 2048 cells (a one-view page and ~1,750 new tokens each)
+    m = TextModel(_tiny_text_gguf(converted_model), n_threads=1, n_slots=8, n_ctx_slot=512)
+    try:
+        assert m.n_ctx_slot == 512 and m.kv_tokens == int(m._ll.llama_n_ctx(m._ctx)) == 16384
+    finally:
+        m.close()
+
+
 def test_full_size_default_pool_fits_its_memory_budget():
     # the full-size GOT LM at the defaults (f16 cache, 8192 shared cells): 24 layers × K and V ×
     # 1024 values × 2 bytes = 96 KiB a token, 0.75 GiB in all (4 slots × 8192 each were 3 GiB)

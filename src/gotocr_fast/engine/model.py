@@ -23,7 +23,10 @@ from ..llama_load import model_params
 from ..llama_log import llama_cpp_module
 from .errors import ModelError
 
-__all__ = ["ModelPaths", "resolve_model_paths", "TextModel", "KvCacheFull", "kv_bytes_per_token", "load_llama_cpp"]
+__all__ = [
+    "ModelPaths", "resolve_model_paths", "TextModel", "KvCacheFull", "PAGE_KV_TOKENS", "default_kv_tokens",
+    "kv_bytes_per_token", "load_llama_cpp",
+]
 
 
 @dataclass(frozen=True)
@@ -122,14 +125,25 @@ def _check_decode(rc: int, what: str) -> None:
         raise ModelError(f"llama_decode ({what}) failed with status {rc}")
 
 
+PAGE_KV_TOKENS = 2048
+"""KV cells the default pool keeps per slot: a typical page, one view's 286-token prompt and up
+to ~1,750 generated tokens (docs/MEMORY.md)."""
+
+
+def default_kv_tokens(n_ctx_slot: int, n_slots: int) -> int:
+    """The default pool: one request's whole context, and at least a typical page per slot."""
+    return max(n_ctx_slot, n_slots * PAGE_KV_TOKENS)
+
+
 class TextModel:
     """The Qwen2 LM in llama.cpp: ``n_slots`` sequences sharing one KV pool of ``kv_tokens`` cells.
 
     ``n_ctx_slot`` is the context of one request (prompt + generated tokens); ``kv_tokens`` the
-    pool every running sequence takes its cells from, by default one request's context
-    (``n_ctx_slot``): one request alone can use all of it, several typical pages share it, and
-    the scheduler makes room when it runs out (``scheduler.py``). It may not be smaller than
-    ``n_ctx_slot``, so a request that fits its context always fits the pool once alone.
+    pool every running sequence takes its cells from (default: :func:`default_kv_tokens`, 8192
+    for 4 slots of 8192): one request alone can use its whole context, several typical pages
+    share the pool, and the scheduler makes room when it runs out (``scheduler.py``). It may not
+    be smaller than ``n_ctx_slot``, so a request that fits its context always fits the pool once
+    alone.
     """
 
     def __init__(
@@ -148,7 +162,7 @@ class TextModel:
         if kv_type not in _KV_TYPES:
             raise ValueError(f"kv_type must be one of {', '.join(_KV_TYPES)}; got {kv_type!r}")
         if kv_tokens is None:
-            kv_tokens = n_ctx_slot
+            kv_tokens = default_kv_tokens(n_ctx_slot, n_slots)
         if kv_tokens < n_ctx_slot:
             raise ValueError(f"kv_tokens ({kv_tokens}) must be >= the context of one request ({n_ctx_slot})")
         self._ll = ll = load_llama_cpp(verbose)
