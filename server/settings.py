@@ -161,8 +161,8 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("slots", int, "concurrent decode slots"),
     ("queue", int, "queued requests before 429"),
     ("n_ctx", int, "context tokens per request"),
-    ("kv_tokens", int, "KV cache cells shared by the running requests, >= --n-ctx (default: --n-ctx, at least 2048 a slot; "
-                       "about 96 KiB each for the full-size model; docs/MEMORY.md)"),
+    ("kv_tokens", int, "KV cache cells shared by the running requests, >= --n-ctx (default: --n-ctx, at least "
+                       "2048 a slot; about 96 KiB each for the full-size model; docs/MEMORY.md)"),
     ("threads", int, "CPU threads for the engine"),
     ("api_key", str, "require 'Authorization: Bearer KEY' on /v1, /metrics and /docs (prefer env GOTOCR_API_KEY)"),
     ("public_ops", bool, "with --api-key: serve /metrics and /docs without the key"),
