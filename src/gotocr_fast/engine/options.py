@@ -61,9 +61,10 @@ class EngineConfig:
     which case ``vision`` names the vision GGUF. ``n_ctx`` is the context of ONE request;
     ``kv_tokens`` the KV pool the ``max_slots`` running requests share (None: ``n_ctx``, and at
     least 2048 cells per slot; the rule and its checks are ``engine/model.py``'s; docs/MEMORY.md).
-    ``max_queue`` bounds the sequences waiting for a slot. ``share_cpu``: encoder and decode loop take turns on the CPU (default: when their
-    threads together exceed the CPUs). ``flash_attn``: llama.cpp's flash attention (default: off
-    on a CPU-only build, llama.cpp's "auto" with a GPU build).
+    ``max_queue`` bounds the sequences waiting for a slot. ``share_cpu``: encoder and decode loop
+    take turns on the CPU (default: when their threads together exceed the CPUs). ``flash_attn``:
+    llama.cpp's flash attention (default: off on a CPU-only build, llama.cpp's "auto" with a GPU
+    build).
 
     Request policy: ``max_tokens_limit`` is the largest ``max_tokens`` a request may ask for
     (None: only the context bounds it); ``default_max_tokens`` and ``loop_guard`` apply to
