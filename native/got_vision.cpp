@@ -410,17 +410,35 @@ struct loader {
     uint64_t file_size;
     std::vector<tensor_src> srcs;
 
-    // torch_shape: the numpy/torch shape (outermost first), as written in ARCHITECTURE.md
-    ggml_tensor * get(const std::string & name, std::vector<int64_t> torch_shape, wkind kind, bool load = true) {
+    struct located {
+        int64_t id;
+        ggml_type type;
+        const int64_t * ne;
+        size_t offset;  // absolute file offset of the data
+    };
+
+    // A tensor that exists and whose data lies inside the file.
+    located locate(const std::string & name) const {
         const int64_t id = gguf_find_tensor(g, name.c_str());
         if (id < 0) {
             throw load_error(format("missing tensor '%s'", name.c_str()));
         }
-        const ggml_type type = gguf_get_tensor_type(g, id);
+        const size_t off = data_offset + gguf_get_tensor_offset(g, id);
+        const size_t nbytes = gguf_get_tensor_size(g, id);
+        if (off > file_size || nbytes > file_size - off) {
+            throw load_error(format("tensor '%s' data lies beyond the end of the file (truncated file?)", name.c_str()));
+        }
+        return {id, gguf_get_tensor_type(g, id), gguf_get_tensor_ne(g, id), off};
+    }
+
+    // torch_shape: the numpy/torch shape (outermost first), as written in ARCHITECTURE.md
+    ggml_tensor * get(const std::string & name, std::vector<int64_t> torch_shape, wkind kind, bool load = true) {
+        const located at = locate(name);
+        const ggml_type type = at.type;
         if (!type_ok(type, kind)) {
             throw load_error(format("tensor '%s' has type %s, not allowed here", name.c_str(), ggml_type_name(type)));
         }
-        const int64_t * ne = gguf_get_tensor_ne(g, id);
+        const int64_t * ne = at.ne;
         int64_t want[GGML_MAX_DIMS] = {1, 1, 1, 1};
         const int n = (int) torch_shape.size();
         for (int i = 0; i < n; i++) {
@@ -436,15 +454,10 @@ struct loader {
             throw load_error(format("tensor '%s': row size %" PRId64 " is not a multiple of the %s block size",
                                     name.c_str(), ne[0], ggml_type_name(type)));
         }
-        const size_t off = data_offset + gguf_get_tensor_offset(g, id);
-        const size_t nbytes = gguf_get_tensor_size(g, id);
-        if (off > file_size || nbytes > file_size - off) {
-            throw load_error(format("tensor '%s' data lies beyond the end of the file (truncated file?)", name.c_str()));
-        }
         ggml_tensor * t = ggml_new_tensor(ctx, type, n == 0 ? 1 : std::max(n, 1), want);
         if (!t) throw load_error("out of memory creating a tensor");
         ggml_set_name(t, name.c_str());
-        if (load) srcs.push_back({t, off});
+        if (load) srcs.push_back({t, at.offset});
         return t;
     }
 };
@@ -830,7 +843,8 @@ void copy_err(char * err, size_t err_len, const std::string & msg) {
     }
 }
 
-ggml_backend_dev_t pick_device(got_vision_backend_kind kind, const char * name) {
+// The first GPU (or integrated GPU) device, or the one named ``name``; nullptr if none.
+ggml_backend_dev_t pick_gpu_device(const char * name) {
     const size_t n = ggml_backend_dev_count();
     for (size_t i = 0; i < n; i++) {
         ggml_backend_dev_t dev = ggml_backend_dev_get(i);
@@ -839,7 +853,6 @@ ggml_backend_dev_t pick_device(got_vision_backend_kind kind, const char * name) 
         if (name && *name && strcmp(ggml_backend_dev_name(dev), name) != 0) continue;
         return dev;
     }
-    (void) kind;
     return nullptr;
 }
 
@@ -849,7 +862,7 @@ void init_backends(got_vision_ctx * vc, const got_vision_context_params & p) {
         throw load_error("ggml offers no CPU backend");
     }
     if (p.backend == GOT_VISION_BACKEND_GPU || p.backend == GOT_VISION_BACKEND_AUTO) {
-        ggml_backend_dev_t dev = pick_device(p.backend, p.device);
+        ggml_backend_dev_t dev = pick_gpu_device(p.device);
         if (dev) {
             vc->backend = ggml_backend_dev_init(dev, nullptr);
             if (!vc->backend && p.backend == GOT_VISION_BACKEND_GPU) {
@@ -891,8 +904,15 @@ void apply_threads(got_vision_ctx * vc, int n) {
     }
 }
 
-void load_model(got_vision_ctx * vc, const char * path) {
-    // check the magic first: gguf_init_from_file is chatty on non-GGUF files
+// A rel-pos table read on the host, resized to the block's extent and expanded to the per-position
+// table the graph adds; uploaded once the weight buffer exists.
+struct pending_table {
+    ggml_tensor * t;
+    std::vector<float> data;
+};
+
+// The file, checked to be a GGUF before gguf_init_from_file sees it (it is chatty on other files).
+file_ptr open_gguf_file(const char * path, uint64_t * file_size) {
     file_ptr f(fopen(path, "rb"));
     if (!f) {
         throw load_error(format("cannot open '%s': %s", path, strerror(errno)));
@@ -904,8 +924,87 @@ void load_model(got_vision_ctx * vc, const char * path) {
     if (fseeko(f.get(), 0, SEEK_END) != 0) {
         throw load_error(format("cannot seek in '%s'", path));
     }
-    const uint64_t file_size = (uint64_t) ftello(f.get());
+    *file_size = (uint64_t) ftello(f.get());
+    return f;
+}
 
+ggml_tensor * read_rel_table(got_vision_ctx * vc, const loader & ld, FILE * f, const std::string & name, int64_t S,
+                             std::vector<pending_table> & tables) {
+    const int64_t hd = vc->hp.head_dim();
+    const loader::located at = ld.locate(name);
+    const int64_t Lr = at.ne[1];
+    if (at.type != GGML_TYPE_F32) {
+        throw load_error(format("tensor '%s' must be f32", name.c_str()));
+    }
+    if (at.ne[0] != hd || Lr < 1 || Lr > 4 * MAX_IMAGE_SIZE || at.ne[2] != 1 || at.ne[3] != 1) {
+        throw load_error(format("tensor '%s' has shape %s, expected [%" PRId64 ", %" PRId64 "]", name.c_str(),
+                                shape_str(at.ne, GGML_MAX_DIMS).c_str(), 2 * S - 1, hd));
+    }
+    std::vector<float> raw((size_t) (Lr * hd));
+    read_at(f, at.offset, raw.data(), raw.size() * sizeof(float), name.c_str());
+    for (float v : raw) {
+        if (!std::isfinite(v)) throw load_error(format("tensor '%s' holds non-finite values", name.c_str()));
+    }
+    ggml_tensor * t = ggml_new_tensor_3d(vc->ctx_w, GGML_TYPE_F32, hd, S, S);
+    if (!t) throw load_error("out of memory creating a tensor");
+    ggml_set_name(t, (name + ".table").c_str());
+    tables.push_back({t, rel_pos_table(resize_rel_pos(raw, Lr, hd, 2 * S - 1), S, hd)});
+    return t;
+}
+
+void declare_block(got_vision_ctx * vc, loader & ld, FILE * f, int64_t i, std::vector<pending_table> & tables) {
+    const hparams & hp = vc->hp;
+    const int64_t D = hp.n_embd;
+    layer & L = vc->layers[(size_t) i];
+    const std::string p = "v.blk." + std::to_string(i) + ".";
+    L.global = hp.global[(size_t) i];
+    L.S = L.global ? hp.grid : hp.window;
+    L.ln1_w  = ld.get(p + "ln1.weight", {D}, wkind::f32_only);
+    L.ln1_b  = ld.get(p + "ln1.bias", {D}, wkind::f32_only);
+    L.qkv_w  = ld.get(p + "attn_qkv.weight", {3 * D, D}, wkind::matmul);
+    L.qkv_b  = ld.get(p + "attn_qkv.bias", {3 * D}, wkind::f32_only);
+    L.out_w  = ld.get(p + "attn_out.weight", {D, D}, wkind::matmul);
+    L.out_b  = ld.get(p + "attn_out.bias", {D}, wkind::f32_only);
+    L.ln2_w  = ld.get(p + "ln2.weight", {D}, wkind::f32_only);
+    L.ln2_b  = ld.get(p + "ln2.bias", {D}, wkind::f32_only);
+    L.up_w   = ld.get(p + "ffn_up.weight", {hp.n_ff, D}, wkind::matmul);
+    L.up_b   = ld.get(p + "ffn_up.bias", {hp.n_ff}, wkind::f32_only);
+    L.down_w = ld.get(p + "ffn_down.weight", {D, hp.n_ff}, wkind::matmul);
+    L.down_b = ld.get(p + "ffn_down.bias", {D}, wkind::f32_only);
+    if (hp.use_rel_pos) {
+        L.rel_h_tab = read_rel_table(vc, ld, f, p + "attn_rel_pos_h", L.S, tables);
+        L.rel_w_tab = read_rel_table(vc, ld, f, p + "attn_rel_pos_w", L.S, tables);
+    }
+}
+
+// Allocates the weight buffer and fills it: the file's tensors, then the rel-pos tables.
+void upload_weights(got_vision_ctx * vc, const loader & ld, FILE * f, const std::vector<pending_table> & tables) {
+    vc->buf_w = ggml_backend_alloc_ctx_tensors(vc->ctx_w, vc->backend);
+    if (!vc->buf_w) {
+        throw load_error(format("failed to allocate the weight buffer on %s", vc->backend_name.c_str()));
+    }
+    ggml_backend_buffer_set_usage(vc->buf_w, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+
+    const bool host = ggml_backend_buffer_is_host(vc->buf_w);
+    std::vector<uint8_t> staging;
+    for (const tensor_src & s : ld.srcs) {
+        const size_t nbytes = ggml_nbytes(s.t);
+        if (host) {
+            read_at(f, s.offset, s.t->data, nbytes, ggml_get_name(s.t));
+        } else {
+            staging.resize(nbytes);
+            read_at(f, s.offset, staging.data(), nbytes, ggml_get_name(s.t));
+            ggml_backend_tensor_set(s.t, staging.data(), 0, nbytes);
+        }
+    }
+    for (const pending_table & pt : tables) {
+        ggml_backend_tensor_set(pt.t, pt.data.data(), 0, pt.data.size() * sizeof(float));
+    }
+}
+
+void load_model(got_vision_ctx * vc, const char * path) {
+    uint64_t file_size = 0;
+    file_ptr f = open_gguf_file(path, &file_size);
     gguf_init_params gp = {true, nullptr};
     gguf_ptr g(gguf_init_from_file(path, gp));
     if (!g) {
@@ -913,7 +1012,7 @@ void load_model(got_vision_ctx * vc, const char * path) {
     }
     vc->hp = read_hparams(g.get());
     const hparams & hp = vc->hp;
-    const int64_t D = hp.n_embd, C = hp.n_channels, P = hp.patch_size, G = hp.grid, hd = hp.head_dim();
+    const int64_t D = hp.n_embd, C = hp.n_channels, P = hp.patch_size, G = hp.grid;
     const int64_t N = hp.neck_ch, E = hp.out_len;
 
     const size_t n_tensors = (size_t) (16 * hp.n_layer + 32);
@@ -929,61 +1028,10 @@ void load_model(got_vision_ctx * vc, const char * path) {
     if (hp.use_abs_pos) {
         vc->pos = ld.get("v.pos_embd", {1, G, G, D}, wkind::f32_only);
     }
-
-    // rel-pos tables: read on the host, resized and expanded here, uploaded after allocation
-    struct pending_table { ggml_tensor * t; std::vector<float> data; };
     std::vector<pending_table> tables;
-    auto rel_table = [&](const std::string & name, int64_t S) -> ggml_tensor * {
-        const int64_t id = gguf_find_tensor(g.get(), name.c_str());
-        if (id < 0) throw load_error(format("missing tensor '%s'", name.c_str()));
-        const int64_t * ne = gguf_get_tensor_ne(g.get(), id);
-        const int64_t Lr = ne[1];
-        if (gguf_get_tensor_type(g.get(), id) != GGML_TYPE_F32) {
-            throw load_error(format("tensor '%s' must be f32", name.c_str()));
-        }
-        if (ne[0] != hd || Lr < 1 || Lr > 4 * MAX_IMAGE_SIZE || ne[2] != 1 || ne[3] != 1) {
-            throw load_error(format("tensor '%s' has shape %s, expected [%" PRId64 ", %" PRId64 "]", name.c_str(),
-                                    shape_str(ne, GGML_MAX_DIMS).c_str(), 2 * S - 1, hd));
-        }
-        const size_t off = ld.data_offset + gguf_get_tensor_offset(g.get(), id);
-        const size_t nbytes = (size_t) (Lr * hd) * sizeof(float);
-        if (off > file_size || nbytes > file_size - off) {
-            throw load_error(format("tensor '%s' data lies beyond the end of the file (truncated file?)", name.c_str()));
-        }
-        std::vector<float> raw((size_t) (Lr * hd));
-        read_at(f.get(), off, raw.data(), nbytes, name.c_str());
-        for (float v : raw) {
-            if (!std::isfinite(v)) throw load_error(format("tensor '%s' holds non-finite values", name.c_str()));
-        }
-        std::vector<float> tab = rel_pos_table(resize_rel_pos(raw, Lr, hd, 2 * S - 1), S, hd);
-        ggml_tensor * t = ggml_new_tensor_3d(vc->ctx_w, GGML_TYPE_F32, hd, S, S);
-        ggml_set_name(t, (name + ".table").c_str());
-        tables.push_back({t, std::move(tab)});
-        return t;
-    };
-
     vc->layers.resize((size_t) hp.n_layer);
     for (int64_t i = 0; i < hp.n_layer; i++) {
-        layer & L = vc->layers[(size_t) i];
-        const std::string p = "v.blk." + std::to_string(i) + ".";
-        L.global = hp.global[(size_t) i];
-        L.S = L.global ? G : hp.window;
-        L.ln1_w  = ld.get(p + "ln1.weight", {D}, wkind::f32_only);
-        L.ln1_b  = ld.get(p + "ln1.bias", {D}, wkind::f32_only);
-        L.qkv_w  = ld.get(p + "attn_qkv.weight", {3 * D, D}, wkind::matmul);
-        L.qkv_b  = ld.get(p + "attn_qkv.bias", {3 * D}, wkind::f32_only);
-        L.out_w  = ld.get(p + "attn_out.weight", {D, D}, wkind::matmul);
-        L.out_b  = ld.get(p + "attn_out.bias", {D}, wkind::f32_only);
-        L.ln2_w  = ld.get(p + "ln2.weight", {D}, wkind::f32_only);
-        L.ln2_b  = ld.get(p + "ln2.bias", {D}, wkind::f32_only);
-        L.up_w   = ld.get(p + "ffn_up.weight", {hp.n_ff, D}, wkind::matmul);
-        L.up_b   = ld.get(p + "ffn_up.bias", {hp.n_ff}, wkind::f32_only);
-        L.down_w = ld.get(p + "ffn_down.weight", {D, hp.n_ff}, wkind::matmul);
-        L.down_b = ld.get(p + "ffn_down.bias", {D}, wkind::f32_only);
-        if (hp.use_rel_pos) {
-            L.rel_h_tab = rel_table(p + "attn_rel_pos_h", L.S);
-            L.rel_w_tab = rel_table(p + "attn_rel_pos_w", L.S);
-        }
+        declare_block(vc, ld, f.get(), i, tables);
     }
     vc->neck_conv1 = ld.get("v.neck.conv1.weight", {N, D, 1, 1}, wkind::conv);
     vc->neck_ln1_w = ld.get("v.neck.ln1.weight", {N}, wkind::f32_only);
@@ -995,28 +1043,7 @@ void load_model(got_vision_ctx * vc, const char * path) {
     vc->mm_conv2   = ld.get("mm.conv2.weight", {E, hp.proj_ch, 3, 3}, wkind::conv);
     vc->mm_proj_w  = ld.get("mm.proj.weight", {E, E}, wkind::matmul);
     vc->mm_proj_b  = ld.get("mm.proj.bias", {E}, wkind::f32_only);
-
-    vc->buf_w = ggml_backend_alloc_ctx_tensors(vc->ctx_w, vc->backend);
-    if (!vc->buf_w) {
-        throw load_error(format("failed to allocate the weight buffer on %s", vc->backend_name.c_str()));
-    }
-    ggml_backend_buffer_set_usage(vc->buf_w, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
-
-    const bool host = ggml_backend_buffer_is_host(vc->buf_w);
-    std::vector<uint8_t> staging;
-    for (const tensor_src & s : ld.srcs) {
-        const size_t nbytes = ggml_nbytes(s.t);
-        if (host) {
-            read_at(f.get(), s.offset, s.t->data, nbytes, ggml_get_name(s.t));
-        } else {
-            staging.resize(nbytes);
-            read_at(f.get(), s.offset, staging.data(), nbytes, ggml_get_name(s.t));
-            ggml_backend_tensor_set(s.t, staging.data(), 0, nbytes);
-        }
-    }
-    for (const pending_table & pt : tables) {
-        ggml_backend_tensor_set(pt.t, pt.data.data(), 0, pt.data.size() * sizeof(float));
-    }
+    upload_weights(vc, ld, f.get(), tables);
 }
 
 void set_error(got_vision_ctx * vc, const std::string & msg) { vc->last_error = msg; }
