@@ -434,14 +434,19 @@ def render(data: dict, stat: str = "min") -> str:
           f"softmax and GELU not counted) ÷ time per view ÷ estimated peak "
           f"{facts['peak_gflops']} GFLOP/s.")
         w("")
-        w("| implementation | time / view | GFLOP/s | % of fp32 peak |")
-        w("|---|---:|---:|---:|")
+        w("Kernels: the instruction set each kind of our kernel ran with (GEMM / attention / layer "
+          "norm, chosen at run time from the CPU's features; `ggml` where ggml's own op ran).")
+        w("")
+        w("| implementation | time / view | GFLOP/s | % of fp32 peak | kernels | CPU |")
+        w("|---|---:|---:|---:|---|---|")
         for b in vision:
             e = b["extra_info"]
             t = per_unit(b, stat)
             gflops = e.get("flops", 0) / max(1, e["units"]) / t / 1e9
+            isa = e.get("kernel_isa") or {}
+            kernels = " / ".join(isa.get(k, "?") for k in ("gemm", "attention", "layernorm")) if isa else ""
             w(f"| {_variant(e)} | {_fmt_time(t)} | {gflops:.1f} | "
-              f"{100 * gflops / facts['peak_gflops']:.1f} % |")
+              f"{100 * gflops / facts['peak_gflops']:.1f} % | {kernels} | {e.get('cpu', '')} |")
         w("")
 
     for line in accuracy_section(by_stage.get("accuracy", [])):
