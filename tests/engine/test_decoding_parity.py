@@ -38,7 +38,7 @@ def _request(engine, fx, fixtures_dir, case: str, ngram: int | None):
             "max_tokens": len(fx[f"{case}/ngram{n}/gen_ids"])}
     if ngram is not None:
         opts["no_repeat_ngram_size"] = ngram
-    return engine.submit(images if c["multi_page"] else images[0], _stream=False, **opts), n
+    return engine.submit(images if c["multi_page"] else images[0], stream=False, **opts), n
 
 
 def _checked_steps(req, fx, case: str, n: int) -> int:

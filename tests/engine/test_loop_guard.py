@@ -69,7 +69,7 @@ def _expected_stop(n_intro: int, period: int, min_span: int) -> int:
 def test_forced_loop_stops_within_the_window(engine, script, qwen_tiktoken):
     intro, cycle = script
     assert intro[-1] != cycle[-1]  # the periodic tail starts exactly at the cycle
-    req = engine.submit(_image(1), _stream=False, _logits_hook=_forcing(_loop(intro, cycle)),
+    req = engine.submit(_image(1), stream=False, _logits_hook=_forcing(_loop(intro, cycle)),
                         max_tokens=900, no_repeat_ngram_size=0)
     r = req.result(120)
     assert r.finish_reason == "repetition"
@@ -82,14 +82,14 @@ def test_forced_loop_stops_within_the_window(engine, script, qwen_tiktoken):
 def test_guard_span_is_an_option_and_zero_turns_it_off(engine, script, qwen_tiktoken):
     intro, cycle = script
     hook = _forcing(_loop(intro, cycle))
-    short = engine.submit(_image(2), _stream=False, _logits_hook=hook, max_tokens=900, no_repeat_ngram_size=0,
+    short = engine.submit(_image(2), stream=False, _logits_hook=hook, max_tokens=900, no_repeat_ngram_size=0,
                           loop_guard=64)
     r = short.result(120)
     assert r.finish_reason == "repetition"
     assert r.completion_tokens == _expected_stop(len(intro), len(cycle), 64)
     assert r.text == INTRO + CYCLE
 
-    off = engine.submit(_image(2), _stream=False, _logits_hook=_forcing(_loop(intro, cycle)), max_tokens=600,
+    off = engine.submit(_image(2), stream=False, _logits_hook=_forcing(_loop(intro, cycle)), max_tokens=600,
                         no_repeat_ngram_size=0, loop_guard=0)
     r = off.result(120)
     assert r.finish_reason == "length" and r.completion_tokens == 600
@@ -131,7 +131,7 @@ def test_the_ngram_rule_breaks_a_short_loop(engine, script):
     """With GOT's rule on (the plain default), the forced cycle cannot repeat a 20-gram: the model's
     next choice replaces the banned token, so the loop never forms."""
     intro, cycle = script
-    req = engine.submit(_image(5), _stream=False, _logits_hook=_forcing(_loop(intro, cycle)), max_tokens=200)
+    req = engine.submit(_image(5), stream=False, _logits_hook=_forcing(_loop(intro, cycle)), max_tokens=200)
     req.result(120)
     gen = req.sequences[0].generated
     assert req.sequences[0].sampler.params.no_repeat_ngram_size == 20
@@ -142,13 +142,13 @@ def test_the_ngram_rule_breaks_a_short_loop(engine, script):
 
 def test_default_budget_is_the_reference_within_the_context(engine):
     """No max_tokens: GOT's 4096, cut to what this engine's 1024-token context leaves."""
-    req = engine.submit(_image(6), _stream=False)
+    req = engine.submit(_image(6), stream=False)
     try:
         seq = req.sequences[0]
         assert seq.max_tokens == min(4096, engine.n_ctx - seq.prompt_tokens) == engine.n_ctx - seq.prompt_tokens
         assert seq.sampler.params.no_repeat_ngram_size == 20 and seq.loop_guard is not None
     finally:
         req.cancel()
-    crop = engine.submit(_image(6), _stream=False, crop=True, max_tokens=4)
+    crop = engine.submit(_image(6), stream=False, crop=True, max_tokens=4)
     crop.result(120)
     assert crop.sequences[0].sampler.params.no_repeat_ngram_size == 0
