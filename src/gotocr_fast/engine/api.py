@@ -260,15 +260,15 @@ class OcrEngine(EngineBase):
     :class:`Overloaded`.
     """
 
-    def __init__(self, model_or_config: EngineConfig | str | os.PathLike, vision_gguf: str | os.PathLike | None = None,
-                 **fields: Any):
-        if isinstance(model_or_config, EngineConfig):
-            config = model_or_config.replace(**fields) if fields or vision_gguf is not None else model_or_config
+    def __init__(self, model_dir_or_text_gguf: EngineConfig | str | os.PathLike,
+                 vision_gguf: str | os.PathLike | None = None, **fields: Any):
+        if isinstance(model_dir_or_text_gguf, EngineConfig):
+            config = model_dir_or_text_gguf.replace(**fields) if fields else model_dir_or_text_gguf
             if vision_gguf is not None:
                 config = config.replace(vision=vision_gguf)
         else:
             try:
-                config = EngineConfig(model=model_or_config, vision=vision_gguf, **fields)
+                config = EngineConfig(model=model_dir_or_text_gguf, vision=vision_gguf, **fields)
             except TypeError as e:  # an unknown keyword: name it as the caller wrote it
                 raise TypeError(f"OcrEngine: {e}") from None
         self.config = config
