@@ -31,7 +31,7 @@ from .errors import ApiError, error_body, error_event, exception_handlers, shutt
 from .fetch import UrlFetcher
 from .inputs import InputLimits, InputResolver
 from .metrics import Metrics
-from .runner import Admission, EngineHolder, OcrService, cancelled_by_shutdown
+from .runner import EngineHolder, OcrService, cancelled_by_shutdown
 from .runtime import Runtime
 from .settings import ServerSettings
 
@@ -75,7 +75,7 @@ def create_app(
     fetching is on only with ``settings.allow_urls``."""
     metrics = Metrics()
     holder = EngineHolder(engine_factory or default_engine_factory(settings), metrics)
-    admission = Admission(settings.slots, settings.queue, metrics)
+    metrics.slots.set(settings.slots)
     if fetcher is None and settings.allow_urls:
         fetcher = UrlFetcher(
             max_bytes=settings.max_input_bytes,
@@ -98,7 +98,7 @@ def create_app(
         engine_config=settings.engine_config(),
         metrics=metrics,
         holder=holder,
-        service=OcrService(holder, admission, metrics),
+        service=OcrService(holder, metrics),
         resolver=resolver,
         model_name=settings.served_model_name,
     )
@@ -115,6 +115,9 @@ def create_app(
 
     metrics.add_gauge("gotocr_engine_running", "Sequences decoding in the engine's slots.", _engine_gauge("running"))
     metrics.add_gauge("gotocr_engine_waiting", "Sequences queued or encoding in the engine.", _engine_gauge("waiting"))
+    # the names dashboards know; the engine's queue is the only one, so they read the same counts
+    metrics.add_gauge("gotocr_active_slots", "OCR items holding a decode slot.", _engine_gauge("running"))
+    metrics.add_gauge("gotocr_queue_depth", "OCR items waiting for a decode slot.", _engine_gauge("waiting"))
 
     async def on_startup() -> None:
         holder.start()

@@ -63,8 +63,6 @@ class Metrics:
         self.requests = self._counter("gotocr_http_requests_total", "HTTP requests by route and status.",
                                       ("route", "status"))
         self.in_flight = self._gauge("gotocr_http_requests_in_flight", "HTTP requests being handled.")
-        self.queue_depth = self._gauge("gotocr_queue_depth", "OCR items waiting for a decode slot.")
-        self.active_slots = self._gauge("gotocr_active_slots", "OCR items holding a decode slot.")
         self.slots = self._gauge("gotocr_slots", "Decode slots configured.")
         self.model_ready = self._gauge("gotocr_model_ready", "1 once the model is loaded.")
         self.items = self._counter("gotocr_ocr_items_total", "OCR items finished, by finish reason.",

@@ -3,9 +3,9 @@ a decode slot → streamed → finished, or aborted when the client goes away.
 
 * :class:`EngineHolder` loads the model in a worker thread at startup (``/health`` says 503 until
   it is ready) and closes it at shutdown.
-* :class:`Admission` is the bounded queue in front of the engine: at most ``slots`` prompts run,
-  at most ``queue`` wait, the next one is refused (429 + Retry-After). Its counts are the
-  ``gotocr_active_slots`` / ``gotocr_queue_depth`` gauges.
+* The engine's queue is the only one: at most ``slots`` sequences decode and ``queue`` wait, the
+  next request is refused by the engine (``Overloaded``: 429 + Retry-After). Its counts are the
+  ``gotocr_active_slots`` / ``gotocr_queue_depth`` gauges (read from ``engine.stats()``).
 * :class:`OcrService` runs one prompt through the engine's asyncio API (``aocr``,
   ``aopen_stream``): a cancelled wait (client disconnect, shutdown) cancels the engine request,
   which frees its slot.
@@ -14,18 +14,16 @@ a decode slot → streamed → finished, or aborted when the client goes away.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from litestar.types import Receive
 
 import anyio
 
-from gotocr_fast import OcrOptions, OcrResult
+from gotocr_fast import OcrOptions, OcrResult, Overloaded
 
 from .errors import ApiError, ClientDisconnected, shutting_down
 from .metrics import Metrics
@@ -33,7 +31,7 @@ from .metrics import Metrics
 if TYPE_CHECKING:
     from gotocr_fast import AsyncOcrStream
 
-__all__ = ["Admission", "AdmittedStream", "EngineHolder", "OcrService", "cancelled_by_shutdown", "until_disconnect"]
+__all__ = ["EngineHolder", "OcrService", "ServedStream", "cancelled_by_shutdown", "until_disconnect"]
 
 log = logging.getLogger("gotocr_fast.server")
 
@@ -131,102 +129,40 @@ def _close(engine: Any) -> None:
         log.exception("error while closing the engine")
 
 
-class Admission:
-    """A FIFO with ``slots`` places running and ``queue`` places waiting (event-loop only)."""
-
-    def __init__(self, slots: int, queue: int, metrics: Metrics) -> None:
-        self.slots = slots
-        self.queue = queue
-        self.active = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._metrics = metrics
-        metrics.slots.set(slots)
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
-    def _publish(self) -> None:
-        self._metrics.active_slots.set(self.active)
-        self._metrics.queue_depth.set(len(self._waiters))
-
-    async def acquire(self) -> None:
-        """Take a running place, waiting in FIFO order; 429 when ``queue`` are already waiting."""
-        if self.active < self.slots and not self._waiters:
-            self.active += 1
-            self._publish()
-            return
-        if len(self._waiters) >= self.queue:
-            self._metrics.rejected.inc("queue_full")
-            raise ApiError(429, f"server busy: {self.queue} requests already waiting; retry later", "queue_full",
-                           headers={"Retry-After": "1"})
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        self._publish()
-        try:
-            await fut  # release() hands its place over (active is not decremented in between)
-        except BaseException:
-            if fut.done() and not fut.cancelled():
-                self.release()  # granted and cancelled at the same time: pass the place on
-            else:
-                self._waiters.remove(fut)
-                self._publish()
-            raise
-        self._publish()
-
-    def release(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                break
-        else:
-            self.active -= 1
-        self._publish()
-
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        await self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
-
-
 class OcrService:
-    """Runs prompts on the engine from async code: admission, then the engine's asyncio API."""
+    """Runs prompts on the engine from async code (the engine's asyncio API)."""
 
-    def __init__(self, holder: EngineHolder, admission: Admission, metrics: Metrics) -> None:
+    def __init__(self, holder: EngineHolder, metrics: Metrics) -> None:
         self.holder = holder
-        self.admission = admission
         self.metrics = metrics
 
     async def run(self, pages: list[Any], options: OcrOptions) -> OcrResult:
         """One prompt → OcrResult. Cancelling the caller cancels the engine request."""
         engine = self.holder.require()
-        async with self.admission.slot():
-            try:
-                result = await engine.aocr(_source(pages), options)
-            except asyncio.CancelledError:
-                self.metrics.cancelled.inc()
-                raise
+        try:
+            result = await engine.aocr(_source(pages), options)
+        except Overloaded:
+            self.metrics.rejected.inc("queue_full")
+            raise
+        except asyncio.CancelledError:
+            self.metrics.cancelled.inc()
+            raise
         self.observe(result)
         return result
 
-    async def open_stream(self, pages: list[Any], options: OcrOptions) -> "AdmittedStream":
-        """Admit and submit (errors surface here, before any response byte) and return the stream.
+    async def open_stream(self, pages: list[Any], options: OcrOptions) -> "ServedStream":
+        """Submit (errors surface here, before any response byte) and return the stream.
 
         The caller must ``close()`` it (in a ``finally``): that cancels the engine request if it
-        has not finished and frees the place.
+        has not finished.
         """
         engine = self.holder.require()
-        await self.admission.acquire()
         try:
             stream = await engine.aopen_stream(_source(pages), options)
-        except BaseException:
-            self.admission.release()
+        except Overloaded:
+            self.metrics.rejected.inc("queue_full")
             raise
-        return AdmittedStream(stream, self)
+        return ServedStream(stream, self)
 
     def observe(self, result: OcrResult) -> None:
         m = self.metrics
@@ -244,15 +180,15 @@ def _source(pages: list[Any]) -> Any:
     return pages[0] if len(pages) == 1 else pages
 
 
-class AdmittedStream:
-    """The engine's async delta stream, holding an admission place until ``close()``."""
+class ServedStream:
+    """The engine's async delta stream, with the server's metrics recorded at ``close()``."""
 
     def __init__(self, stream: AsyncOcrStream, service: OcrService) -> None:
         self._stream = stream
         self._service = service
         self._closed = False
 
-    def __aiter__(self) -> "AdmittedStream":
+    def __aiter__(self) -> "ServedStream":
         return self
 
     async def __anext__(self) -> str:
@@ -263,15 +199,14 @@ class AdmittedStream:
         return self._stream.result
 
     def close(self) -> None:
-        """Cancel the request unless it finished, free the place, record metrics. Idempotent and
-        synchronous: safe in the ``finally`` of a cancelled generator."""
+        """Cancel the request unless it finished, record metrics. Idempotent and synchronous: safe
+        in the ``finally`` of a cancelled generator."""
         if self._closed:
             return
         self._closed = True
         if not self._stream.request.done():
             self._stream.close()
             self._service.metrics.cancelled.inc()
-        self._service.admission.release()
         if self._stream.result is not None:
             self._service.observe(self._stream.result)
 

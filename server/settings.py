@@ -72,7 +72,7 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     slots: int = EngineConfig.max_slots
     """Requests decoded concurrently (engine batch slots)."""
     queue: int = EngineConfig.max_queue
-    """Requests waiting for a slot before new ones are refused with 429."""
+    """Sequences (one per prompt, or per box) waiting for a slot before new requests are refused with 429."""
     n_ctx: int = EngineConfig.n_ctx
     kv_tokens: int | None = None
     """KV cache cells the running requests share (unset: the engine's, ``n_ctx`` and at least 2048 a slot)."""
@@ -116,10 +116,7 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
             n_ctx=self.n_ctx,
             kv_tokens=self.kv_tokens,
             max_slots=self.slots,
-            # The server's admission is the bounded queue in front of the engine: the engine only
-            # ever sees `slots` prompts at a time (each may be several sequences, one per box), so
-            # its own queue just has to be large enough never to refuse them.
-            max_queue=max(EngineConfig.max_queue, self.slots * 64),
+            max_queue=self.queue,
             max_pixels=self.max_image_pixels,
             # llama.cpp's own log lines (load details, warnings) only at --log-level debug
             verbose=self.log_level.lower() == "debug",

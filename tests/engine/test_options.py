@@ -89,7 +89,7 @@ def test_config_resolves_its_request_defaults_and_limit():
     assert EngineConfig(model="m").resolve(OcrOptions()) == OcrOptions()
 
 
-@pytest.mark.parametrize("fields", [{"n_ctx": 10}, {"max_slots": 0}, {"max_queue": 0}, {"n_threads": 0},
+@pytest.mark.parametrize("fields", [{"n_ctx": 10}, {"max_slots": 0}, {"max_queue": -1}, {"n_threads": 0},
                                     {"max_pixels": 0}, {"max_slots": True},
                                     {"default_max_tokens": 9, "max_tokens_limit": 8}])
 def test_bad_config_is_refused(fields):

@@ -24,7 +24,7 @@ from typing import Any
 
 from PIL import Image
 
-from gotocr_fast import EngineConfig, InvalidRequest, OcrHandle, OcrOptions, OcrResult, Timings
+from gotocr_fast import EngineConfig, InvalidRequest, OcrHandle, OcrOptions, OcrResult, Overloaded, Timings
 from gotocr_fast.engine.api import EngineBase
 from gotocr_fast.tokens import IM_END_ID
 
@@ -58,6 +58,9 @@ class FakeEngine(EngineBase):
         self.config = config or EngineConfig(model="fake-model")
         self.token_delay = token_delay
         self._lock = threading.Lock()
+        # the engine's bound: max_slots decode at once, max_queue more wait, the next is refused
+        self._slots = threading.Semaphore(self.config.max_slots)
+        self.held = 0
         self.running = 0
         self.max_running = 0
         self.submitted: list[dict[str, Any]] = []
@@ -67,6 +70,19 @@ class FakeEngine(EngineBase):
 
     def _submit(self, image_or_pages: Any, opts: OcrOptions, *, stream: bool, logits_hook: Any = None,
                 listener: Any = None, handoff: Any = None) -> OcrHandle:
+        with self._lock:
+            if self.held >= self.config.max_slots + self.config.max_queue:
+                raise Overloaded(f"queue full ({self.config.max_queue} waiting); retry later")
+            self.held += 1
+        try:
+            return self._accept(image_or_pages, opts, stream=stream, listener=listener, handoff=handoff)
+        except BaseException:
+            with self._lock:
+                self.held -= 1
+            raise
+
+    def _accept(self, image_or_pages: Any, opts: OcrOptions, *, stream: bool, listener: Any,
+                handoff: Any) -> OcrHandle:
         pages = list(image_or_pages) if isinstance(image_or_pages, list) else [image_or_pages]
         if not all(isinstance(p, Image.Image) and p.mode == "RGB" for p in pages):
             raise InvalidRequest("the server must hand decoded RGB images to the engine")
@@ -93,6 +109,16 @@ class FakeEngine(EngineBase):
         return request
 
     def _decode(self, request: OcrHandle, text: str, finish: str, prompt_tokens: int) -> None:
+        try:
+            while not self._slots.acquire(timeout=0.05):  # waits for a slot; a cancel leaves the queue
+                if request.cancelled:
+                    return
+            self._run(request, text, finish, prompt_tokens)
+        finally:
+            with self._lock:
+                self.held -= 1
+
+    def _run(self, request: OcrHandle, text: str, finish: str, prompt_tokens: int) -> None:
         with self._lock:
             self.running += 1
             self.max_running = max(self.max_running, self.running)
@@ -114,10 +140,11 @@ class FakeEngine(EngineBase):
         finally:
             with self._lock:
                 self.running -= 1
+            self._slots.release()
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {"slots": 4, "running": self.running, "waiting": 0}
+            return {"slots": self.config.max_slots, "running": self.running, "waiting": self.held - self.running}
 
     def close(self) -> None:
         self.closed = True

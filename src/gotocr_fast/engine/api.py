@@ -256,8 +256,8 @@ class OcrEngine(EngineBase):
 
     ``OcrEngine(config)`` with an :class:`EngineConfig`, or ``OcrEngine(model, vision=None,
     **fields)`` with the config's fields as keywords (``n_ctx``, ``max_slots``, ...; their meaning
-    and defaults are documented there). Beyond ``max_queue`` waiting sequences ``submit`` raises
-    :class:`Overloaded`.
+    and defaults are documented there). The engine holds at most ``max_slots + max_queue``
+    sequences (encoding, waiting, decoding); past that ``submit`` raises :class:`Overloaded`.
     """
 
     def __init__(self, model_dir_or_text_gguf: EngineConfig | str | os.PathLike,
@@ -325,7 +325,8 @@ class OcrEngine(EngineBase):
             raise Cancelled("the request was cancelled before it was submitted")
         if self._closed:
             raise EngineClosed("the engine is closed")
-        if self._in_encode + self.scheduler.n_waiting >= self.max_queue:  # cheap early refusal
+        capacity = self.max_slots + self.max_queue
+        if self._held() >= capacity:  # cheap early refusal
             raise Overloaded(f"queue full ({self.max_queue} waiting); retry later")
         prepared = self._prepare(image_or_pages, options, stream=stream)
         req = prepared.request
@@ -333,8 +334,8 @@ class OcrEngine(EngineBase):
             for part, s in enumerate(prepared.seqs):
                 s.logits_hook = lambda row, part=part: logits_hook(part, row)
         with self._submit_lock:
-            # bounded queue: requests being encoded + sequences waiting for a slot
-            if self._in_encode + self.scheduler.n_waiting + len(prepared.seqs) > self.max_queue:
+            # bounded: at most max_slots + max_queue sequences in the engine
+            if self._held() + len(prepared.seqs) > capacity:
                 raise Overloaded(f"queue full ({self.max_queue} waiting); retry later")
             self._in_encode += len(prepared.seqs)
         for s in prepared.seqs:
@@ -349,6 +350,10 @@ class OcrEngine(EngineBase):
             return req
         self._encode_q.put(prepared)
         return req
+
+    def _held(self) -> int:
+        """Sequences in the engine: being encoded, waiting for a slot, decoding."""
+        return self._in_encode + self.scheduler.n_waiting + self.scheduler.n_running
 
     def stats(self) -> dict:
         return {

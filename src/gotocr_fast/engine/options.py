@@ -42,7 +42,7 @@ DEFAULT_N_CTX = 8192
 DEFAULT_SLOTS = 4
 """Requests decoded at the same time; they share one KV pool (``kv_tokens``, docs/MEMORY.md)."""
 DEFAULT_QUEUE = 64
-"""Sequences that may wait for a slot before ``submit`` raises ``Overloaded``."""
+"""Sequences that may wait (being encoded, or for a slot) before ``submit`` raises ``Overloaded``."""
 
 Box = tuple[float, float, float, float]
 
@@ -61,7 +61,8 @@ class EngineConfig:
     which case ``vision`` names the vision GGUF. ``n_ctx`` is the context of ONE request;
     ``kv_tokens`` the KV pool the ``max_slots`` running requests share (None: ``n_ctx``, and at
     least 2048 cells per slot; the rule and its checks are ``engine/model.py``'s; docs/MEMORY.md).
-    ``max_queue`` bounds the sequences waiting for a slot. ``share_cpu``: encoder and decode loop
+    ``max_queue``: sequences that may wait beyond the ``max_slots`` decoding (being encoded or
+    queued for a slot; 0: none wait); past it ``submit`` raises ``Overloaded``. ``share_cpu``: encoder and decode loop
     take turns on the CPU (default: when their threads together exceed the CPUs). ``flash_attn``:
     llama.cpp's flash attention (default: off on a CPU-only build, llama.cpp's "auto" with a GPU
     build).
@@ -95,7 +96,7 @@ class EngineConfig:
         object.__setattr__(self, "model", os.fspath(self.model))
         if self.vision is not None:
             object.__setattr__(self, "vision", os.fspath(self.vision))
-        for name, lo in (("n_ctx", 64), ("max_slots", 1), ("max_queue", 1), ("max_tiles", 1), ("n_batch", 32),
+        for name, lo in (("n_ctx", 64), ("max_slots", 1), ("max_queue", 0), ("max_tiles", 1), ("n_batch", 32),
                          ("max_pixels", 1), ("embed_cache_bytes", 0)):
             _int(name, getattr(self, name), lo)
         for name, lo in (("n_threads", 1), ("kv_tokens", 1), ("max_tokens_limit", 1), ("default_max_tokens", 1),

@@ -69,10 +69,13 @@ class RemoteEngine(EngineBase):
         engine's error for it (invalid options, unreadable image, queue full, ...).
 
         Call from any thread but the ingress's event loop (``aocr`` uses a worker thread)."""
-        from gotocr_fast import EngineClosed, InvalidRequest
+        from gotocr_fast import EngineClosed, InvalidRequest, Overloaded
 
         if self._closed:
             raise EngineClosed("the engine is closed")
+        with self._lock:  # the bound OcrEngine keeps: max_slots running (here: all replicas) + max_queue
+            if self.running + self.starting >= self.config.max_slots + self.config.max_queue:
+                raise Overloaded(f"queue full ({self.config.max_queue} waiting); retry later")
         if logits_hook is not None:
             raise InvalidRequest("a logits hook needs the engine in this process")
         request = RemoteRequest(self, image_or_pages, dataclasses.asdict(options))

@@ -10,8 +10,8 @@ Two deployments make one Serve application:
   ``--target-ongoing`` requests per replica.
 * ``OcrHttp`` — the ingress: the very app ``gotocr serve`` runs (``server.app.create_app``,
   every route, limit and error), whose engine is a :class:`~.remote.RemoteEngine` over a handle
-  to ``OcrEngine``. It reserves no CPU; its admission queue holds ``slots × max replicas``
-  running requests plus ``--queue`` waiting ones.
+  to ``OcrEngine``. It reserves no CPU; its engine holds at most ``slots × max replicas``
+  running requests plus ``--queue`` waiting ones (more are refused with 429).
 
 Every other option is ``gotocr serve``'s (``--model``, ``--host``, ``--port``, ``--slots``, ...);
 the model path must exist on every node that runs a replica (a shared filesystem, or the same
