@@ -75,6 +75,19 @@ def run(fake, sched, values, max_tokens):
 PROMPT = 25
 
 
+def record_running(fake, sched) -> list[int]:
+    """How many sequences were running at each token decode of ``fake`` (filled as it runs)."""
+    running: list[int] = []
+    orig = fake.decode_tokens
+
+    def watch(*args):
+        running.append(sched.n_running)
+        orig(*args)
+
+    fake.decode_tokens = watch
+    return running
+
+
 def test_full_pool_preempts_the_youngest_and_it_resumes_where_it_stopped():
     max_tokens = 60
     values = range(4)
@@ -110,14 +123,7 @@ def test_four_typical_pages_share_the_default_pool_without_waiting():
     fake = FakeText(n_slots=4, n_batch=2048, kv_tokens=8192)
     fake.logits = endless_logits(fake)
     sched = Scheduler(fake, max_queue=32)
-    running: list[int] = []
-    orig = fake.decode_tokens
-
-    def watch(*args):
-        running.append(sched.n_running)
-        orig(*args)
-
-    fake.decode_tokens = watch
+    running = record_running(fake, sched)
     try:
         recs, seqs = [], []
         for v in range(4):
@@ -140,14 +146,7 @@ def test_a_sequence_waits_for_cells_instead_of_failing():
     fake = FakeText(n_slots=4, n_batch=64, kv_tokens=PROMPT + max_tokens + 1)
     fake.logits = endless_logits(fake)
     sched = Scheduler(fake, max_queue=32)
-    running: list[int] = []
-    orig = fake.decode_tokens
-
-    def watch(*args):
-        running.append(sched.n_running)
-        orig(*args)
-
-    fake.decode_tokens = watch
+    running = record_running(fake, sched)
     try:
         # three prompts never fit at once: the third waits for cells, though slots are free
         recs, seqs = run(fake, sched, [1.0, 2.0, 3.0], max_tokens)
