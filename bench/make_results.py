@@ -221,6 +221,27 @@ def render(data: dict, stat: str = "min") -> str:
     benches = [b for b in data.get("benchmarks", []) if "stage" in (b.get("extra_info") or {})]
     got = (data.get("machine_info") or {}).get("gotocr") or {}
     facts = got.get("machine") or machine_facts(int(got.get("threads", 2)))
+    out = _run_section(data, facts, got, stat)
+    out += _load_warning(data, facts)
+
+    by_stage: dict[str, list[dict]] = defaultdict(list)
+    for b in benches:
+        by_stage[b["extra_info"]["stage"]].append(b)
+
+    out += _speedups_section(by_stage, stat)
+    out += _throughput_section(benches, by_stage, stat)
+    out += _paired_sections(by_stage, stat)
+    out += _server_section(by_stage, stat)
+    out += _page_timings_section(by_stage)
+    out += _vision_section(by_stage, facts, stat)
+    out += accuracy_section(by_stage.get("accuracy", []))
+    out += _measurements_section(benches)
+    out += _idle_and_skipped_section(data)
+    return "\n".join(out)
+
+
+def _run_section(data: dict, facts: dict, got: dict, stat: str) -> list[str]:
+    """Title, machine and run facts."""
     out: list[str] = []
     w = out.append
     w("# gotocr_fast benchmark results")
@@ -265,7 +286,13 @@ def render(data: dict, stat: str = "min") -> str:
         w(f"This report joins {len(runs)} runs; a ratio is only ever taken between two "
           "measurements of the same run.")
         w("")
+    return out
 
+
+def _load_warning(data: dict, facts: dict) -> list[str]:
+    """A warning when other processes loaded the machine during a run."""
+    out: list[str] = []
+    w = out.append
     loads = [((r.get("machine_info") or {}).get("gotocr") or {}).get("load_average")
              for r in (data.get("gotocr_runs") or [data])]
     loads += [((r.get("machine_info") or {}).get("gotocr") or {}).get("load_average_end")
@@ -278,11 +305,13 @@ def render(data: dict, stat: str = "min") -> str:
           "benchmarks timed minutes apart can be off by several times (see `ours f16` vs "
           "`llama.cpp f16`, the same llama.cpp code on the same GGUF, which should read ≈ 1×).")
         w("")
+    return out
 
-    by_stage: dict[str, list[dict]] = defaultdict(list)
-    for b in benches:
-        by_stage[b["extra_info"]["stage"]].append(b)
 
+def _speedups_section(by_stage: dict[str, list[dict]], stat: str) -> list[str]:
+    """Ours against each baseline, stage by stage."""
+    out: list[str] = []
+    w = out.append
     w("## Speedups (ours ÷ theirs)")
     w("")
     w("Speedup = their time per unit ÷ our time per unit, both measured in this run "
@@ -310,7 +339,13 @@ def render(data: dict, stat: str = "min") -> str:
     if not any_pair:
         w("No stage has both our and a baseline measurement in this run.")
         w("")
+    return out
 
+
+def _throughput_section(benches: list[dict], by_stage: dict[str, list[dict]], stat: str) -> list[str]:
+    """One engine under N concurrent requests."""
+    out: list[str] = []
+    w = out.append
     tp = sorted((b for b in benches if b["extra_info"]["stage"] == "throughput"),
                 key=lambda b: (b["extra_info"].get("workload", "pages"), b["extra_info"].get("concurrency", 0)))
     if tp:
@@ -347,7 +382,13 @@ def render(data: dict, stat: str = "min") -> str:
                 cells += f" {req_s * per_unit(s, stat):.2f}× |"
             w(cells)
         w("")
+    return out
 
+
+def _paired_sections(by_stage: dict[str, list[dict]], stat: str) -> list[str]:
+    """Decode and page against the baselines, rounds interleaved."""
+    out: list[str] = []
+    w = out.append
     paired_sections = [
         ("decode_paired", "Decode against the baselines, interleaved (`test_decode_paired.py`)",
          "one round of the baseline (llama.cpp on our GGUF, or transformers), then one of ours",
@@ -378,7 +419,13 @@ def render(data: dict, stat: str = "min") -> str:
             w(f"| {_variant(e)} | {theirs} | {_fmt_time(ot)} | "
               f"{_fmt_time(tt)} | **{tt / ot:.2f}×** | {b['stats']['rounds']} + {len(base)} |")
         w("")
+    return out
 
+
+def _server_section(by_stage: dict[str, list[dict]], stat: str) -> list[str]:
+    """The HTTP server under load."""
+    out: list[str] = []
+    w = out.append
     # a server benchmark that failed mid-way has no latencies: its round time means nothing
     server_all = by_stage.get("server", [])
     server = sorted((b for b in server_all if "latency_p95_s" in b["extra_info"]),
@@ -406,7 +453,13 @@ def render(data: dict, stat: str = "min") -> str:
         for b in failed_server:
             w(f"`{b['name']}` did not finish in this run (no latencies): left out.")
             w("")
+    return out
 
+
+def _page_timings_section(by_stage: dict[str, list[dict]]) -> list[str]:
+    """Where a page's time goes, from the engine's own timings."""
+    out: list[str] = []
+    w = out.append
     ours_pages = [b for b in by_stage.get("page", []) if "encode_ms" in b["extra_info"]]
     if ours_pages:
         w("## Where a page's time goes (ours)")
@@ -423,7 +476,13 @@ def render(data: dict, stat: str = "min") -> str:
             w(f"| {_variant(e)} | {e['preprocess_ms']:.0f} ms | {e['encode_ms']:.0f} ms | "
               f"{e['prefill_ms']:.0f} ms | {e['decode_ms']:.0f} ms | {toks} | {rate:.1f} |")
         w("")
+    return out
 
+
+def _vision_section(by_stage: dict[str, list[dict]], facts: dict, stat: str) -> list[str]:
+    """The vision encoder's fraction of FLOP peak."""
+    out: list[str] = []
+    w = out.append
     vision = sorted(by_stage.get("vision_view", []), key=_sort_key)
     if vision:
         w("## Vision encoder: fraction of FLOP peak")
@@ -448,10 +507,13 @@ def render(data: dict, stat: str = "min") -> str:
             w(f"| {_variant(e)} | {_fmt_time(t)} | {gflops:.1f} | "
               f"{100 * gflops / facts['peak_gflops']:.1f} % | {kernels} | {e.get('cpu', '')} |")
         w("")
+    return out
 
-    for line in accuracy_section(by_stage.get("accuracy", [])):
-        w(line)
 
+def _measurements_section(benches: list[dict]) -> list[str]:
+    """Every measurement, then peak RSS per suite."""
+    out: list[str] = []
+    w = out.append
     w("## All measurements")
     w("")
     w("| suite | benchmark | impl | unit | time / unit (median) | min | rounds | suite peak RSS so far |")
@@ -482,7 +544,13 @@ def render(data: dict, stat: str = "min") -> str:
             start = min(r["extra_info"].get("rss_start_mib", 0) for r in rows)
             w(f"| {name} | {peak:.0f} MiB | {start:.0f} MiB |")
         w("")
+    return out
 
+
+def _idle_and_skipped_section(data: dict) -> list[str]:
+    """CPU left busy after each suite, and the skipped tests."""
+    out: list[str] = []
+    w = out.append
     idle = data.get("gotocr_idle_after_suite") or []
     if idle:
         busy = [i for i in idle if i["idle_cpu"] > 0.05]
@@ -510,7 +578,7 @@ def render(data: dict, stat: str = "min") -> str:
         for s in skipped:
             w(f"| `{s['nodeid']}` | {s['reason']} |")
         w("")
-    return "\n".join(out)
+    return out
 
 
 def accuracy_section(rows: list[dict]) -> list[str]:
