@@ -207,10 +207,27 @@ def batch_main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     opts = _options(args)
 
-    # the work list: (stem, label, loader) per page; a PDF that cannot be opened is one failure
-    failures: list[tuple[str, str]] = []
+    failures: list[tuple[str, str]] = []  # (file or page label, message)
+    pages = _batch_pages(src, args.dpi, failures)
+    todo = [pg for pg in pages if args.no_resume or not (out / f"{pg[0]}.json").is_file()]
+    bar = None if args.no_progress else _progress_bar(len(todo))
+    with _engine(args) as engine:
+        done = _read_pages(engine, todo, opts, args.dpi, out, failures, bar)
+    if bar is not None:
+        bar.close()
+    for label, msg in failures:
+        # errors about a file usually name it already ("P: cannot decode image")
+        print(f"error: {msg}" if msg.startswith(label + ":") else f"error: {label}: {msg}", file=sys.stderr)
+    print(f"{done} page(s) done, {len(pages) - len(todo)} skipped (already done), {len(failures)} failed; "
+          f"output in {out}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _batch_pages(src: Path, dpi: int, failures: list[tuple[str, str]]) -> list[tuple[str, str, object]]:
+    """The work list, one (output stem, label, loader) per page; a PDF that cannot be opened is
+    one failure. The loader is an image path, or (pdf, page index) to render when its turn comes."""
     pages: list[tuple[str, str, object]] = []
-    for stem, f, kind in _batch_items(src, args.dpi):
+    for stem, f, kind in _batch_items(src, dpi):
         if kind == "image":
             pages.append((stem, str(f), f))
             continue
@@ -221,65 +238,55 @@ def batch_main(argv: list[str]) -> int:
             continue
         for i in range(n):
             pages.append((f"{stem}.p{i + 1:04d}", f"{f}#page={i + 1}", (f, i)))
-    todo = [pg for pg in pages if args.no_resume or not (out / f"{pg[0]}.json").is_file()]
-    skipped = len(pages) - len(todo)
+    return pages
 
-    bar = None
-    if not args.no_progress:
-        try:
-            from tqdm import tqdm
 
-            bar = tqdm(total=len(todo), unit="page", file=sys.stderr, desc="gotocr batch")
-        except ImportError:  # pragma: no cover
-            bar = None
+def _progress_bar(total: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, unit="page", file=sys.stderr, desc="gotocr batch")
 
-    def load(loader):
-        if isinstance(loader, tuple):
-            f, i = loader
-            return render_pdf_pages(f, dpi=args.dpi, pages=[i])[0]
-        return loader
 
-    def write(stem: str, label: str, r) -> None:
-        md, js = out / f"{stem}.md", out / f"{stem}.json"
-        md.write_text(r.text + "\n", encoding="utf-8")
-        tmp = js.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(_result_json(label, r), ensure_ascii=False, indent=2), encoding="utf-8")
-        tmp.replace(js)  # the .json is written last: its presence marks the page done (resume)
+def _write_page(out: Path, stem: str, label: str, r) -> None:
+    md, js = out / f"{stem}.md", out / f"{stem}.json"
+    md.write_text(r.text + "\n", encoding="utf-8")
+    tmp = js.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_result_json(label, r), ensure_ascii=False, indent=2), encoding="utf-8")
+    tmp.replace(js)  # the .json is written last: its presence marks the page done (resume)
 
+
+def _read_pages(engine, todo, opts, dpi: int, out: Path, failures: list[tuple[str, str]], bar) -> int:
+    """Submit the pages with at most two per slot in flight (pages are rendered just in time),
+    write each result as it completes, in order; returns how many were written."""
+    window = max(2, engine.max_slots * 2)
+    inflight: deque = deque()
     done = 0
-    with _engine(args) as engine:
-        window = max(2, engine.max_slots * 2)
-        inflight: deque = deque()
 
-        def drain_one():
-            nonlocal done
-            stem, label, req = inflight.popleft()
-            try:
-                write(stem, label, req.result())
-                done += 1
-            except OcrError as e:
-                failures.append((label, str(e)))
+    def drain_one() -> None:
+        nonlocal done
+        stem, label, req = inflight.popleft()
+        try:
+            _write_page(out, stem, label, req.result())
+            done += 1
+        except OcrError as e:
+            failures.append((label, str(e)))
+        if bar is not None:
+            bar.update(1)
+
+    for stem, label, loader in todo:
+        while len(inflight) >= window:
+            drain_one()
+        try:
+            page = render_pdf_pages(loader[0], dpi=dpi, pages=[loader[1]])[0] if isinstance(loader, tuple) else loader
+            req = engine.submit(page, opts, stream=False)
+        except (OcrError, ImageError, OSError) as e:
+            failures.append((label, str(e)))
             if bar is not None:
                 bar.update(1)
-
-        for stem, label, loader in todo:
-            while len(inflight) >= window:
-                drain_one()
-            try:
-                req = engine.submit(load(loader), opts, stream=False)
-            except (OcrError, ImageError, OSError) as e:
-                failures.append((label, str(e)))
-                if bar is not None:
-                    bar.update(1)
-                continue
-            inflight.append((stem, label, req))
-        while inflight:
-            drain_one()
-    if bar is not None:
-        bar.close()
-    for label, msg in failures:
-        # errors about a file usually name it already ("P: cannot decode image")
-        print(f"error: {msg}" if msg.startswith(label + ":") else f"error: {label}: {msg}", file=sys.stderr)
-    print(f"{done} page(s) done, {skipped} skipped (already done), {len(failures)} failed; output in {out}",
-          file=sys.stderr)
-    return 1 if failures else 0
+            continue
+        inflight.append((stem, label, req))
+    while inflight:
+        drain_one()
+    return done
