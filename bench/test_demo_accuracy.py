@@ -22,6 +22,15 @@ import pytest
 
 from harness import BASELINE_HINT, SETTINGS, need, run_rounds, tag
 
+def _bundled() -> bool:
+    from gotocr_fast import demo_model
+
+    return demo_model.has_bundle()
+
+
+pytestmark = pytest.mark.skipif(not _bundled(), reason="the demo model is not bundled in this build "
+                                "(train/checkpoint holds its training state; docs/DEMO_MODEL.md)")
+
 OUTTYPES = ("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")
 KINDS = ("line", "block", "box")
 PAGES_PER_KIND = int(os.environ.get("GOTOCR_BENCH_HELDOUT_PAGES", "100"))

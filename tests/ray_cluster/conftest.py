@@ -4,8 +4,8 @@ stopped at the end. Ray advertises the machine's own address even when asked for
 cluster address is that one; nothing leaves the machine. Helpers: ``ray_helpers.py``.
 
 Every test here skips, with the reason, when Ray is not installed (the optional ``ray`` extra).
-This folder has no ``__init__.py`` on purpose: as a package named ``ray`` under ``tests/`` (which
-pytest puts on ``sys.path``) it would shadow the real ``ray``.
+The folder is not called ``ray``: pytest puts ``tests/`` on ``sys.path``, and where Ray is not
+installed a folder of that name would be imported as a namespace package ``ray`` in its place.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from ray_helpers import RAY_CPUS
 def ray_cluster() -> Iterator[str]:
     """The address (``host:port``) of a local Ray cluster that this process started and owns."""
     ray = pytest.importorskip("ray", reason="Ray is not installed: pip install '.[ray]'")
+    if not hasattr(ray, "init"):  # some other folder named ray on sys.path, not the package
+        pytest.skip(f"'ray' is not Ray here ({list(getattr(ray, '__path__', []))}): pip install '.[ray]'")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     options = dict(num_cpus=RAY_CPUS, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
                    log_to_driver=False)
