@@ -62,8 +62,9 @@ class EngineConfig:
     ``kv_tokens`` the KV pool the ``max_slots`` running requests share (None: ``n_ctx``, and at
     least 2048 cells per slot; the rule and its checks are ``engine/model.py``'s; docs/MEMORY.md).
     ``max_queue``: sequences that may wait beyond the ``max_slots`` decoding (being encoded or
-    queued for a slot; 0: none wait); past it ``submit`` raises ``Overloaded``. ``share_cpu``: encoder and decode loop
-    take turns on the CPU (default: when their threads together exceed the CPUs). ``flash_attn``:
+    queued for a slot; 0: none wait); past it ``submit`` raises ``Overloaded``. ``share_cpu``:
+    encoder and decode loop take turns on the CPU (default: when their threads together exceed the
+    CPUs). ``flash_attn``:
     llama.cpp's flash attention (default: off on a CPU-only build, llama.cpp's "auto" with a GPU
     build).
 
