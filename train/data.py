@@ -213,8 +213,16 @@ def _token_cells(page: reading.Page, ids: list[int], text_len: int, centres: dic
             cells.append(-1)
             continue
         x, y = np.mean(points, axis=0)
-        cells.append(min(grid - 1, max(0, int(y * grid / h))) * grid + min(grid - 1, max(0, int(x * grid / w))))
+        cells.append(_cell(x, y, w, h, grid))
     return cells
+
+
+def _cell(x: float, y: float, w: int, h: int, grid: int) -> int:
+    """Row-major index of the grid x grid cell of a page of w x h pixels that holds point (x, y)
+    (the view squashes the page to a square, so the cells are page fractions)."""
+    col = min(grid - 1, max(0, int(x * grid / w)))
+    row = min(grid - 1, max(0, int(y * grid / h)))
+    return row * grid + col
 
 
 def aux_targets(page: reading.Page, grid: int, slots: int) -> np.ndarray:
@@ -234,9 +242,7 @@ def aux_targets(page: reading.Page, grid: int, slots: int) -> np.ndarray:
         cls = CHAR_CLASS.get(chr(int(code)))
         if cls is None:
             continue
-        col = min(grid - 1, max(0, int(x * grid / w)))
-        row = min(grid - 1, max(0, int(y * grid / h)))
-        cells.setdefault(row * grid + col, []).append((y, x, cls))
+        cells.setdefault(_cell(x, y, w, h, grid), []).append((y, x, cls))
     for cell, chars in cells.items():
         # reading order inside a cell: by line (y, coarsely), then x
         chars.sort(key=lambda t: (round(t[0] / 8), t[1]))
