@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from harness import SETTINGS, construct, need, need_attr, run_rounds, tag
-from test_lm import _embeddings, _split
+from test_lm import _embeddings, _split, prefill
 
 HISTORY = 4096  # generated tokens before the measured steps (the reference's max_new_tokens)
 STEPS = 32  # decode steps per round
@@ -53,24 +53,7 @@ def primed(model_files, prompt_ids, got_config):
     prefix, n_img, suffix = _split(prompt_ids)
     history = _history_ids(tm)
     embd = _embeddings(n_img, got_config.text.hidden_size)
-    n = 0
-    parts = [(prefix, None), (None, embd), (np.concatenate([suffix, np.array(history, np.int32)]), None)]
-    for rows, emb in parts:
-        k = len(rows) if rows is not None else emb.shape[0]
-        for a in range(0, k, tm.n_batch):
-            b = min(k, a + tm.n_batch)
-            pos = np.arange(n + a, n + b, dtype=np.int32)
-            seq = np.zeros(b - a, np.int32)
-            out = np.zeros(b - a, np.int8)
-            if emb is None and b == k and rows is parts[-1][0]:
-                out[-1] = 1
-            if rows is not None:
-                tm.decode_tokens(rows[a:b], pos, seq, out)
-            else:
-                tm.decode_embeddings(emb[a:b], pos, seq, out)
-        n += k
-    last_row = (len(parts[-1][0]) - 1) % tm.n_batch  # the last token's row in the last decode call
-    first = int(tm.logits(np.array([last_row], np.int32))[0].argmax())
+    first, n = prefill(tm, prefix, embd, np.concatenate([suffix, np.array(history, np.int32)]))
     yield tm, list(prompt_ids) + history, n, first
     tm.close()
 

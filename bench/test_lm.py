@@ -62,7 +62,8 @@ def prefill(tm, prefix, embd, suffix) -> tuple[int, int]:
             else:
                 tm.decode_embeddings(emb[a:b], pos, seq, out)
         n += k
-    logits = tm.logits(np.array([len(suffix) - 1], np.int32))
+    last_row = (len(suffix) - 1) % tm.n_batch  # the last token's row in the last decode call
+    logits = tm.logits(np.array([last_row], np.int32))
     return int(logits[0].argmax()), n
 
 
