@@ -30,6 +30,20 @@ def _isas():
     return {"avx512": ["generic", "avx2", "avx512"], "avx2": ["generic", "avx2"]}.get(best, ["generic"])
 
 
+def attention_inputs(shape):
+    """Seeded inputs of one attention shape: (qkv, bias, rel-pos tables or None, scale)."""
+    B, G, S, H, hd, rel_pos, _ = shape
+    D = H * hd
+    rng = np.random.default_rng(G * 1009 + S * 101 + hd)
+    qkv = (rng.standard_normal((B, G, G, 3 * D)) * 0.7).astype(np.float32)
+    bias = (rng.standard_normal(3 * D) * 0.5).astype(np.float32)
+    tab_h = tab_w = None
+    if rel_pos:
+        tab_h = (rng.standard_normal((S, S, hd)) * 0.3).astype(np.float32)
+        tab_w = (rng.standard_normal((S, S, hd)) * 0.3).astype(np.float32)
+    return qkv, bias, tab_h, tab_w, hd ** -0.5
+
+
 def _reference(qkv, bias, H, S, tab_h, tab_w, scale, has_bias):
     B, G, _, D3 = qkv.shape
     D, hd = D3 // 3, D3 // 3 // H
@@ -63,16 +77,8 @@ def _reference(qkv, bias, H, S, tab_h, tab_w, scale, has_bias):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}G{}S{}H{}d{}{}{}".format(
     *s[:5], "" if s[5] else "-norel", "-biased" if s[6] else ""))
 def test_attention_matches_float64(shape):
-    B, G, S, H, hd, rel_pos, has_bias = shape
-    D = H * hd
-    rng = np.random.default_rng(G * 1009 + S * 101 + hd)
-    qkv = (rng.standard_normal((B, G, G, 3 * D)) * 0.7).astype(np.float32)
-    bias = (rng.standard_normal(3 * D) * 0.5).astype(np.float32)
-    tab_h = tab_w = None
-    if rel_pos:
-        tab_h = (rng.standard_normal((S, S, hd)) * 0.3).astype(np.float32)
-        tab_w = (rng.standard_normal((S, S, hd)) * 0.3).astype(np.float32)
-    scale = hd ** -0.5
+    _, _, S, H, _, _, has_bias = shape
+    qkv, bias, tab_h, tab_w, scale = attention_inputs(shape)
     want = _reference(qkv, bias, H, S, tab_h, tab_w, scale, has_bias)
     # outputs are convex combinations of v (|v| <~ 4): f32 scores over hd terms and the exp
     # polynomial (~1.2e-7) leave errors far below this

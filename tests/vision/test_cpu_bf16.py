@@ -26,6 +26,7 @@ from gotocr_fast.vision import VisionEncoder
 from .conftest import oracle_pixels
 from .test_cpu_attention import SHAPES as ATTN_SHAPES
 from .test_cpu_attention import _reference as attn_reference
+from .test_cpu_attention import attention_inputs
 from .test_cpu_gemm import BF16, F16, F32, Q8_0, SHAPES, _gelu, _weights
 from .test_vision_encoder import CONFIGS, _errors
 
@@ -200,16 +201,8 @@ needs_amx_attention = pytest.mark.skipif(not _vision._attn_has_amx(), reason="th
 @pytest.mark.parametrize("shape", ATTN_SHAPES, ids=lambda s: "B{}G{}S{}H{}d{}{}{}".format(
     *s[:5], "" if s[5] else "-norel", "-biased" if s[6] else ""))
 def test_amx_attention_matches_float64_within_bf16(shape):
-    B, G, S, H, hd, rel_pos, has_bias = shape
-    D = H * hd
-    rng = np.random.default_rng(G * 1009 + S * 101 + hd)
-    qkv = (rng.standard_normal((B, G, G, 3 * D)) * 0.7).astype(np.float32)
-    bias = (rng.standard_normal(3 * D) * 0.5).astype(np.float32)
-    tab_h = tab_w = None
-    if rel_pos:
-        tab_h = (rng.standard_normal((S, S, hd)) * 0.3).astype(np.float32)
-        tab_w = (rng.standard_normal((S, S, hd)) * 0.3).astype(np.float32)
-    scale = hd ** -0.5
+    _, _, S, H, _, _, has_bias = shape
+    qkv, bias, tab_h, tab_w, scale = attention_inputs(shape)
     want = attn_reference(qkv, bias, H, S, tab_h, tab_w, scale, has_bias)
     got = _vision._attn_for_tests(qkv, H, S, bias, has_bias, tab_h, tab_w, scale, 1, "amx")
     assert np.all(np.isfinite(got))
