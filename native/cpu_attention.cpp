@@ -56,7 +56,7 @@ struct plan {
     int64_t sp = 0;      // S rounded up to NR: row stride of the rel-pos terms and tables
     bool amx = false;    // bf16 products on AMX tiles: rows padded to 32, bf16 copies of q/K/V/P
     int64_t dp = 0;      // AMX: hd rounded up to 32 (the K of the score product)
-    size_t o_th = 0, o_tw = 0, o_kp = 0, o_vp = 0, o_qu = 0, o_qs = 0, o_rh = 0, o_rw = 0, o_s = 0, o_o = 0, o_m = 0, o_l = 0;
+    size_t o_th = 0, o_tw = 0, o_br = 0, o_kp = 0, o_vp = 0, o_qu = 0, o_qs = 0, o_rh = 0, o_rw = 0, o_s = 0, o_o = 0, o_m = 0, o_l = 0;
     size_t o_qb = 0, o_kb = 0, o_vb = 0, o_pb = 0;  // AMX: bf16 buffers (offsets in floats)
     size_t total = 0;    // floats per thread
 };
@@ -81,6 +81,7 @@ plan make_plan(int64_t S, int64_t hd, int MR, int NR, bool amx = false) {
     auto take = [&](size_t n) { const size_t o = off; off += round_up_z(n); return o; };
     p.o_th = take((size_t) (S * hd * p.sp));
     p.o_tw = take((size_t) (S * hd * p.sp));
+    p.o_br = take((size_t) (p.kcp + NR));  // a chunk's rel-pos bias row, and slack for its last vector
     p.o_kp = take((size_t) (p.nchunk * p.kcp * hd));
     p.o_vp = take((size_t) (p.hdp * p.T));
     p.o_qu = take((size_t) (p.qb * hd));

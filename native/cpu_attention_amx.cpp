@@ -34,6 +34,43 @@ CAA_TARGET void to_bf16_rows(const float * src, int64_t lds, int64_t rows, int64
     }
 }
 
+namespace {
+// lanes [0, n) of 16 (n may be <= 0 or >= 16)
+CAA_TARGET inline __mmask16 first_lanes(int64_t n) {
+    return n >= 16 ? (__mmask16) 0xffff : n <= 0 ? (__mmask16) 0 : (__mmask16) ((1u << n) - 1);
+}
+// 16 channels from c of x (+ bias), zero past hd or for a null x
+CAA_TARGET inline __m512 load16(const float * x, const float * bias, int64_t c, int64_t hd) {
+    if (!x) return _mm512_setzero_ps();
+    const __mmask16 m = first_lanes(hd - c);
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + c);
+    return bias ? _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + c)) : v;
+}
+} // namespace
+
+CAA_TARGET void pack_kv_pair(const float * const k[2], const float * const kb[2], const float * const v[2],
+                             const float * const vb[2], int64_t hd, int64_t j, int64_t keys, int64_t dp, int64_t dv,
+                             uint16_t * K, uint16_t * V) {
+    // K: key j + t is lane (j + t) % 16 of its panel; channel pair i of the panel is the dword at
+    // i * 16 + lane, so one 32-channel step of a key is 16 dwords 16 apart (a scatter)
+    const __m512i stride16 = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(16));
+    for (int t = 0; t < 2; t++) {
+        uint32_t * panel = (uint32_t *) (K + ((j + t) / 16) * (dp / 2) * 32) + (j + t) % 16;
+        for (int64_t c = 0; c < dp; c += 32) {
+            const __m512bh pairs = _mm512_cvtne2ps_pbh(load16(k[t], kb[t], c + 16, hd), load16(k[t], kb[t], c, hd));
+            _mm512_i32scatter_epi32(panel + (c / 2) * 16, stride16, (__m512i) pairs, 4);
+        }
+    }
+    // V: panel c / 16 holds, per key pair, 16 dwords (v[j][c], v[j + 1][c]): one 64-byte store
+    for (int64_t c = 0; c < dv; c += 16) {
+        const __m512i lo = _mm512_cvtepu16_epi32((__m256i) _mm512_cvtneps_pbh(load16(v[0], vb[0], c, hd)));
+        const __m512i hi = _mm512_cvtepu16_epi32((__m256i) _mm512_cvtneps_pbh(load16(v[1], vb[1], c, hd)));
+        _mm512_storeu_si512((void *) (V + (c / 16) * (keys / 2) * 32 + (j / 2) * 32),
+                            _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+}
+
 CAA_TARGET void scores(const uint16_t * q, int64_t rows, int64_t dp, const uint16_t * k, int64_t keys, float * s,
                        int64_t lds) {
     const size_t qs = (size_t) dp * 2, ss = (size_t) lds * 4, panel = (size_t) (dp / 2) * 32;
@@ -97,6 +134,8 @@ CAA_TARGET void update(const uint16_t * p, int64_t rows, int64_t keys, const uin
 #else  // no AMX outside x86-64: never called (cpu_attention.cpp selects AMX only where it exists)
 
 void to_bf16_rows(const float *, int64_t, int64_t, int64_t, int64_t, uint16_t *) {}
+void pack_kv_pair(const float * const[2], const float * const[2], const float * const[2], const float * const[2],
+                  int64_t, int64_t, int64_t, int64_t, int64_t, uint16_t *, uint16_t *) {}
 void scores(const uint16_t *, int64_t, int64_t, const uint16_t *, int64_t, float *, int64_t) {}
 void update(const uint16_t *, int64_t, int64_t, const uint16_t *, int64_t, float *, int64_t) {}
 

@@ -22,6 +22,13 @@ inline uint16_t to_bf16(float f) {
     return (uint16_t) ((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+// Keys j and j + 1 (j even) of a chunk of `keys` packed keys into the layouts of scores() (K) and
+// update() (V): the hd channels of k[t] + kb[t] and v[t] + vb[t] (a null bias adds nothing) in
+// bf16, zero from hd up to dp (K) and dv (V); a null k[t] / v[t] is a zero key past the chunk's end.
+void pack_kv_pair(const float * const k[2], const float * const kb[2], const float * const v[2],
+                  const float * const vb[2], int64_t hd, int64_t j, int64_t keys, int64_t dp, int64_t dv,
+                  uint16_t * K, uint16_t * V);
+
 // S[rows x keys] (row stride lds floats) = Q[rows x dp] . K^T. Q: bf16, row-major (stride dp);
 // K: panels of 16 keys, [keys/16][dp/2][16][2] bf16. rows, keys, dp: multiples of 32.
 void scores(const uint16_t * q, int64_t rows, int64_t dp, const uint16_t * k, int64_t keys, float * s, int64_t lds);
