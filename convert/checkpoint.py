@@ -76,7 +76,7 @@ class VisionParams:
     neck_channels: int
     neck_layer_norm_eps: float
     projector_channels: int
-    output_length: int
+    projection_dim: int  # E: the projector's output width (= LM hidden size)
     image_token_count: int
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
@@ -320,7 +320,7 @@ def _vision_params(ckpt: Checkpoint) -> VisionParams:
         num_layers=n_layers, num_heads=heads, mlp_dim=mlp_dim, layer_norm_eps=eps, window_size=window,
         global_layers=tuple(sorted(global_layers)), use_abs_pos=use_abs_pos, use_rel_pos=use_rel_pos,
         neck_channels=neck, neck_layer_norm_eps=NECK_LAYER_NORM_EPS, projector_channels=proj_channels,
-        output_length=out_len, image_token_count=_tokens_after_projector(grid) ** 2,
+        projection_dim=out_len, image_token_count=_tokens_after_projector(grid) ** 2,
     )
     for name, shape in _expected_vision_shapes(params, grid):
         _expect_shape(ckpt, name, shape)
@@ -412,7 +412,7 @@ def _expected_vision_shapes(v: VisionParams, grid: int) -> list[tuple[str, tuple
         ]
         if v.use_rel_pos:
             expected += [(p + "attn.rel_pos_h", (2 * side - 1, hd)), (p + "attn.rel_pos_w", (2 * side - 1, hd))]
-    neck, out = v.neck_channels, v.output_length
+    neck, out = v.neck_channels, v.projection_dim
     expected += [
         (vt + "neck.conv1.weight", (neck, d, 1, 1)),
         (vt + "neck.layer_norm1.weight", (neck,)), (vt + "neck.layer_norm1.bias", (neck,)),

@@ -111,7 +111,7 @@ def _metadata(ckpt: Checkpoint, outtype: str) -> Callable[[gguf.GGUFWriter], Non
         w.add_uint32(G.KEY_NECK_CHANNELS, v.neck_channels)
         w.add_float32(G.KEY_NECK_LAYER_NORM_EPS, v.neck_layer_norm_eps)
         w.add_uint32(G.KEY_PROJECTOR_CHANNELS, v.projector_channels)
-        w.add_uint32(G.KEY_PROJECTOR_OUTPUT_LENGTH, v.output_length)
+        w.add_uint32(G.KEY_PROJECTION_DIM, v.projection_dim)
         w.add_uint32(G.KEY_IMAGE_TOKEN_COUNT, v.image_token_count)
         w.add_key_value(G.KEY_IMAGE_MEAN, [float(x) for x in v.image_mean], U.ARRAY, sub_type=U.FLOAT32)
         w.add_key_value(G.KEY_IMAGE_STD, [float(x) for x in v.image_std], U.ARRAY, sub_type=U.FLOAT32)

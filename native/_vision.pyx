@@ -40,7 +40,7 @@ cdef extern from "got_vision.h" nogil:
     int got_vision_image_size(const got_vision_ctx * ctx)
     int got_vision_num_channels(const got_vision_ctx * ctx)
     int got_vision_tokens_per_view(const got_vision_ctx * ctx)
-    int got_vision_embedding_length(const got_vision_ctx * ctx)
+    int got_vision_output_width(const got_vision_ctx * ctx)
     const float * got_vision_image_mean(const got_vision_ctx * ctx)
     const float * got_vision_image_std(const got_vision_ctx * ctx)
     const char * got_vision_backend_name(const got_vision_ctx * ctx)
@@ -139,8 +139,9 @@ cdef class VisionContext:
         return got_vision_tokens_per_view(self._live())
 
     @property
-    def embedding_length(self):
-        return got_vision_embedding_length(self._live())
+    def output_width(self):
+        """E, the width of each image token's embedding (= the language model's hidden size)."""
+        return got_vision_output_width(self._live())
 
     @property
     def image_mean(self):
@@ -204,9 +205,9 @@ cdef class VisionContext:
             raise ValueError(f"pixels have shape {(pixels.shape[0], pixels.shape[1], pixels.shape[2], pixels.shape[3])}, the model wants "
                              f"(N, {got_vision_num_channels(c)}, {S}, {S})")
         if (out.shape[0] != n or out.shape[1] != got_vision_tokens_per_view(c)
-                or out.shape[2] != got_vision_embedding_length(c)):
+                or out.shape[2] != got_vision_output_width(c)):
             raise ValueError(f"out has shape {(out.shape[0], out.shape[1], out.shape[2])}, expected "
-                             f"({n}, {got_vision_tokens_per_view(c)}, {got_vision_embedding_length(c)})")
+                             f"({n}, {got_vision_tokens_per_view(c)}, {got_vision_output_width(c)})")
         cdef const float * src = &pixels[0, 0, 0, 0]
         cdef float * dst = &out[0, 0, 0]
         cdef size_t out_len = <size_t>(out.shape[0] * out.shape[1] * out.shape[2])

@@ -39,6 +39,14 @@ namespace {
 
 constexpr const char * ARCH = "got-vision";
 
+// Key suffixes (after "got-vision.") of E, the width of each image token's embedding (the
+// projector's output = the LM hidden size). `projection_dim` is the name llama.cpp's CLIP files
+// give it; `embedding_length` stays D, the ViT width, as in llama.cpp's GGUF convention. Vision
+// GGUFs written by earlier converters carry E as `projector.output_length`: read when the file
+// lacks `projection_dim`, so they stay loadable.
+constexpr const char * KEY_PROJECTION_DIM        = "projection_dim";
+constexpr const char * KEY_PROJECTION_DIM_LEGACY = "projector.output_length";
+
 // Sanity bounds: reject absurd files before any size product can overflow.
 constexpr int64_t MAX_IMAGE_SIZE = 16384;
 constexpr int64_t MAX_DIM        = 65536;
@@ -63,7 +71,7 @@ struct hparams {
     int64_t n_embd = 0, n_layer = 0, n_head = 0, n_ff = 0, window = 0;
     float   eps = 0.0f, neck_eps = 0.0f;
     bool    use_abs_pos = true, use_rel_pos = true;
-    int64_t neck_ch = 0, proj_ch = 0, out_len = 0, n_tokens = 0;
+    int64_t neck_ch = 0, proj_ch = 0, out_width = 0, n_tokens = 0;
     std::vector<bool>  global;          // per layer: global (true) or windowed attention
     std::vector<float> mean, std;
 
@@ -307,6 +315,16 @@ std::vector<float> get_float_array(const gguf_context * g, const char * suffix) 
     return out;
 }
 
+// The suffix of the key that holds E in this file: the legacy name only where the file has it and
+// not the current one (a file with neither then reports the current name as missing).
+const char * projection_dim_key(const gguf_context * g) {
+    if (find_key(g, key_name(KEY_PROJECTION_DIM), false) < 0 &&
+        find_key(g, key_name(KEY_PROJECTION_DIM_LEGACY), false) >= 0) {
+        return KEY_PROJECTION_DIM_LEGACY;
+    }
+    return KEY_PROJECTION_DIM;
+}
+
 hparams read_hparams(const gguf_context * g) {
     const int64_t arch_id = gguf_find_key(g, "general.architecture");
     if (arch_id < 0 || gguf_get_kv_type(g, arch_id) != GGUF_TYPE_STRING) {
@@ -332,7 +350,7 @@ hparams read_hparams(const gguf_context * g) {
     hp.neck_ch    = get_int(g, "neck.channels", 1, MAX_DIM);
     hp.neck_eps   = get_float(g, "neck.layer_norm_epsilon");
     hp.proj_ch    = get_int(g, "projector.channels", 1, MAX_DIM);
-    hp.out_len    = get_int(g, "projector.output_length", 1, MAX_DIM);
+    hp.out_width  = get_int(g, projection_dim_key(g), 1, MAX_DIM);
     hp.n_tokens   = get_int(g, "image_token_count", 1, MAX_IMAGE_SIZE * MAX_IMAGE_SIZE);
     hp.mean       = get_float_array(g, "image_mean");
     hp.std        = get_float_array(g, "image_std");
@@ -712,7 +730,7 @@ bool reserve_attn_scratch(got_vision_ctx * vc, int n) {
 // the deepest weight matmul of the model (K of the bf16 GEMMs' scratch)
 int64_t max_gemm_depth(const hparams & hp) {
     return std::max({hp.patch_size * hp.patch_size * hp.n_channels, hp.n_embd, hp.n_ff, hp.neck_ch * 9,
-                     hp.proj_ch * 9, hp.out_len});
+                     hp.proj_ch * 9, hp.out_width});
 }
 
 // per-thread scratch of the CPU kernels for n threads (none without them); nullptr when done,
@@ -826,7 +844,7 @@ bool build_graph(got_vision_ctx * vc, cached_graph & cg, int B) {
     if (!x) return false;
     x = conv2d_tokens(ctx, vc, vc->mm_conv2, x, 2, 1);           // [E, G2, G2, B]
     if (!x) return false;
-    x = ggml_reshape_3d(ctx, x, hp.out_len, hp.grid2 * hp.grid2, B);
+    x = ggml_reshape_3d(ctx, x, hp.out_width, hp.grid2 * hp.grid2, B);
     x = linear(ctx, vc, vc->mm_proj_w, x, vc->mm_proj_b);
     if (!x) return false;
 
@@ -1013,7 +1031,7 @@ void load_model(got_vision_ctx * vc, const char * path) {
     vc->hp = read_hparams(g.get());
     const hparams & hp = vc->hp;
     const int64_t D = hp.n_embd, C = hp.n_channels, P = hp.patch_size, G = hp.grid;
-    const int64_t N = hp.neck_ch, E = hp.out_len;
+    const int64_t N = hp.neck_ch, E = hp.out_width;
 
     const size_t n_tensors = (size_t) (16 * hp.n_layer + 32);
     ggml_init_params ip = {ggml_tensor_overhead() * n_tensors, nullptr, true};
@@ -1196,7 +1214,7 @@ void got_vision_free(got_vision_ctx * ctx) {
 int got_vision_image_size(const got_vision_ctx * ctx) { return ctx ? (int) ctx->hp.image_size : 0; }
 int got_vision_num_channels(const got_vision_ctx * ctx) { return ctx ? (int) ctx->hp.n_channels : 0; }
 int got_vision_tokens_per_view(const got_vision_ctx * ctx) { return ctx ? (int) ctx->hp.n_tokens : 0; }
-int got_vision_embedding_length(const got_vision_ctx * ctx) { return ctx ? (int) ctx->hp.out_len : 0; }
+int got_vision_output_width(const got_vision_ctx * ctx) { return ctx ? (int) ctx->hp.out_width : 0; }
 const float * got_vision_image_mean(const got_vision_ctx * ctx) { return ctx ? ctx->hp.mean.data() : nullptr; }
 const float * got_vision_image_std(const got_vision_ctx * ctx) { return ctx ? ctx->hp.std.data() : nullptr; }
 const char * got_vision_backend_name(const got_vision_ctx * ctx) { return ctx ? ctx->backend_name.c_str() : ""; }
@@ -1251,7 +1269,7 @@ int got_vision_encode(got_vision_ctx * ctx, const float * pixels, int n_views, f
     }
     const hparams & hp = ctx->hp;
     const size_t in_per_view = (size_t) (hp.n_channels * hp.image_size * hp.image_size);
-    const size_t out_per_view = (size_t) (hp.n_tokens * hp.out_len);
+    const size_t out_per_view = (size_t) (hp.n_tokens * hp.out_width);
     if (out_len_floats / out_per_view < (size_t) n_views) {
         set_error(ctx, format("output buffer holds %zu floats, %d view(s) need %zu", out_len_floats, n_views,
                               out_per_view * (size_t) n_views));

@@ -24,7 +24,7 @@ typedef struct got_vision_ctx got_vision_ctx;
 enum got_vision_status {
     GOT_VISION_OK                  =  0,
     GOT_VISION_ERR_INVALID_ARGUMENT = -1, // NULL pointer, n_views < 1, ...
-    GOT_VISION_ERR_BUFFER_TOO_SMALL = -2, // out_len_floats < n_views * tokens_per_view * embedding_length
+    GOT_VISION_ERR_BUFFER_TOO_SMALL = -2, // out_len_floats < n_views * tokens_per_view * output_width
     GOT_VISION_ERR_ALLOC           = -3, // a graph or buffer allocation failed
     GOT_VISION_ERR_COMPUTE         = -4, // the backend reported a failure while computing
     GOT_VISION_ERR_NONFINITE_INPUT = -5, // the pixels contain NaN or Inf
@@ -62,7 +62,9 @@ void got_vision_free(got_vision_ctx * ctx);
 int          got_vision_image_size      (const got_vision_ctx * ctx); // S: views are S x S pixels
 int          got_vision_num_channels    (const got_vision_ctx * ctx); // C (3)
 int          got_vision_tokens_per_view (const got_vision_ctx * ctx); // T (256)
-int          got_vision_embedding_length(const got_vision_ctx * ctx); // E: output embedding size (LM hidden)
+// E, the width of each image token's embedding (= the language model's hidden size); the GGUF's
+// got-vision.embedding_length is the ViT width, a different number
+int          got_vision_output_width    (const got_vision_ctx * ctx);
 const float * got_vision_image_mean     (const got_vision_ctx * ctx); // num_channels floats
 const float * got_vision_image_std      (const got_vision_ctx * ctx); // num_channels floats
 

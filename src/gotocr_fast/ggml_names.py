@@ -14,6 +14,9 @@ ARCH = "got-vision"
 KEY_IMAGE_SIZE = f"{ARCH}.image_size"  # u32
 KEY_PATCH_SIZE = f"{ARCH}.patch_size"  # u32
 KEY_NUM_CHANNELS = f"{ARCH}.num_channels"  # u32
+# D, the width of the ViT blocks, as llama.cpp's GGUF convention has it (`{arch}.embedding_length`
+# is the width of the blocks; llama.cpp's CLIP files use `clip.vision.embedding_length` the same
+# way). The encoder's output width is KEY_PROJECTION_DIM.
 KEY_EMBEDDING_LENGTH = f"{ARCH}.embedding_length"  # u32, D
 KEY_BLOCK_COUNT = f"{ARCH}.block_count"  # u32
 KEY_HEAD_COUNT = f"{ARCH}.attention.head_count"  # u32, H
@@ -26,7 +29,11 @@ KEY_USE_REL_POS = f"{ARCH}.use_rel_pos"  # bool
 KEY_NECK_CHANNELS = f"{ARCH}.neck.channels"  # u32, N
 KEY_NECK_LAYER_NORM_EPS = f"{ARCH}.neck.layer_norm_epsilon"  # f32
 KEY_PROJECTOR_CHANNELS = f"{ARCH}.projector.channels"  # u32, 2N (first stride-2 conv)
-KEY_PROJECTOR_OUTPUT_LENGTH = f"{ARCH}.projector.output_length"  # u32, E (= LM hidden size)
+# E, the width of each image token's embedding (the projector's output = the LM hidden size); the
+# name llama.cpp's CLIP files give the same quantity (`clip.vision.projection_dim`). Vision GGUFs
+# written by earlier converters carry E as `got-vision.projector.output_length` instead; the loader
+# (native/got_vision.cpp) reads that name when this one is absent, so those files stay loadable.
+KEY_PROJECTION_DIM = f"{ARCH}.projection_dim"  # u32, E
 KEY_IMAGE_TOKEN_COUNT = f"{ARCH}.image_token_count"  # u32, tokens per view
 KEY_IMAGE_MEAN = f"{ARCH}.image_mean"  # arr[f32] (3)
 KEY_IMAGE_STD = f"{ARCH}.image_std"  # arr[f32] (3)
@@ -47,7 +54,7 @@ KEY_TYPES: dict[str, str] = {
     KEY_NECK_CHANNELS: "u32",
     KEY_NECK_LAYER_NORM_EPS: "f32",
     KEY_PROJECTOR_CHANNELS: "u32",
-    KEY_PROJECTOR_OUTPUT_LENGTH: "u32",
+    KEY_PROJECTION_DIM: "u32",
     KEY_IMAGE_TOKEN_COUNT: "u32",
     KEY_IMAGE_MEAN: "arr[f32]",
     KEY_IMAGE_STD: "arr[f32]",

@@ -124,8 +124,8 @@ class GotConfig:
         return side * side
 
     @property
-    def embedding_length(self) -> int:
-        """Size of one image embedding (= LM hidden size)."""
+    def output_width(self) -> int:
+        """E, the width of one image token's embedding (= LM hidden size)."""
         return self.text.hidden_size
 
 

@@ -83,7 +83,7 @@ class VisionEncoder:
         self.image_size: int = c.image_size
         self.num_channels: int = c.num_channels
         self.tokens_per_view: int = c.tokens_per_view
-        self.embedding_length: int = c.embedding_length
+        self.output_width: int = c.output_width  # E: each image token's embedding width (= LM hidden size)
         self.image_mean: tuple[float, ...] = c.image_mean
         self.image_std: tuple[float, ...] = c.image_std
         self.backend_name: str = c.backend_name
@@ -94,6 +94,14 @@ class VisionEncoder:
         self.precision: str = "bf16" if c.cpu_bf16 else "f32"
         # e.g. {"gemm": "amx", "attention": "avx512", "layernorm": "avx512"}
         self.kernel_isa: dict[str, str] = c.kernel_isa
+
+    @property
+    def embedding_length(self) -> int:
+        """The output width, E (the same number as ``output_width``, the name to use).
+
+        Not the GGUF key ``got-vision.embedding_length``, which is the ViT width.
+        """
+        return self.output_width
 
     @property
     def closed(self) -> bool:
@@ -112,7 +120,7 @@ class VisionEncoder:
             self.n_threads = n_threads
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
-        """float32 [N, C, S, S] (normalised views) -> float32 [N, tokens_per_view, embedding_length]."""
+        """float32 [N, C, S, S] (normalised views) -> float32 [N, tokens_per_view, output_width]."""
         if not isinstance(pixels, np.ndarray):
             raise TypeError(f"pixels must be a numpy.ndarray, got {type(pixels).__name__}")
         if pixels.dtype != np.float32:
@@ -124,7 +132,7 @@ class VisionEncoder:
         if n < 1:
             raise ValueError("pixels hold no views (N = 0)")
         pixels = np.ascontiguousarray(pixels)
-        out = np.empty((n, self.tokens_per_view, self.embedding_length), dtype=np.float32)
+        out = np.empty((n, self.tokens_per_view, self.output_width), dtype=np.float32)
         with self._lock:
             ctx = self._context()
             try:
@@ -155,5 +163,5 @@ class VisionEncoder:
         return (
             f"VisionEncoder({str(getattr(self, 'path', '?'))!r}, image_size={getattr(self, 'image_size', '?')}, "
             f"tokens_per_view={getattr(self, 'tokens_per_view', '?')}, "
-            f"embedding_length={getattr(self, 'embedding_length', '?')}, {state})"
+            f"output_width={getattr(self, 'output_width', '?')}, {state})"
         )

@@ -46,7 +46,7 @@ def _expected_keys(cfg: synth.GotConfig) -> dict[str, tuple[list, object]]:
         "got-vision.neck.channels": ([U.UINT32], v.neck_channels),
         "got-vision.neck.layer_norm_epsilon": ([U.FLOAT32], pytest.approx(1e-6, rel=1e-6)),
         "got-vision.projector.channels": ([U.UINT32], v.projector_channels),
-        "got-vision.projector.output_length": ([U.UINT32], cfg.text.hidden_size),
+        "got-vision.projection_dim": ([U.UINT32], cfg.text.hidden_size),
         "got-vision.image_token_count": ([U.UINT32], cfg.tokens_per_view),
         "got-vision.image_mean": ([U.ARRAY, U.FLOAT32], pytest.approx([0.48145466, 0.4578275, 0.40821073], rel=1e-6)),
         "got-vision.image_std": ([U.ARRAY, U.FLOAT32], pytest.approx([0.26862954, 0.26130258, 0.27577711], rel=1e-6)),

@@ -42,7 +42,7 @@ def test_odd_sizes_match_ggml_ops(odd_vision_gguf, n_threads):
     with VisionEncoder(odd_vision_gguf, n_threads=n_threads, cpu_kernels=True) as enc:
         assert enc.cpu_kernels
         got = enc.encode(px)
-    assert got.shape == ref.shape == (2, ODD.tokens_per_view, ODD.embedding_length)
+    assert got.shape == ref.shape == (2, ODD.tokens_per_view, ODD.output_width)
     assert np.isfinite(got).all()
     scale = float(np.abs(ref).max())
     assert float(np.abs(got - ref).max()) <= 1e-5 * max(scale, 1.0)

@@ -52,7 +52,7 @@ def test_features_match_transformers(vision_gguf, oracle, config, fixture, outty
     want = oracle(fixture)["features"]
     with VisionEncoder(vision_gguf(config, outtype), n_threads=1, cpu_kernels=cpu_kernels) as enc:
         assert enc.cpu_kernels is cpu_kernels  # the CPU backend: on unless switched off
-        assert (enc.tokens_per_view, enc.embedding_length) == want.shape[1:]
+        assert (enc.tokens_per_view, enc.output_width) == want.shape[1:]
         got = enc.encode(oracle_pixels(config, n_views=want.shape[0]))
     assert got.shape == want.shape and got.dtype == np.float32
     assert np.isfinite(got).all()
@@ -70,6 +70,7 @@ def test_model_facts_come_from_the_gguf(vision_gguf, config):
         grid = cfg.image_size // cfg.patch_size
         after = ((grid - 1) // 2 + 1 - 1) // 2 + 1
         assert enc.tokens_per_view == after * after
+        assert enc.output_width == synth.CONFIGS[config].text.hidden_size
         assert enc.image_mean == pytest.approx((0.48145466, 0.4578275, 0.40821073), abs=1e-6)
         assert enc.image_std == pytest.approx((0.26862954, 0.26130258, 0.27577711), abs=1e-6)
         assert enc.weights_size > 0 and enc.compute_buffer_size > 0
@@ -222,7 +223,8 @@ def test_wrong_arch(rewrite, tiny_vision_gguf):
 @pytest.mark.parametrize(
     "key",
     ["got-vision.image_size", "got-vision.block_count", "got-vision.window_size",
-     "got-vision.global_attention_layers", "got-vision.image_mean", "got-vision.neck.layer_norm_epsilon"],
+     "got-vision.global_attention_layers", "got-vision.image_mean", "got-vision.neck.layer_norm_epsilon",
+     "got-vision.projection_dim"],
 )
 def test_missing_key(rewrite, tiny_vision_gguf, key):
     with pytest.raises(VisionError, match=f"missing GGUF key '{key}'"):
@@ -246,13 +248,48 @@ def test_missing_key(rewrite, tiny_vision_gguf, key):
         ({"got-vision.embedding_length": (32, U32, None)}, "has shape"),
         ({"got-vision.block_count": (5, U32, None)}, "missing tensor 'v.blk.4."),
         ({"got-vision.neck.channels": (16, U32, None)}, "v.neck.conv1.weight' has shape"),
-        ({"got-vision.projector.output_length": (32, U32, None)}, "mm.conv2.weight' has shape"),
+        ({"got-vision.projection_dim": (32, U32, None)}, "mm.conv2.weight' has shape"),
         ({"got-vision.feed_forward_length": (96, U32, None)}, "ffn_up.weight"),
     ],
 )
 def test_inconsistent_hyper_parameters(rewrite, tiny_vision_gguf, changes, message):
     with pytest.raises(VisionError, match=message):
         VisionEncoder(rewrite(tiny_vision_gguf, set_keys=changes))
+
+
+# E's key in vision GGUFs from earlier converters (the loader reads it where projection_dim is absent)
+LEGACY_E_KEY = "got-vision.projector.output_length"
+
+
+def test_file_with_the_legacy_output_key_loads_and_encodes_the_same(rewrite, tiny_vision_gguf):
+    e = synth.CONFIGS["tiny"].text.hidden_size
+    legacy = rewrite(tiny_vision_gguf, drop_keys=["got-vision.projection_dim"], set_keys={LEGACY_E_KEY: (e, U32, None)})
+    fields = gguf.GGUFReader(legacy).fields
+    assert "got-vision.projection_dim" not in fields and fields[LEGACY_E_KEY].contents() == e
+    px = oracle_pixels("tiny", 2)
+    with VisionEncoder(tiny_vision_gguf, n_threads=1) as enc:
+        want = enc.encode(px)
+    with VisionEncoder(legacy, n_threads=1) as enc:
+        assert enc.output_width == e
+        got = enc.encode(px)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_legacy_output_key_is_read_and_projection_dim_wins(rewrite, tiny_vision_gguf):
+    # read: a wrong legacy value (and no projection_dim) disagrees with the projector's tensors
+    with pytest.raises(VisionError, match="mm.conv2.weight' has shape"):
+        VisionEncoder(rewrite(tiny_vision_gguf, drop_keys=["got-vision.projection_dim"],
+                              set_keys={LEGACY_E_KEY: (32, U32, None)}))
+    # a file with both keys: projection_dim is the one used, the legacy one is ignored
+    with VisionEncoder(rewrite(tiny_vision_gguf, set_keys={LEGACY_E_KEY: (32, U32, None)})) as enc:
+        assert enc.output_width == synth.CONFIGS["tiny"].text.hidden_size
+
+
+def test_embedding_length_is_a_read_only_alias_of_output_width(tiny_vision_gguf):
+    with VisionEncoder(tiny_vision_gguf) as enc:
+        assert enc.embedding_length == enc.output_width == synth.CONFIGS["tiny"].text.hidden_size
+        with pytest.raises(AttributeError):
+            enc.embedding_length = 3
 
 
 def test_missing_tensor(rewrite, tiny_vision_gguf):
@@ -345,7 +382,7 @@ def test_full_config_rows_match_transformers(full_vision_gguf, oracle):
     o = oracle("full_vision")
     path = full_vision_gguf
     with VisionEncoder(path, n_threads=2) as enc:
-        assert (enc.image_size, enc.tokens_per_view, enc.embedding_length) == (1024, 256, 1024)
+        assert (enc.image_size, enc.tokens_per_view, enc.output_width) == (1024, 256, 1024)
         got = enc.encode(synth.synth_pixels(1024, n_views=1, seed=0))[0]
     rows = o["rows"].astype(int)
     np.testing.assert_allclose(got[rows], o["feature_rows"], atol=1e-3, rtol=0)

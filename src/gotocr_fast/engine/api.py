@@ -288,9 +288,9 @@ class OcrEngine(EngineBase):
                 n_batch=config.n_batch, n_threads=config.n_threads, kv_type=config.kv_type, flash_attn=config.flash_attn,
                 verbose=config.verbose,
             )
-            if self.text.n_embd != self.vision.embedding_length:
+            if self.text.n_embd != self.vision.output_width:
                 raise ModelError(
-                    f"vision embeddings ({self.vision.embedding_length}) do not match the LM hidden size ({self.text.n_embd})"
+                    f"vision embeddings ({self.vision.output_width}) do not match the LM hidden size ({self.text.n_embd})"
                 )
         except BaseException:
             self._close_models()
