@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import CONFIG
+
 WEIGHTS = "weights.safetensors"
 STATE = "state.json"
 
@@ -32,8 +34,9 @@ def save_compact(model, step: int, run_dir: Path, out_dir: Path, steps: int | No
     np.save(out_dir / "used_ids.npy", model.used_ids.cpu().numpy())
     state = {"step": step} if steps is None else {"step": step, "schedule_steps": steps}
     (out_dir / STATE).write_text(json.dumps(state, indent=2) + "\n")
-    if (run_dir / "log.csv").exists():
-        shutil.copyfile(run_dir / "log.csv", out_dir / "log.csv")
+    for name in ("log.csv", CONFIG):
+        if (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, out_dir / name)
     return out_dir
 
 
@@ -62,9 +65,9 @@ def load_compact(model, src: Path) -> int:
 
 
 def seed_run_dir(src: Path, run_dir: Path) -> None:
-    """Start a run folder from a compact state: its used ids and log."""
+    """Start a run folder from a compact state: its used ids, model sizes and log."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("used_ids.npy", "log.csv"):
+    for name in ("used_ids.npy", "log.csv", CONFIG):
         if (src / name).exists() and not (run_dir / name).exists():
             shutil.copyfile(src / name, run_dir / name)
 
@@ -72,7 +75,7 @@ def seed_run_dir(src: Path, run_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from .config import DEMO_MODEL
+    from .config import run_config
     from .model import DemoTrainer
 
     p = argparse.ArgumentParser(prog="python -m train.compact",
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out_dir", type=Path)
     args = p.parse_args(argv)
     used = torch.from_numpy(np.load(args.run_dir / "used_ids.npy"))
-    model = DemoTrainer(DEMO_MODEL, used)
+    model = DemoTrainer(run_config(args.run_dir), used)
     state = torch.load(args.run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
     out = save_compact(model, state["step"], args.run_dir, args.out_dir)

@@ -3,19 +3,50 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from gotocr_fast.synth import GotConfig, TextConfig, VisionConfig
 
-DEMO_MODEL = GotConfig(
-    "demo",
-    # 384-pixel views, 16-pixel patches: a 24 x 24 grid, 3 x 3 windows of 8, two global blocks;
-    # two stride-2 convs leave 6 x 6 = 36 image tokens per view.
-    VisionConfig(
-        image_size=384, patch_size=16, hidden_size=128, num_layers=4, num_heads=2, mlp_dim=512,
-        window_size=8, global_layers=(1, 3), neck_channels=64,
-    ),
-    TextConfig(hidden_size=256, num_layers=3, num_heads=4, num_kv_heads=4, ffn_dim=704),
-)
+VIEW_SIZES = (384, 768)
+"""View sizes a run can train (``--image-size``); a run keeps its own in ``config.json``."""
+DEFAULT_VIEW = 384
+
+
+def demo_model(image_size: int = DEFAULT_VIEW) -> GotConfig:
+    """The demo model's sizes for one view size: 16-pixel patches (a 24 x 24 grid at 384, 48 x 48 at
+    768), windows of 8, two global blocks; the two stride-2 convs leave one image token per 64 x 64
+    pixels (36 at 384, 144 at 768). The language model is the same for every view."""
+    if image_size not in VIEW_SIZES:
+        raise ValueError(f"image_size must be one of {VIEW_SIZES}, got {image_size}")
+    return GotConfig(
+        "demo",
+        VisionConfig(
+            image_size=image_size, patch_size=16, hidden_size=128, num_layers=4, num_heads=2, mlp_dim=512,
+            window_size=8, global_layers=(1, 3), neck_channels=64,
+        ),
+        TextConfig(hidden_size=256, num_layers=3, num_heads=4, num_kv_heads=4, ffn_dim=704),
+    )
+
+
+DEMO_MODEL = demo_model()
+"""The sizes of a run folder or compact state that has no ``config.json`` of its own."""
+
+
+def run_config(folder: Path) -> GotConfig:
+    """The model sizes a run folder (or compact state) was trained with."""
+    from gotocr_fast import demo_model as bundle_format
+
+    return bundle_format.load_config(folder) if (folder / CONFIG).exists() else DEMO_MODEL
+
+
+def save_run_config(folder: Path, config: GotConfig) -> None:
+    from gotocr_fast import demo_model as bundle_format
+
+    bundle_format.save_config(folder, config)
+
+
+CONFIG = "config.json"
+"""The model sizes in a run folder and a compact state (the bundle's format)."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 
 from gotocr_fast import demo_model
 
-from .config import DEMO_MODEL
+from .config import run_config
 from .model import DemoTrainer
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "src" / "gotocr_fast" / "data" / "demo_model"
@@ -25,7 +25,7 @@ DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "src" / "gotocr_fast" / "
 
 def load_trainer(run_dir: Path) -> DemoTrainer:
     used = torch.from_numpy(np.load(run_dir / "used_ids.npy"))
-    model = DemoTrainer(DEMO_MODEL, used)
+    model = DemoTrainer(run_config(run_dir), used)
     state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
     model.eval()
@@ -44,7 +44,7 @@ def export_bundle(model: DemoTrainer, bundle: Path) -> Path:
     tensors[demo_model.EMBED_ROWS] = model.used_ids.numpy().astype(np.int32)
     tensors[demo_model.EMBED_VALUES] = model.embed.detach().float().numpy().astype(np.float16)
     save_file(tensors, str(bundle / "model.safetensors"))
-    demo_model.save_config(bundle, DEMO_MODEL)
+    demo_model.save_config(bundle, model.cfg)
     return bundle
 
 

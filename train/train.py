@@ -25,7 +25,7 @@ import torch
 from gotocr_fast import reading, tokens
 
 from . import compact, data
-from .config import DEMO_MODEL, TrainConfig
+from .config import CONFIG, DEFAULT_VIEW, VIEW_SIZES, TrainConfig, demo_model, run_config, save_run_config
 from .model import DemoTrainer, use_fast_vision_attention, use_guided_attention
 
 LOG_FIELDS = ("step", "elapsed_s", "loss", "aux_loss", "guide_loss", "lr", "val_cer", "val_exact")
@@ -60,14 +60,14 @@ class StepBatches(torch.utils.data.Dataset):
     """Item ``step`` is the collated batch of that step: pages depend on (seed, step) only, so
     any number of loader workers gives the same run."""
 
-    def __init__(self, tc: TrainConfig, full_to_used: np.ndarray, pad_id: int):
-        self.tc, self.full_to_used, self.pad_id = tc, full_to_used, pad_id
+    def __init__(self, tc: TrainConfig, cfg, full_to_used: np.ndarray, pad_id: int):
+        self.tc, self.cfg, self.full_to_used, self.pad_id = tc, cfg, full_to_used, pad_id
 
     def __len__(self) -> int:
         return self.tc.steps
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
-        tc, cfg = self.tc, DEMO_MODEL
+        tc, cfg = self.tc, self.cfg
         level = data.task_level(step - tc.curriculum_start, tc.curriculum_steps)
         grid = int(round(math.sqrt(cfg.tokens_per_view)))
         pages = data.make_batch(tc.seed, step, tc.batch_size, level, cfg.vision.image_size, grid,
@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
     p.add_argument("--compact-out", type=Path, default=None,
                    help="also write the compact state (train.compact) here at every checkpoint")
+    p.add_argument("--image-size", type=int, default=None, choices=VIEW_SIZES,
+                   help=f"view size of a new run (default {DEFAULT_VIEW}); a run or compact state keeps its own")
     p.add_argument("--from-compact", type=Path, default=None,
                    help="start from a compact training state (train.compact) when --out has no checkpoint yet")
     args = p.parse_args(argv)
@@ -208,10 +210,18 @@ def main(argv: list[str] | None = None) -> int:
         np.save(used_path, used)
     print(f"used vocabulary: {len(used)} tokens", flush=True)
 
+    if (args.out / CONFIG).exists() or ckpt_path.exists():
+        cfg = run_config(args.out)  # a run keeps its sizes; a compact state's came with it
+    else:
+        cfg = demo_model(args.image_size or DEFAULT_VIEW)
+        save_run_config(args.out, cfg)
+    if args.image_size and args.image_size != cfg.vision.image_size:
+        raise SystemExit(f"{args.out} trains a {cfg.vision.image_size}-pixel view; --image-size {args.image_size} "
+                         "needs a new --out (and no --from-compact of another view)")
+    print(f"view {cfg.vision.image_size} px, {cfg.tokens_per_view} image tokens", flush=True)
     use_fast_vision_attention()
     use_guided_attention()
     torch.manual_seed(tc.seed)
-    cfg = DEMO_MODEL
     model = DemoTrainer(cfg, torch.from_numpy(used))
     model.bf16 = tc.bf16
     params = [q for q in model.parameters() if q.requires_grad]
@@ -262,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             elapsed0 = 0.0
     model.train()
     end = tc.steps if args.stop_after is None else min(tc.steps, step + args.stop_after)
-    source = StepBatches(tc, full_to_used, int(model.used_ids[0]))
+    source = StepBatches(tc, cfg, full_to_used, int(model.used_ids[0]))
     first_step = step
     fit_from = 0.0
 

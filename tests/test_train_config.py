@@ -1,0 +1,44 @@
+"""The demo model's sizes per view (train/config.py) and how a run folder keeps them.
+
+Needs no torch: the training's sizes are plain data, and a run folder records them in the
+bundle's ``config.json`` format so that resuming, compacting and exporting use the sizes the run
+started with, whatever the default is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+config = pytest.importorskip("train.config", reason="needs the repository's train/ folder")
+
+CHECKPOINT = Path(__file__).resolve().parents[1] / "train" / "checkpoint"
+
+
+@pytest.mark.parametrize("view, grid, tokens", [(384, 24, 36), (768, 48, 144)])
+def test_one_image_token_per_64_pixels(view, grid, tokens):
+    cfg = config.demo_model(view)
+    assert (cfg.vision.image_size, cfg.vision.grid, cfg.tokens_per_view) == (view, grid, tokens)
+    assert cfg.text == config.demo_model(config.DEFAULT_VIEW).text  # one language model for every view
+
+
+def test_unknown_view_is_refused():
+    with pytest.raises(ValueError, match="image_size"):
+        config.demo_model(512)
+
+
+def test_a_run_folder_keeps_its_sizes(tmp_path):
+    assert config.run_config(tmp_path) == config.DEMO_MODEL  # nothing recorded: the default view
+    config.save_run_config(tmp_path, config.demo_model(768))
+    assert config.run_config(tmp_path) == config.demo_model(768)
+
+
+def test_committed_state_matches_its_recorded_sizes():
+    from safetensors.numpy import load_file
+
+    cfg = config.run_config(CHECKPOINT)
+    assert (CHECKPOINT / config.CONFIG).exists()
+    weights = load_file(str(CHECKPOINT / "weights.safetensors"))
+    pos = weights["hf.model.vision_tower.pos_embed"]
+    assert pos.shape == (1, cfg.vision.grid, cfg.vision.grid, cfg.vision.hidden_size)
