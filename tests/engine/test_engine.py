@@ -267,3 +267,15 @@ def test_result_names_what_stopped_it(engine):
 
 def test_imgpad_is_one_token_per_image_row(engine):
     assert engine.text.tokenize(build_prompt("OCR: ", 2)).count(IMG_PAD_ID) == 2
+
+
+def test_vision_precision_reaches_the_encoder(tiny_model_dir):
+    from gotocr_fast.vision import VisionEncoder
+
+    with VisionEncoder(next(tiny_model_dir.glob("got-vision-*.gguf")), n_threads=1, precision="bf16") as probe:
+        here = probe.precision  # "bf16" where this CPU multiplies bf16 natively, else "f32"
+    with OcrEngine(tiny_model_dir, n_ctx=1024, max_slots=1, n_threads=2, vision_precision="bf16") as e:
+        assert e.vision.precision == here
+        assert e.ocr(_image(3), max_tokens=4).completion_tokens >= 1
+    with OcrEngine(tiny_model_dir, n_ctx=1024, max_slots=1, n_threads=2) as e:
+        assert e.vision.precision == "f32"  # the default is the reference's arithmetic

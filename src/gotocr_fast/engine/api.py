@@ -280,7 +280,7 @@ class OcrEngine(EngineBase):
         self.model_name = self.paths.text.parent.name if Path(config.model).is_dir() else self.paths.text.stem
         self.max_tiles = config.max_tiles
         self.max_pixels = config.max_pixels
-        self.vision = VisionEncoder(str(self.paths.vision), n_threads=config.n_threads)
+        self.vision = VisionEncoder(str(self.paths.vision), n_threads=config.n_threads, precision=config.vision_precision)
         self.text: TextModel | None = None
         try:
             self.text = TextModel(

@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import EngineConfig, InvalidRequest, OcrError, OcrOptions
 from ..inputs import DEFAULT_PDF_DPI, IMAGE_SUFFIXES, ImageError, is_pdf, pdf_page_count, render_pdf_pages
 from .defaults import LOOP_GUARD, REFERENCE_MAX_NEW_TOKENS, REFERENCE_NO_REPEAT_NGRAM_SIZE
-from .options import COLORS, DEFAULT_N_CTX, DEFAULT_QUEUE, DEFAULT_SLOTS, TYPES
+from .options import COLORS, DEFAULT_N_CTX, DEFAULT_QUEUE, DEFAULT_SLOTS, TYPES, VISION_PRECISIONS
 
 __all__ = ["ocr_main", "batch_main"]
 
@@ -51,6 +51,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dpi", type=float, default=DEFAULT_PDF_DPI,
                    help=f"PDF render resolution (default {DEFAULT_PDF_DPI:g}; lowered for pages over the pixel limit)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--vision-precision", choices=VISION_PRECISIONS, default=EngineConfig.vision_precision,
+                   help="vision encoder arithmetic: bf16 where the CPU multiplies bf16 natively (AMX, AVX512_BF16; "
+                        "else f32), about 3.5x faster a view on AMX")
     p.add_argument("--slots", type=int, default=None,
                    help=f"concurrent sequences in llama.cpp (default {DEFAULT_SLOTS}; `ocr`: no more than its "
                         "inputs × boxes need). The slots share one KV cache of --ctx tokens")
@@ -79,7 +82,7 @@ def _engine(args, sequences: int | None = None):
     slots = args.slots if args.slots is not None else min(DEFAULT_SLOTS, sequences or DEFAULT_SLOTS)
     try:
         config = EngineConfig(model=args.model, vision=args.vision, n_threads=args.threads, n_ctx=args.ctx,
-                              max_slots=slots, max_queue=max(DEFAULT_QUEUE, slots * 4), verbose=args.verbose)
+                              vision_precision=args.vision_precision, max_slots=slots, max_queue=max(DEFAULT_QUEUE, slots * 4), verbose=args.verbose)
     except ValueError as e:
         raise InvalidRequest(str(e)) from None
     return OcrEngine(config)
