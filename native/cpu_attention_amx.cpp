@@ -1,8 +1,9 @@
-// cpu_attention_amx.cpp - see cpu_attention_amx.h. Both products block C as 32 x 32 (four 16 x 16
-// f32 tiles, 0-3), with two 16-row tiles of the left operand (4-5) and two 16-column panels of the
-// right one (6-7) per K step of 32: four TDPBF16PS per six tile loads.
+// cpu_attention_amx.cpp - see cpu_attention_amx.h. Both products block C as 32 x 32 and run
+// amx_tiles::step over K in steps of 32 (amx_tiles.h).
 
 #include "cpu_attention_amx.h"
+
+#include "amx_tiles.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -73,60 +74,35 @@ CAA_TARGET void pack_kv_pair(const float * const k[2], const float * const kb[2]
 
 CAA_TARGET void scores(const uint16_t * q, int64_t rows, int64_t dp, const uint16_t * k, int64_t keys, float * s,
                        int64_t lds) {
-    const size_t qs = (size_t) dp * 2, ss = (size_t) lds * 4, panel = (size_t) (dp / 2) * 32;
+    const size_t qs = (size_t) dp * 2, panel = (size_t) (dp / 2) * 32;
     for (int64_t rb = 0; rb < rows; rb += 32) {
         const uint16_t * q0 = q + rb * dp, * q1 = q0 + 16 * dp;
         for (int64_t kb = 0; kb < keys; kb += 32) {
             const uint16_t * k0 = k + (size_t) (kb / 16) * panel, * k1 = k0 + panel;
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
+            amx_tiles::zero_c();
             for (int64_t d = 0; d < dp; d += 32) {
-                _tile_loadd(4, q0 + d, qs);
-                _tile_loadd(5, q1 + d, qs);
-                _tile_loadd(6, k0 + d * 16, 64);  // channel pair d/2 of a panel starts at (d/2) * 32 bf16
-                _tile_loadd(7, k1 + d * 16, 64);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
+                // channel pair d/2 of a key panel starts at (d/2) * 32 bf16
+                amx_tiles::step(q0 + d, q1 + d, qs, k0 + d * 16, k1 + d * 16);
             }
-            float * c = s + rb * lds + kb;
-            _tile_stored(0, c, ss);
-            _tile_stored(1, c + 16, ss);
-            _tile_stored(2, c + 16 * lds, ss);
-            _tile_stored(3, c + 16 * lds + 16, ss);
+            amx_tiles::store_c(s + rb * lds + kb, (size_t) lds);
         }
     }
 }
 
 CAA_TARGET void update(const uint16_t * p, int64_t rows, int64_t keys, const uint16_t * v, int64_t dv, float * o,
                        int64_t ldo) {
-    const size_t ps = (size_t) keys * 2, os = (size_t) ldo * 4, panel = (size_t) (keys / 2) * 32;
+    const size_t ps = (size_t) keys * 2, panel = (size_t) (keys / 2) * 32;
     for (int64_t rb = 0; rb < rows; rb += 32) {
         const uint16_t * p0 = p + rb * keys, * p1 = p0 + 16 * keys;
         for (int64_t cb = 0; cb < dv; cb += 32) {
             const uint16_t * v0 = v + (size_t) (cb / 16) * panel, * v1 = v0 + panel;
             float * c = o + rb * ldo + cb;
-            _tile_loadd(0, c, os);
-            _tile_loadd(1, c + 16, os);
-            _tile_loadd(2, c + 16 * ldo, os);
-            _tile_loadd(3, c + 16 * ldo + 16, os);
+            amx_tiles::load_c(c, (size_t) ldo);
             for (int64_t j = 0; j < keys; j += 32) {
-                _tile_loadd(4, p0 + j, ps);
-                _tile_loadd(5, p1 + j, ps);
-                _tile_loadd(6, v0 + j * 16, 64);  // key pair j/2 of a panel starts at (j/2) * 32 bf16
-                _tile_loadd(7, v1 + j * 16, 64);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
+                // key pair j/2 of a value panel starts at (j/2) * 32 bf16
+                amx_tiles::step(p0 + j, p1 + j, ps, v0 + j * 16, v1 + j * 16);
             }
-            _tile_stored(0, c, os);
-            _tile_stored(1, c + 16, os);
-            _tile_stored(2, c + 16 * ldo, os);
-            _tile_stored(3, c + 16 * ldo + 16, os);
+            amx_tiles::store_c(c, (size_t) ldo);
         }
     }
 }

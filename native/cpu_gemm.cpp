@@ -237,15 +237,7 @@ template <int W, int MR, int NV> struct variant {
                     for (int64_t jr = 0; jr < nc; jr += NR) {
                         const float * bpanel = bp_buf + (jr / NR) * kc * NR;
                         const int64_t n = jc + jr, nr = std::min<int64_t>(NR, nc - jr);
-                        const float * bias = nullptr;
-                        if (last && p.bias) {
-                            if (nr == NR) {
-                                bias = p.bias + n;
-                            } else {
-                                for (int j = 0; j < NR; j++) bias_pad[j] = j < nr ? p.bias[n + j] : 0.0f;
-                                bias = bias_pad;
-                            }
-                        }
+                        const float * bias = last ? block_bias(p.bias, n, nr, NR, bias_pad) : nullptr;
                         for (int64_t ir = 0; ir < mc; ir += MR) {
                             const float * apanel = ap_buf + ir * kc;
                             const int64_t m = ic + ir, mr = std::min<int64_t>(MR, mc - ir);

@@ -11,6 +11,8 @@
 
 #include "cpu_gemm_bf16.h"
 
+#include "amx_tiles.h"
+
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
@@ -208,8 +210,7 @@ CGB_TARGET void kernel_avx512_bf16(const uint16_t * a, int64_t kp, const uint16_
     }
 }
 
-// AMX: tiles 0-3 = the 2 x 2 blocks of 16 x 16 f32 of C, 4-5 = two 16-row A tiles, 6-7 = the two
-// weight panels (16 K pairs x 16 columns); one K step of 32 is four TDPBF16PS
+// AMX: a 32 x 32 block of C in tiles, one amx_tiles::step per K step of 32 (amx_tiles.h)
 constexpr int64_t RB_AMX = 32;
 
 struct alignas(64) tile_config {
@@ -232,24 +233,12 @@ tile_config amx_config() {
 CGB_TARGET_AMX void kernel_amx(const uint16_t * a, int64_t kp, const uint16_t * b0, const uint16_t * b1, float * tile) {
     const size_t lda = (size_t) kp * 2;
     const char * a0 = (const char *) a, * a1 = (const char *) (a + 16 * kp);
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
+    amx_tiles::zero_c();
     for (int64_t k = 0; k < kp; k += KSTEP) {
-        _tile_loadd(4, a0 + k * 2, lda);
-        _tile_loadd(5, a1 + k * 2, lda);
-        _tile_loadd(6, b0 + k * PANEL, 64);  // K pair k/2 of a panel starts at (k/2) * 32 bf16
-        _tile_loadd(7, b1 + k * PANEL, 64);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
+        // K pair k/2 of a weight panel starts at (k/2) * 32 bf16
+        amx_tiles::step(a0 + k * 2, a1 + k * 2, lda, b0 + k * PANEL, b1 + k * PANEL);
     }
-    _tile_stored(0, tile, NB * 4);
-    _tile_stored(1, tile + 16, NB * 4);
-    _tile_stored(2, tile + 16 * NB, NB * 4);
-    _tile_stored(3, tile + 16 * NB + 16, NB * 4);
+    amx_tiles::store_c(tile, NB);
 }
 
 template <isa K>
@@ -282,15 +271,7 @@ CGB_TARGET_AMX void gemm(const cpu_gemm::args & p, const packed_weights & w, int
             const int64_t nr = std::min(NB, n_hi - jc);
             const uint16_t * b0 = w.data() + (size_t) (jc / PANEL) * panel_stride;
             const uint16_t * b1 = b0 + panel_stride;
-            const float * bias = nullptr;
-            if (p.bias) {
-                if (nr == NB) {
-                    bias = p.bias + jc;
-                } else {
-                    for (int64_t j = 0; j < NB; j++) bias_pad[j] = j < nr ? p.bias[jc + j] : 0.0f;
-                    bias = bias_pad;
-                }
-            }
+            const float * bias = block_bias(p.bias, jc, nr, NB, bias_pad);
             for (int64_t ir = 0; ir < rows_p; ir += RB) {
                 if (K == isa::amx) kernel_amx(abuf + ir * kp, kp, b0, b1, tile);
                 else kernel_avx512_bf16(abuf + ir * kp, kp, b0, b1, tile);
