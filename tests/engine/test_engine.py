@@ -279,3 +279,19 @@ def test_vision_precision_reaches_the_encoder(tiny_model_dir):
         assert e.ocr(_image(3), max_tokens=4).completion_tokens >= 1
     with OcrEngine(tiny_model_dir, n_ctx=1024, max_slots=1, n_threads=2) as e:
         assert e.vision.precision == "f32"  # the default is the reference's arithmetic
+
+
+def test_vision_and_text_of_different_widths_are_refused(tmp_path, tiny_model_dir):
+    import dataclasses
+
+    from gotocr_fast import ModelError, synth
+    from gotocr_fast.convert import convert_checkpoint
+
+    tiny = synth.CONFIGS["tiny"]
+    narrow = dataclasses.replace(tiny, name="tiny-narrow-lm", text=dataclasses.replace(tiny.text, hidden_size=32))
+    src = synth.write_checkpoint(tmp_path / "ckpt", narrow)
+    convert_checkpoint(src, tmp_path / "narrow", outtype="f32", progress=False)
+    text = next((tmp_path / "narrow").glob("got-text-*.gguf"))
+    vision = next(tiny_model_dir.glob("got-vision-*.gguf"))  # its tokens are 64 wide, the LM 32
+    with pytest.raises(ModelError, match="do not match the LM hidden size"):
+        OcrEngine(str(text), vision=str(vision), n_ctx=512, max_slots=1, n_threads=1)

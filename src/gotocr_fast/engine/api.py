@@ -261,14 +261,14 @@ class OcrEngine(EngineBase):
     """
 
     def __init__(self, model_dir_or_text_gguf: EngineConfig | str | os.PathLike,
-                 vision_gguf: str | os.PathLike | None = None, **fields: Any):
+                 vision: str | os.PathLike | None = None, **fields: Any):
         if isinstance(model_dir_or_text_gguf, EngineConfig):
             config = model_dir_or_text_gguf.replace(**fields) if fields else model_dir_or_text_gguf
-            if vision_gguf is not None:
-                config = config.replace(vision=vision_gguf)
+            if vision is not None:
+                config = config.replace(vision=vision)
         else:
             try:
-                config = EngineConfig(model=model_dir_or_text_gguf, vision=vision_gguf, **fields)
+                config = EngineConfig(model=model_dir_or_text_gguf, vision=vision, **fields)
             except TypeError as e:  # an unknown keyword: name it as the caller wrote it
                 raise TypeError(f"OcrEngine: {e}") from None
         self.config = config

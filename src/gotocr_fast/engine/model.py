@@ -54,7 +54,7 @@ def resolve_model_paths(model: str | os.PathLike, vision: str | os.PathLike | No
     if vision is None:
         candidates = sorted(p.parent.glob("got-vision-*.gguf"))
         if len(candidates) != 1:
-            raise ModelError(f"{p}: pass vision_gguf (no single got-vision-*.gguf next to it)")
+            raise ModelError(f"{p}: pass vision (no single got-vision-*.gguf next to it)")
         vision = candidates[0]
     v = Path(vision)
     if not v.is_file():

@@ -415,7 +415,7 @@ def job_from_args(args: argparse.Namespace) -> BatchJob:
         raise ValueError("--batch-size must be >= 1")
     threads = args.threads or max(1, int(args.actor_cpus))
     engine_args = {"model_dir_or_text_gguf": os.path.abspath(args.model),
-                   "vision_gguf": os.path.abspath(args.vision) if args.vision else None,
+                   "vision": os.path.abspath(args.vision) if args.vision else None,
                    "n_threads": threads, "n_ctx": args.ctx, "max_slots": slots,
                    "max_queue": max(64, batch_size * 4)}
     return BatchJob(sources=list(args.sources), out=Path(args.out), engine_args=engine_args,
