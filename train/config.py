@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from gotocr_fast import demo_model as bundle_format
 from gotocr_fast.synth import GotConfig, TextConfig, VisionConfig
 
 VIEW_SIZES = (384, 768)
@@ -31,22 +32,17 @@ def demo_model(image_size: int = DEFAULT_VIEW) -> GotConfig:
 DEMO_MODEL = demo_model()
 """The sizes of a run folder or compact state that has no ``config.json`` of its own."""
 
+CONFIG = bundle_format.CONFIG_FILE
+"""The model sizes in a run folder and a compact state (the bundle's format)."""
+
 
 def run_config(folder: Path) -> GotConfig:
     """The model sizes a run folder (or compact state) was trained with."""
-    from gotocr_fast import demo_model as bundle_format
-
     return bundle_format.load_config(folder) if (folder / CONFIG).exists() else DEMO_MODEL
 
 
 def save_run_config(folder: Path, config: GotConfig) -> None:
-    from gotocr_fast import demo_model as bundle_format
-
     bundle_format.save_config(folder, config)
-
-
-CONFIG = "config.json"
-"""The model sizes in a run folder and a compact state (the bundle's format)."""
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,8 @@ __all__ = [
     "write_checkpoint",
 ]
 
+CONFIG_FILE = "config.json"
+"""The sizes in a bundle (and in a training run folder, which uses the same format)."""
 EMBED_NAME = "language_model.model.embed_tokens.weight"
 EMBED_ROWS = "language_model.model.embed_tokens.rows"
 EMBED_VALUES = "language_model.model.embed_tokens.values"
@@ -79,7 +81,7 @@ def bundle_path() -> Path:
 
 
 def load_config(bundle: Path | None = None) -> GotConfig:
-    raw = json.loads(((bundle or bundle_path()) / "config.json").read_text("utf-8"))
+    raw = json.loads(((bundle or bundle_path()) / CONFIG_FILE).read_text("utf-8"))
     vision = dict(raw["vision"])
     vision["global_layers"] = tuple(vision["global_layers"])
     return GotConfig(raw.get("name", "demo"), VisionConfig(**vision), TextConfig(**raw["text"]))
@@ -88,7 +90,7 @@ def load_config(bundle: Path | None = None) -> GotConfig:
 def save_config(bundle: Path, config: GotConfig) -> None:
     """Write ``config.json`` of a bundle (used by the training's exporter)."""
     raw = {"name": config.name, "vision": dataclasses.asdict(config.vision), "text": dataclasses.asdict(config.text)}
-    (bundle / "config.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+    (bundle / CONFIG_FILE).write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
 
 
 def load_weights(bundle: Path | None = None) -> dict[str, np.ndarray]:
@@ -128,7 +130,7 @@ def _cache_root() -> Path:
 
 def _bundle_digest(bundle: Path) -> str:
     h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
+    for name in (CONFIG_FILE, "model.safetensors"):
         h.update((bundle / name).read_bytes())
     return h.hexdigest()[:16]
 
