@@ -40,6 +40,7 @@ class FakeText:
         self.batch_slots: list[list[int]] = []  # seq ids of each token batch, in batch order
         self.lock = threading.Lock()
         self.fail_next = False
+        self.releases = 0  # times the scheduler gave the idle pool back
 
     def _put(self, seq, pos, item):
         cells = self.kv[seq]
@@ -89,6 +90,12 @@ class FakeText:
 
     def free_sequence(self, s):
         self.kv[s] = []
+
+    def release_idle_memory(self):
+        held = sum(len(c) for c in self.kv.values())
+        assert held == 0, f"pool released while {held} cells are held"
+        self.releases += 1
+        return True
 
     def trim_sequence(self, s, n_keep):
         self.kv[s] = self.kv[s][:n_keep]
@@ -146,6 +153,32 @@ def test_alone_equals_concurrent_and_positions_are_contiguous():
         assert all(s.finish_reason == "stop" and s.generated[-1] == IM_END_ID for s in seqs)
         # 3 slots, 7 requests: slots were reused, and every finished sequence freed its cells
         assert sched.n_free_slots == 3 and all(not c for c in fake.kv.values())
+    finally:
+        sched.close()
+
+
+def _wait_for(condition, timeout=5.0):
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline:
+        time.sleep(0.001)
+    return condition()
+
+
+def test_the_pool_goes_back_when_the_last_sequence_ends_and_not_before():
+    fake = FakeText(n_slots=2)
+    sched = Scheduler(fake, max_queue=8)
+    try:
+        # (FakeText asserts that no cell is held when the pool is released)
+        run_one(fake, sched, 1.0)
+        assert _wait_for(lambda: fake.releases == 1)
+        reqs = [OcrHandle(f"r{v}", 1) for v in range(4)]
+        sched.submit([make_seq(fake, r, float(v)) for v, r in enumerate(reqs)])
+        for r in reqs:
+            r.result(10)
+        # four requests through two slots: one release, once all of them were done
+        assert _wait_for(lambda: fake.releases == 2)
+        time.sleep(0.05)
+        assert fake.releases == 2  # idle: nothing more to give back
     finally:
         sched.close()
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import platform
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from gotocr_fast.engine.model import _default_flash_attn
@@ -87,9 +89,15 @@ def test_the_pool_is_allocated_once_and_resident(converted_model):
     try:
         grown = rss() - before
         assert m.kv_bytes == (1 << 17) * _kv_row_bytes("tiny", 4) == 128 * 2**20
-        # llama.cpp zeroes the cache when it creates it: all of it is resident at once (the rest
-        # is the tiny model's weights, ~40 MB, and the compute buffers)
-        assert m.kv_bytes * 0.95 <= grown <= m.kv_bytes + 96 * 2**20
+        # llama.cpp zeroes the cache when it creates it, which makes all of it resident; where the
+        # pool is identified it is given back at once (the rest is the tiny model's weights,
+        # ~40 MB, and the compute buffers)
+        if m.releases_idle_pool:
+            assert grown <= 96 * 2**20
+        else:
+            assert m.kv_bytes * 0.95 <= grown <= m.kv_bytes + 96 * 2**20
+        m.clear()  # llama.cpp zeroes the whole pool again: every page resident
+        assert rss() - before >= m.kv_bytes * 0.95
     finally:
         m.close()
 
@@ -112,3 +120,52 @@ def test_stop_ids_are_the_vocabularys_end_of_generation_tokens(converted_model):
     finally:
         m.close()
     assert eog == {IM_END_ID, ENDOFTEXT_ID} == STOP_IDS
+
+
+# --- the idle pool goes back to the OS -------------------------------------------------------------
+def _rss() -> int:
+    from gotocr_fast.engine.resident import resident_bytes
+
+    return resident_bytes()
+
+
+def _prefill_logits(m, seq: int, n: int = 24) -> np.ndarray:
+    toks = np.array([(7 * i + 3) % 1000 for i in range(n)], dtype=np.int32)
+    pos = np.arange(n, dtype=np.int32)
+    seqs = np.full(n, seq, dtype=np.int32)
+    outs = np.zeros(n, dtype=np.int8)
+    outs[-1] = 1
+    m.decode_tokens(toks, pos, seqs, outs)
+    return m.logits(np.array([n - 1], dtype=np.int32)).copy()
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                    reason="the pool is identified through glibc's block header")
+def test_an_idle_pool_goes_back_to_the_os_and_reads_as_before(converted_model):
+    from gotocr_fast.engine.model import TextModel
+
+    path = _tiny_text_gguf(converted_model)
+    m = TextModel(path, n_threads=1, n_ctx_slot=64, kv_tokens=1 << 17, kv_type="f32")
+    try:
+        assert m.releases_idle_pool
+        first = _prefill_logits(m, 0)
+        # a sequence holds cells: the pool is left alone
+        assert not m.release_idle_memory()
+        m.free_sequence(0)
+        m.clear()  # llama.cpp zeroes the whole pool: every page of it resident
+        full = _rss()
+        assert m.release_idle_memory()
+        assert full - _rss() >= 0.9 * m.kv_bytes
+        # the released pages read back as the zeros they were: same logits, in another slot too
+        assert np.array_equal(_prefill_logits(m, 0), first)
+        m.free_sequence(0)
+        assert np.array_equal(_prefill_logits(m, 3), first)
+    finally:
+        m.close()
+
+
+def test_an_unidentified_pool_stays_resident():
+    from gotocr_fast.engine import resident
+
+    # nothing new was mapped: no block to release, and nothing else is touched
+    assert resident.find_pool(resident.anonymous_mappings(), 1 << 27) is None

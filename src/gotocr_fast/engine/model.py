@@ -21,6 +21,7 @@ import numpy as np
 from ..cpus import available_cpus
 from ..llama_load import model_params
 from ..llama_log import llama_cpp_module
+from . import resident
 from .errors import ModelError
 
 __all__ = [
@@ -178,6 +179,7 @@ class TextModel:
         if not self._model:
             raise ModelError(f"llama.cpp could not load the text model {self.path}")
         self._ctx = None
+        self._idle_pool = None
         try:
             self.vocab = ll.llama_model_get_vocab(self._model)
             self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
@@ -198,6 +200,7 @@ class TextModel:
             if flash_attn is None:
                 flash_attn = _default_flash_attn(ll, kv_type)
             cparams.flash_attn_type = -1 if flash_attn is None else int(bool(flash_attn))
+            mappings_before = resident.anonymous_mappings()
             self._ctx = ll.llama_init_from_model(self._model, cparams)
             if not self._ctx:
                 raise ModelError(f"llama.cpp could not create a context ({kv_tokens} KV cells, {n_slots} slots)")
@@ -213,6 +216,10 @@ class TextModel:
             )
             self.n_batch = int(ll.llama_n_batch(self._ctx))
             self._mem = ll.llama_get_memory(self._ctx)
+            # None where the pool cannot be identified: it then simply stays resident
+            self._idle_pool = resident.find_pool(mappings_before, self.kv_bytes)
+            if self._idle_pool is not None:
+                self._idle_pool.release()  # llama.cpp has just zeroed it: nothing is held yet
             self.ctx_ptr = ctypes.cast(self._ctx, ctypes.c_void_p).value
         except BaseException:
             self.close()
@@ -277,8 +284,24 @@ class TextModel:
     def clear(self) -> None:
         self._ll.llama_memory_clear(self._mem, True)
 
+    @property
+    def releases_idle_pool(self) -> bool:
+        return self._idle_pool is not None
+
+    def release_idle_memory(self) -> bool:
+        """Give the KV pool's pages back to the OS while no sequence holds a cell (they read back
+        as the zeros llama.cpp filled the pool with), and the C heap's free pages. Returns whether
+        the pool was released; a pool in use is left alone."""
+        released = False
+        if self._idle_pool is not None and self._ctx and all(
+                self._ll.llama_memory_seq_pos_max(self._mem, s) < 0 for s in range(self.n_slots)):
+            released = self._idle_pool.release()
+        resident.trim_heap()
+        return released
+
     def close(self) -> None:
         ll = self._ll
+        self._idle_pool = None
         if self._ctx:
             ll.llama_free(self._ctx)
             self._ctx = None

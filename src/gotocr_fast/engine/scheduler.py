@@ -79,6 +79,7 @@ class Scheduler:
         self._restore: dict[int, int] = {}  # slot → positions the sequence holds before it samples again
         self._admissions = itertools.count()
         self._kv_short = False  # a preemption happened: admit nothing until a sequence finishes
+        self._pool_in_use = False  # cells were written since the pool was last given back
         self.kv_copies = 0
         self.preemptions = 0
         self._closing = False
@@ -153,6 +154,12 @@ class Scheduler:
                 if self._running:
                     with self.cpu_turns.turn("decode"):
                         self._step()
+                    self._pool_in_use = True
+                if self._pool_in_use and not self._running and not self._waiting:
+                    # idle (a racing submit only finds the pool released: always safe with no
+                    # cell held): the pool's pages go back to the OS until the next request
+                    self._pool_in_use = False
+                    self.model.release_idle_memory()
         except BaseException as e:  # a scheduler crash must not leave callers hanging
             log.exception("scheduler crashed")
             self._fail_all(ModelError(f"scheduler crashed: {e}"))
