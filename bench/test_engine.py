@@ -24,18 +24,25 @@ import pytest
 
 from harness import SETTINGS, construct, make_page, need, need_attr, run_rounds, tag
 
-PAGE_DTYPES = ["f16", "q8_0"]
+PAGE_DTYPES = ["f16", "q8_0", "q4_k_m"]
+VISION_PRECISION = os.environ.get("GOTOCR_BENCH_VISION_PRECISION", "f32")
+"""The page engines' vision arithmetic (``EngineConfig.vision_precision``): f32 (the default) or bf16."""
+
+
+def page_label(dtype: str) -> str:
+    """A page configuration's name in the results: the text weight type, and bf16 vision if set."""
+    return dtype if VISION_PRECISION == "f32" else f"{dtype}+{VISION_PRECISION}-vision"
 THROUGHPUT_DTYPE = os.environ.get("GOTOCR_BENCH_ENGINE_DTYPE", "f16")
 CONCURRENCY = [1, 2, 4, 8]
 
 
-def _engine(model_files, dtype: str, max_slots: int, embed_cache_bytes: int = 0):
+def _engine(model_files, dtype: str, max_slots: int, embed_cache_bytes: int = 0, vision_precision: str = "f32"):
     need("llama_cpp", hint="pip install llama-cpp-python==0.3.36")
     OcrEngine = need_attr("gotocr_fast", "OcrEngine")
     files = model_files(dtype)
     # n_ctx is per request: the prompt (~290 tokens for one view) + max_tokens fits in 1024.
     return construct(OcrEngine, files.folder, n_threads=SETTINGS.threads, n_ctx=1024,
-                     max_slots=max_slots, embed_cache_bytes=embed_cache_bytes)
+                     max_slots=max_slots, embed_cache_bytes=embed_cache_bytes, vision_precision=vision_precision)
 
 
 @pytest.fixture(scope="module", params=PAGE_DTYPES)

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from harness import BASELINE_HINT, SETTINGS, need, run_rounds, tag
-from test_engine import PAGE_DTYPES, _engine
+from test_engine import PAGE_DTYPES, VISION_PRECISION, _engine, page_label
 
 ROUNDS = 2  # a round is ≈ 90 s of transformers and 25-35 s of ours
 WARMUP_TOKENS = 8
@@ -45,7 +45,7 @@ def transformers_page(checkpoint_dir, prompt_ids, pages):
 
 @pytest.fixture(scope="module", params=PAGE_DTYPES)
 def our_engine(request, model_files, pages):
-    eng = _engine(model_files, request.param, max_slots=1)
+    eng = _engine(model_files, request.param, max_slots=1, vision_precision=VISION_PRECISION)
     eng.ocr(pages(1)[0], max_tokens=WARMUP_TOKENS)
     yield request.param, eng
     eng.close()
@@ -69,7 +69,7 @@ def test_page_paired(benchmark, transformers_page, our_engine, pages):
     def ocr(page):
         results.append(eng.ocr(page, max_tokens=n))
 
-    tag(benchmark, "page_paired", "ours", dtype, units=1, unit="page", baseline="transformers",
+    tag(benchmark, "page_paired", "ours", page_label(dtype), units=1, unit="page", baseline="transformers",
         baseline_dtype="f32")
     run_rounds(benchmark, ocr, rounds=rounds, warmup=0, setup=setup)
     benchmark.extra_info["baseline_round_s"] = [round(t, 4) for t in theirs_s]

@@ -31,7 +31,7 @@ def _rows_of(page: reading.Page, line: int) -> set[int]:
 @pytest.mark.parametrize("seed", range(4))
 def test_answer_tokens_sit_on_their_line_left_to_right(seed):
     page = _page(seed)
-    ids = data.encode(page.truth) + [tokens.IM_END_ID]
+    ids = data.char_token_ids(page.truth) + [tokens.IM_END_ID]
     cells = data.answer_cells(page, ids, GRID)
     assert len(cells) == len(ids) and cells[-1] == -1
     line, last_col = 0, -1
@@ -51,7 +51,7 @@ def test_answer_tokens_sit_on_their_line_left_to_right(seed):
 
 def test_box_mode_answer_is_the_framed_line_only():
     page = _page(7, box=True)
-    ids = data.encode(page.truth) + [tokens.IM_END_ID]
+    ids = data.char_token_ids(page.truth) + [tokens.IM_END_ID]
     cells = data.answer_cells(page, ids, GRID)
     rows = _rows_of(page, page.box_line)
     assert all(divmod(int(c), GRID)[0] in rows for c in cells if c >= 0)
@@ -64,10 +64,30 @@ def test_bag_lists_every_printed_token_once_in_its_cell(seed):
     vocab = np.arange(tokens.VOCAB_SIZE)  # an identity map: bag entries are token ids
     bag = data.token_bag_targets(page, GRID, vocab, slots=64)
     listed = sorted(int(t) for t in bag[bag >= 0])
-    printed = sorted(t for line in page.lines for t in data.encode(line) if data.decode([t]).strip())
+    printed = sorted(t for line in page.lines for t in data.char_token_ids(line) if data.decode([t]).strip())
     assert listed == printed
     for line_no, line in enumerate(page.lines):
-        for t in data.encode(line):
+        for t in data.char_token_ids(line):
             if data.decode([t]).strip():
                 cells = {int(c) for c in np.nonzero((bag == t).any(axis=1))[0]}
                 assert any(c // GRID in _rows_of(page, line_no) for c in cells)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_answers_are_one_token_per_character_and_decode_to_the_truth(seed):
+    page = _page(seed, box=seed == 2)
+    ids = data.char_token_ids(page.truth)
+    assert len(ids) == len(page.truth)
+    assert [data.decode([t]) for t in ids] == list(page.truth)
+    used = set(data.used_token_ids(sample_lines=200).tolist())
+    assert set(ids) <= used
+
+
+def test_token_slots_name_every_line_in_reading_order_even_in_box_mode():
+    page = _page(2, box=True)
+    slots = data.aux_targets(page, GRID, 64, box_only=False)
+    named = sorted(data.CHARSET[c - 1] for c in slots[slots > 0])
+    assert named == sorted(ch for line in page.lines for ch in line if ch in data.CHAR_CLASS)
+    boxed = data.aux_targets(page, GRID, 64)
+    assert sorted(data.CHARSET[c - 1] for c in boxed[boxed > 0]) == sorted(
+        ch for ch in page.lines[page.box_line] if ch in data.CHAR_CLASS)

@@ -50,6 +50,8 @@ def load_compact(model, src: Path) -> int:
     from safetensors.torch import load_file
 
     tensors = load_file(str(src / WEIGHTS))
+    if "embed" in tensors and (src / "used_ids.npy").exists():
+        tensors["embed"] = _embedding_rows_for(model, np.load(src / "used_ids.npy"), tensors["embed"])
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
     if any(n.startswith("hf.") for n in missing):
@@ -64,10 +66,29 @@ def load_compact(model, src: Path) -> int:
     return int(json.loads((src / STATE).read_text())["step"])
 
 
+def _embedding_rows_for(model, saved_ids: np.ndarray, saved: torch.Tensor) -> torch.Tensor:
+    """The saved embedding rows rearranged for the model's used ids: a row is matched by token
+    id, so a state trained with another used vocabulary (the BPE answers before the
+    character-level ones) keeps every row the two share; the model's other rows keep their
+    initialisation."""
+    ids = model.used_ids.cpu().numpy()
+    if np.array_equal(ids, saved_ids):
+        return saved
+    out = model.embed.detach().to(saved.dtype).clone()
+    where = {int(t): i for i, t in enumerate(saved_ids)}
+    shared = [(j, where[int(t)]) for j, t in enumerate(ids) if int(t) in where]
+    if shared:
+        rows, src_rows = zip(*shared)
+        out[list(rows)] = saved[list(src_rows)]
+    print(f"compact state: {len(shared)} of {len(ids)} embedding rows matched by token id", flush=True)
+    return out
+
+
 def seed_run_dir(src: Path, run_dir: Path) -> None:
-    """Start a run folder from a compact state: its used ids, model sizes and log."""
+    """Start a run folder from a compact state: its model sizes and log (the used ids are the
+    recipe's own: the state's rows are matched to them by token id when loaded)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("used_ids.npy", "log.csv", CONFIG):
+    for name in ("log.csv", CONFIG):
         if (src / name).exists() and not (run_dir / name).exists():
             shutil.copyfile(src / name, run_dir / name)
 

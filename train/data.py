@@ -4,8 +4,14 @@ Every page is drawn from its own seed sequence ``(TRAIN_SEED_TAG, seed, step, i)
 run sees exactly the pages an uninterrupted one would, and no training page can be a held-out page
 (those come from single integer seeds, see :mod:`gotocr_fast.reading`).
 
+Character-level answers: the answer is written one Qwen token per character (every character the
+reading task prints is a single token of the real vocabulary, and the decoded text is the same as
+with Qwen's own merges). A from-scratch decoder of this size cannot learn the spelling of thousands
+of merged word tokens from pixels; it can learn to copy characters. The prompt keeps GOT's own
+tokenisation.
+
 Restricted vocabulary: the model only ever reads and writes the tokens in :func:`used_token_ids`
-(the prompt's tokens and every token the text generator produces). The other embedding rows stay
+(the prompt's tokens and one token per printable character). The other embedding rows stay
 exactly zero, which gives them logit 0 under the tied head; :mod:`train.model` trains with a
 softmax over the used rows plus one pooled logit for the zero rows, equal to the full softmax.
 """
@@ -29,10 +35,12 @@ CHARSET = [chr(c) for c in range(33, 127)]
 """Characters the auxiliary head classifies (printable ASCII without space); class 0 = none."""
 CHAR_CLASS = {ch: i + 1 for i, ch in enumerate(CHARSET)}
 TRAIN_SEED_TAG = 0x7261696E
-BAG_SLOTS = 12
-"""Answer tokens per image token the token-bag target lists (more are dropped)."""
+BAG_SLOTS = 16
+"""Answer tokens (characters) per image token the token-bag target lists (more are dropped)."""
 PATCH_AUX_SLOTS = 4
 """Characters per ViT patch the patch-level head names."""
+TOKEN_SLOTS = 12
+"""Characters per image token, in reading order, the token-level head names."""
 IGNORE = -100
 
 
@@ -57,24 +65,30 @@ def decode(ids: list[int]) -> str:
     return encoding().decode(ids)
 
 
-def used_token_ids(sample_lines: int = 200_000, seed: int = 12345) -> np.ndarray:
-    """Sorted ids the model uses: prompt tokens, all printable ASCII bytes, generated text."""
+@functools.lru_cache(maxsize=4096)
+def _char_ids(ch: str) -> tuple[int, ...]:
+    return tuple(encode(ch))
+
+
+def char_token_ids(text: str) -> list[int]:
+    """The answer's tokens: one per character (a character outside the vocabulary's single tokens
+    would take its byte tokens)."""
+    return [t for ch in unicodedata.normalize("NFC", text) for t in _char_ids(ch)]
+
+
+def used_token_ids(sample_lines: int = 20_000, seed: int = 12345) -> np.ndarray:
+    """Sorted ids the model uses: prompt tokens, every printable ASCII character and line break,
+    and any other character the text generator produced."""
     used: set[int] = set()
     for query in ("OCR: ", "[0, 0, 1000, 1000] OCR: ", "OCR with format: "):
         used.update(encode(build_prompt(query, 1)))
     used.update(encode(" ".join(str(i) for i in range(1001)) + " [], "))
-    for c in range(32, 127):
-        used.update(encode(chr(c)))
+    for c in [10, *range(32, 127)]:
+        used.update(char_token_ids(chr(c)))
     used.add(tokens.IM_END_ID)
     used.add(tokens.ENDOFTEXT_ID)
     rng = np.random.default_rng(seed)
-    enc = encoding()
-    lines = [reading.random_line(rng) for _ in range(sample_lines)]
-    for ids in enc.encode_batch(["\n".join(lines[i:i + 4]) for i in range(0, len(lines), 4)],
-                                allowed_special="all"):
-        used.update(ids)
-    for ids in enc.encode_batch(lines, allowed_special="all"):
-        used.update(ids)
+    used.update(char_token_ids("".join({ch for _ in range(sample_lines) for ch in reading.random_line(rng)})))
     return np.array(sorted(used), dtype=np.int64)
 
 
@@ -114,6 +128,7 @@ class Example:
     bag: np.ndarray  # [grid*grid, BAG_SLOTS] used-vocabulary indices of the tokens printed there
     cells: np.ndarray  # [len(answer_ids)] image token where each answer token is printed, or -1
     patch_aux: np.ndarray  # [patches, PATCH_AUX_SLOTS]
+    token_slots: np.ndarray  # [image tokens, TOKEN_SLOTS]
     truth: str
     page: reading.Page
 
@@ -144,11 +159,13 @@ def _draw_example(rng: np.random.Generator, level: TaskLevel, image_size: int, t
     mode = OcrMode(boxes=(page.box,)) if page.box is not None else OcrMode()
     query = build_query(mode, image_size=(w, h))
     prompt_ids = encode(build_prompt(query, tokens_per_view))
-    answer_ids = encode(page.truth) + [tokens.IM_END_ID]
+    answer = char_token_ids(page.truth) + [tokens.IM_END_ID]
     bag = token_bag_targets(page, token_grid, full_to_used)
     patch_aux = aux_targets(page, patch_grid, PATCH_AUX_SLOTS)
-    cells = answer_cells(page, answer_ids, token_grid)
-    return Example(pixel_values(page.image, image_size), prompt_ids, answer_ids, bag, cells, patch_aux, page.truth,
+    # every line: the vision encoder does not see the box, so its tokens describe all the text
+    token_slots = aux_targets(page, token_grid, TOKEN_SLOTS, box_only=False)
+    cells = answer_cells(page, answer, token_grid)
+    return Example(pixel_values(page.image, image_size), prompt_ids, answer, bag, cells, patch_aux, token_slots, page.truth,
                    page)
 
 
@@ -163,7 +180,7 @@ def token_bag_targets(page: reading.Page, grid: int, full_to_used: np.ndarray, s
     out = np.full((grid * grid, slots), IGNORE, dtype=np.int64)
     filled = np.zeros(grid * grid, dtype=np.int64)
     for line, centres in zip(page.lines, _line_centres(page)):
-        ids = encode(line)
+        ids = char_token_ids(line)
         for tok, cell in zip(ids, _token_cells(page, ids, len(line), centres, grid)):
             used = full_to_used[tok] if 0 <= tok < len(full_to_used) else -1
             if cell >= 0 and used >= 0 and filled[cell] < slots:
@@ -225,15 +242,16 @@ def _cell(x: float, y: float, w: int, h: int, grid: int) -> int:
     return row * grid + col
 
 
-def aux_targets(page: reading.Page, grid: int, slots: int) -> np.ndarray:
-    """Per cell of a grid x grid split of the page (row-major), its characters in reading order."""
+def aux_targets(page: reading.Page, grid: int, slots: int, box_only: bool = True) -> np.ndarray:
+    """Per cell of a grid x grid split of the page (row-major), its characters in reading order
+    (in box mode those of the boxed line only, unless ``box_only`` is False)."""
     out = np.zeros((grid * grid, slots), dtype=np.int64)
     if page.char_centres is None or not len(page.char_centres):
         return out
     w, h = page.image.size
     cells: dict[int, list[tuple[float, float, int]]] = {}
     selected = None
-    if page.box is not None:
+    if page.box is not None and box_only:
         x1, y1, x2, y2 = page.box
         selected = (x1, y1, x2, y2)
     for x, y, code in page.char_centres:

@@ -10,10 +10,12 @@ from the stock training forward, both for cost on a CPU:
   ``log(number of zero rows)``: a zero row's logit is exactly 0 under the tied head, so this
   softmax equals the full one.
 
-Three auxiliary losses (nothing of them is exported) give the image path a direct, local signal
+Four auxiliary losses (nothing of them is exported) give the image path a direct, local signal
 long before the language model would learn on its own to look at the image:
 
 - a patch head names the characters under each ViT patch, in reading order;
+- a token-slot head names the characters under each image token, in reading order: the token
+  the language model attends to must carry its characters and their order, not only which they are;
 - a token bag: each image token (projector output) is scored against the language model's own
   token embeddings, and must rank the text tokens printed in its cell highest. This puts the image
   tokens in the space the language model reads and writes, so copying a token from the image is
@@ -35,7 +37,7 @@ from torch import nn
 from gotocr_fast import tokens
 from gotocr_fast.synth import GotConfig, _hf_config
 
-from .data import CHARSET, PATCH_AUX_SLOTS
+from .data import CHARSET, PATCH_AUX_SLOTS, TOKEN_SLOTS
 
 
 def _vision_attention_sdpa(self, hidden_states: torch.Tensor, output_attentions=None):
@@ -175,6 +177,7 @@ class DemoTrainer(nn.Module):
         self.bag_log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.guided_attention.record_guide = True
         self.patch_aux_head = nn.Linear(cfg.vision.hidden_size, PATCH_AUX_SLOTS * (len(CHARSET) + 1))
+        self.token_slot_head = nn.Linear(cfg.text.hidden_size, TOKEN_SLOTS * (len(CHARSET) + 1))
 
     # -- pieces -----------------------------------------------------------------------------
 
@@ -219,7 +222,7 @@ class DemoTrainer(nn.Module):
     # -- training -----------------------------------------------------------------------------
 
     def forward(self, pixels, input_ids, attention_mask, image_mask, label_positions, labels, bag_targets,
-                patch_aux_targets, guide_keys):
+                patch_aux_targets, token_slot_targets, guide_keys):
         """Returns (answer loss, auxiliary loss, guide loss). ``labels`` are used-vocabulary indices;
         ``guide_keys`` the sequence position of the image token holding each label, or -1."""
         vit, feats = self.vision(pixels)  # [B, G, G, D], [B, T, E]
@@ -229,7 +232,9 @@ class DemoTrainer(nn.Module):
         h = out.last_hidden_state[label_positions[:, 0], label_positions[:, 1]]
         loss = F.cross_entropy(self.logits(h).float(), labels)
         patch_logits = self.patch_aux_head(vit).view(vit.shape[0], -1, PATCH_AUX_SLOTS, len(CHARSET) + 1)
-        aux = _bag_loss(feats, self.embed, self.bag_log_scale, bag_targets) + _slot_loss(patch_logits, patch_aux_targets)
+        slot_logits = self.token_slot_head(feats).view(feats.shape[0], -1, TOKEN_SLOTS, len(CHARSET) + 1)
+        aux = (_bag_loss(feats, self.embed, self.bag_log_scale, bag_targets) + _slot_loss(patch_logits, patch_aux_targets)
+               + _slot_loss(slot_logits, token_slot_targets))
         guided = guide_keys >= 0
         guide = loss.new_zeros(())
         if guided.any():

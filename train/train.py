@@ -51,9 +51,10 @@ def collate(examples: list[data.Example], full_to_used: np.ndarray, pad_id: int)
     pixels = torch.from_numpy(np.stack([e.pixels for e in examples]))
     bag = torch.from_numpy(np.stack([e.bag for e in examples]))
     patch_aux = torch.from_numpy(np.stack([e.patch_aux for e in examples]))
+    token_slots = torch.from_numpy(np.stack([e.token_slots for e in examples]))
     return dict(pixels=pixels, input_ids=ids, attention_mask=attn, image_mask=ids == tokens.IMG_PAD_ID,
                 label_positions=torch.tensor(label_pos), labels=torch.tensor(labels), bag_targets=bag,
-                patch_aux_targets=patch_aux, guide_keys=torch.tensor(guide))
+                patch_aux_targets=patch_aux, token_slot_targets=token_slots, guide_keys=torch.tensor(guide))
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -97,12 +98,16 @@ def batches(source: StepBatches, start: int, end: int, workers: int):
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
-    """Linear warm-up over ``warmup_steps`` from ``warmup_start`` (a run started from a compact
-    state warms up again: its optimiser moments start at zero), then cosine decay to ``steps``."""
+    """Linear warm-up over ``warmup_steps`` from ``warmup_start``, then cosine decay to ``steps``.
+
+    A run started from a compact state (its optimiser moments start at zero) or under a changed
+    recipe sets ``warmup_start`` to its first step: it warms up again and its cosine spans its own
+    steps, not the ones before it."""
     into = step - tc.warmup_start
     if 0 <= into < tc.warmup_steps:
         return tc.lr * (into + 1) / tc.warmup_steps
-    p = min(1.0, max(0, step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))
+    decay_from = tc.warmup_start + tc.warmup_steps
+    p = min(1.0, max(0, step - decay_from) / max(1, tc.steps - decay_from))
     return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
@@ -134,7 +139,7 @@ def evaluate(model: DemoTrainer, pages: list[reading.Page]) -> tuple[float, floa
         prompt = data.encode(build_prompt(build_query(mode, image_size=page.image.size), cfg.tokens_per_view))
         px = torch.from_numpy(data.pixel_values(page.image, cfg.vision.image_size)).to(model.used_ids.device)
         with torch.autocast(model.used_ids.device.type, dtype=torch.bfloat16, enabled=model.bf16):
-            got = data.decode(model.greedy(px, prompt, max_new=len(data.encode(page.truth)) + 16))
+            got = data.decode(model.greedy(px, prompt, max_new=len(data.char_token_ids(page.truth)) + 16))
         pairs.append((page.truth, got))
     model.train()
     exact = sum(t == g for t, g in pairs) / max(1, len(pairs))
