@@ -42,3 +42,20 @@ def test_committed_state_matches_its_recorded_sizes():
     weights = load_file(str(CHECKPOINT / "weights.safetensors"))
     pos = weights["hf.model.vision_tower.pos_embed"]
     assert pos.shape == (1, cfg.vision.grid, cfg.vision.grid, cfg.vision.hidden_size)
+
+
+def test_a_compact_state_carries_its_recipe_and_restarts_the_warm_up(tmp_path):
+    import json
+
+    compact = pytest.importorskip("train.compact")
+    (tmp_path / compact.STATE).write_text(json.dumps({
+        "step": 10500, "schedule_steps": 18500,
+        "recipe": {"steps": 18500, "lr": 1e-3, "curriculum_start": 10500, "curriculum_steps": 8000}}))
+    recipe = compact.recorded_recipe(tmp_path)
+    assert recipe == {"steps": 18500, "lr": 1e-3, "curriculum_start": 10500, "curriculum_steps": 8000,
+                      "warmup_start": 10500}
+    # an older state records only its schedule's end
+    (tmp_path / compact.STATE).write_text(json.dumps({"step": 9902, "schedule_steps": 12000}))
+    assert compact.recorded_recipe(tmp_path) == {"steps": 12000, "warmup_start": 9902}
+    (tmp_path / compact.STATE).write_text(json.dumps({"step": 5}))
+    assert compact.recorded_recipe(tmp_path) == {}

@@ -15,7 +15,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .config import CONFIG
 
@@ -23,8 +22,16 @@ WEIGHTS = "weights.safetensors"
 STATE = "state.json"
 
 
-def save_compact(model, step: int, run_dir: Path, out_dir: Path, steps: int | None = None) -> Path:
-    """``steps``: the end of the learning-rate schedule the state was trained under (recorded)."""
+RECIPE_FIELDS = ("steps", "batch_size", "lr", "seed", "curriculum_steps", "curriculum_start")
+"""What a compact state records of the recipe it was trained under, so that a run started from it
+continues the same schedule and curriculum unless told otherwise."""
+
+
+def save_compact(model, step: int, run_dir: Path, out_dir: Path, steps: int | None = None,
+                 recipe: dict | None = None) -> Path:
+    """``steps``: the end of the learning-rate schedule the state was trained under; ``recipe``:
+    the run's ``TrainConfig`` fields (both recorded in ``state.json``)."""
+    import torch
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -33,6 +40,8 @@ def save_compact(model, step: int, run_dir: Path, out_dir: Path, steps: int | No
     save_file(tensors, str(out_dir / WEIGHTS))
     np.save(out_dir / "used_ids.npy", model.used_ids.cpu().numpy())
     state = {"step": step} if steps is None else {"step": step, "schedule_steps": steps}
+    if recipe:
+        state["recipe"] = {k: recipe[k] for k in RECIPE_FIELDS if k in recipe}
     (out_dir / STATE).write_text(json.dumps(state, indent=2) + "\n")
     for name in ("log.csv", CONFIG):
         if (run_dir / name).exists():
@@ -47,6 +56,7 @@ def load_compact(model, src: Path) -> int:
     parts the state lacks keep their initialisation; both are printed. The network itself (vision
     tower, projector, language model) must be complete.
     """
+    import torch
     from safetensors.torch import load_file
 
     tensors = load_file(str(src / WEIGHTS))
@@ -66,7 +76,7 @@ def load_compact(model, src: Path) -> int:
     return int(json.loads((src / STATE).read_text())["step"])
 
 
-def _embedding_rows_for(model, saved_ids: np.ndarray, saved: torch.Tensor) -> torch.Tensor:
+def _embedding_rows_for(model, saved_ids: np.ndarray, saved):
     """The saved embedding rows rearranged for the model's used ids: a row is matched by token
     id, so a state trained with another used vocabulary (the BPE answers before the
     character-level ones) keeps every row the two share; the model's other rows keep their
@@ -84,6 +94,18 @@ def _embedding_rows_for(model, saved_ids: np.ndarray, saved: torch.Tensor) -> to
     return out
 
 
+def recorded_recipe(src: Path) -> dict:
+    """The recipe a compact state records, with the warm-up restarting at its step (a run started
+    from it has fresh optimiser moments); {} for a state that records none."""
+    state = json.loads((src / STATE).read_text())
+    recipe = dict(state.get("recipe", {}))
+    if "steps" not in recipe and "schedule_steps" in state:
+        recipe["steps"] = state["schedule_steps"]
+    if recipe:
+        recipe["warmup_start"] = int(state["step"])
+    return recipe
+
+
 def seed_run_dir(src: Path, run_dir: Path) -> None:
     """Start a run folder from a compact state: its model sizes and log (the used ids are the
     recipe's own: the state's rows are matched to them by token id when loaded)."""
@@ -95,6 +117,8 @@ def seed_run_dir(src: Path, run_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
+
+    import torch
 
     from .config import run_config
     from .model import DemoTrainer
@@ -108,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     model = DemoTrainer(run_config(args.run_dir), used)
     state = torch.load(args.run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
-    out = save_compact(model, state["step"], args.run_dir, args.out_dir)
+    recipe = state.get("train_config", {})
+    out = save_compact(model, state["step"], args.run_dir, args.out_dir, steps=recipe.get("steps"), recipe=recipe)
     print(f"{out}: step {state['step']}, {(out / WEIGHTS).stat().st_size / 2**20:.1f} MiB")
     return 0
 

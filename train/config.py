@@ -49,7 +49,7 @@ def save_run_config(folder: Path, config: GotConfig) -> None:
 class TrainConfig:
     seed: int = 0
     batch_size: int = 12
-    steps: int = 3300
+    steps: int = 20000
     lr: float = 1e-3
     warmup_steps: int = 100
     warmup_start: int = 0
@@ -58,10 +58,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     aux_weight: float = 1.0
     guide_weight: float = 1.0
-    curriculum_steps: int = 1200
-    """Steps from the easiest pages to the full task (4 lines, 32 characters, small fonts, boxes)."""
+    curriculum_steps: int = 8000
+    """Steps from the easiest pages (one short line in huge type) to the full task (4 lines, 32
+    characters, small fonts, boxes)."""
     curriculum_start: int = 0
-    eval_every: int = 300
+    eval_every: int = 500
     eval_pages: int = 16
     checkpoint_every: int = 100
     bf16: bool = False

@@ -108,13 +108,17 @@ class TaskLevel:
 
 
 def task_level(step: int, curriculum_steps: int) -> TaskLevel:
-    """From big single short lines at step 0 to the full reading task at ``curriculum_steps``."""
+    """From one short line in huge type at step 0 to the full reading task at ``curriculum_steps``.
+
+    At the start a character is about as wide as an image token's 64-pixel cell, so reading is
+    moving one cell to the right per character; smaller type then packs more characters into a
+    cell step by step."""
     p = min(1.0, step / max(1, curriculum_steps))
-    lo0, hi0 = 1 / 14, 1 / 9
+    lo0, hi0 = 1 / 5, 1 / 3.5
     lo1, hi1 = reading.FONT_SIZE_RANGE
     return TaskLevel(
         max_lines=min(4, 1 + int(p * 4)),
-        max_chars=int(round(10 + (reading.MAX_LINE_CHARS - 10) * min(1.0, p * 1.5))),
+        max_chars=int(round(6 + (reading.MAX_LINE_CHARS - 6) * min(1.0, p * 1.5))),
         font_size_range=(lo0 + (lo1 - lo0) * p, hi0 + (hi1 - hi0) * p),
         box_fraction=0.0 if p < 0.25 else 0.25,
     )

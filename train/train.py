@@ -169,14 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--steps", type=int, default=TrainConfig.steps)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--seed", type=int, default=TrainConfig.seed)
-    p.add_argument("--curriculum-steps", type=int, default=TrainConfig.curriculum_steps)
-    p.add_argument("--curriculum-start", type=int, default=TrainConfig.curriculum_start,
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--curriculum-steps", type=int, default=None)
+    p.add_argument("--curriculum-start", type=int, default=None,
                    help="step at which the curriculum starts from its easiest pages")
-    p.add_argument("--warmup-start", type=int, default=TrainConfig.warmup_start,
+    p.add_argument("--warmup-start", type=int, default=None,
                    help="step at which the learning-rate warm-up starts")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (pays off on wide models only)")
@@ -197,14 +197,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-compact", type=Path, default=None,
                    help="start from a compact training state (train.compact) when --out has no checkpoint yet")
     args = p.parse_args(argv)
-    tc = dataclasses.replace(TrainConfig(), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                             seed=args.seed, curriculum_steps=args.curriculum_steps,
-                             curriculum_start=args.curriculum_start, warmup_start=args.warmup_start, bf16=args.bf16,
-                             checkpoint_every=args.checkpoint_every, eval_every=args.eval_every)
+    ckpt_path = args.out / "checkpoint.pt"
+    # Recipe flags not given keep what the run (its checkpoint) or the compact state recorded.
+    if ckpt_path.exists():
+        recorded = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("train_config", {})
+    elif args.from_compact is not None:
+        recorded = compact.recorded_recipe(args.from_compact)
+    else:
+        recorded = {}
+    recipe = {f: getattr(args, f) if getattr(args, f) is not None else recorded.get(f, getattr(TrainConfig, f))
+              for f in ("steps", "batch_size", "lr", "seed", "curriculum_steps", "curriculum_start", "warmup_start")}
+    tc = dataclasses.replace(TrainConfig(), **recipe, bf16=args.bf16, checkpoint_every=args.checkpoint_every,
+                             eval_every=args.eval_every)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = args.out / "checkpoint.pt"
     if args.from_compact is not None and not ckpt_path.exists():
         compact.seed_run_dir(args.from_compact, args.out)
     used_path = args.out / "used_ids.npy"
@@ -285,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         save_checkpoint(ckpt_path, model, opt, step, tc)
         if args.compact_out is not None:
             log.flush()
-            compact.save_compact(model, step, args.out, args.compact_out, steps=tc.steps)
+            compact.save_compact(model, step, args.out, args.compact_out, steps=tc.steps, recipe=dataclasses.asdict(tc))
 
     for batch in batches(source, step, end, args.workers):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
