@@ -261,3 +261,33 @@ def make_page(index: int):
             x += 8 * n + 14
         y += 34
     return img
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_healthy(proc, url: str, timeout_s: float = 600) -> str | None:
+    """Wait until the server process ``proc`` answers ``GET url/health`` with 200; None then, or
+    why not (it exited, or ``timeout_s`` passed)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            return f"server exited with {proc.returncode}"
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return None
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            return f"server not ready in {timeout_s:.0f} s"
+        time.sleep(0.2)

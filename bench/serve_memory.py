@@ -15,20 +15,15 @@ import argparse
 import base64
 import io
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+from harness import free_port, wait_until_healthy
+
 GIB = 2**30
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _status(pid: int) -> dict[str, float]:
@@ -63,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=3.0)
     args = p.parse_args(argv)
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "gotocr_fast", "serve", "--model", str(args.model), "--no-ui",
                              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"])
     url = f"http://127.0.0.1:{port}"
@@ -74,18 +69,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"the server exited with {proc.returncode}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the server was not ready in 600 s")
-            time.sleep(0.2)
+        not_ready = wait_until_healthy(proc, url)
+        if not_ready:
+            raise SystemExit(not_ready)
         time.sleep(args.settle)
         rows.append(("idle after start-up", _status(proc.pid)))
         post(next(_pages(1, 0)))

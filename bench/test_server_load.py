@@ -16,7 +16,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,17 +25,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import SETTINGS, need, run_rounds, tag
+from harness import SETTINGS, free_port, need, run_rounds, tag, wait_until_healthy
 
 CONCURRENCY = [1, 2, 4, 8]
 REQUESTS_PER_CLIENT = 1
 DTYPE = os.environ.get("GOTOCR_BENCH_ENGINE_DTYPE", "f16")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +38,7 @@ def server(model_files, tmp_path_factory, fresh_pages):
     import httpx
 
     folder = model_files(DTYPE).folder
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     log = open(log_path, "wb")
 
@@ -61,18 +54,9 @@ def server(model_files, tmp_path_factory, fresh_pages):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log_tail()}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready in 600 s:\n{log_tail()}")
-            time.sleep(0.2)
+        not_ready = wait_until_healthy(proc, url)
+        if not_ready:
+            pytest.fail(f"{not_ready}:\n{log_tail()}")
         r = httpx.post(url + "/v1/ocr", json={"image_file": _data_uri(fresh_pages(1)[0]), "max_tokens": 8},
                        timeout=600)
         if r.status_code != 200:
