@@ -291,3 +291,15 @@ def wait_until_healthy(proc, url: str, timeout_s: float = 600) -> str | None:
         if time.monotonic() > deadline:
             return f"server not ready in {timeout_s:.0f} s"
         time.sleep(0.2)
+
+
+def stop_server(proc, grace_s: float = 60) -> None:
+    """SIGTERM (a graceful shutdown), then SIGKILL after ``grace_s``."""
+    import signal
+    import subprocess
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()

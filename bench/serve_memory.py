@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from harness import free_port, wait_until_healthy
+from harness import free_port, stop_server, wait_until_healthy
 
 GIB = 2**30
 
@@ -85,11 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(args.settle)
         rows.append((f"idle after {args.pages} concurrent pages", _status(proc.pid)))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     print("| when | resident (GiB) | anonymous | file-backed |")
     print("|---|---:|---:|---:|")
     for when, s in rows:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import SETTINGS, free_port, need, run_rounds, tag, wait_until_healthy
+from harness import SETTINGS, free_port, need, run_rounds, stop_server, tag, wait_until_healthy
 
 CONCURRENCY = [1, 2, 4, 8]
 REQUESTS_PER_CLIENT = 1
@@ -63,11 +62,7 @@ def server(model_files, tmp_path_factory, fresh_pages):
             pytest.fail(f"warm-up request failed ({r.status_code}): {r.text[:300]}\n{log_tail()}")
         yield SimpleNamespace(url=url, pid=proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
         log.close()
 
 
