@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import mmap
 import os
@@ -48,13 +49,18 @@ def anonymous_mappings() -> set[tuple[int, int]]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def _libc():
+    """The C library with ``madvise`` typed, or None off Linux."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     except OSError:
         return None
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    libc.madvise.restype = ctypes.c_int
+    return libc
 
 
 class IdleRegion:
@@ -74,9 +80,7 @@ class IdleRegion:
         """Drop the region's pages (they read back as zeros). False when the call failed."""
         if self._libc is None or self.size == 0:
             return False
-        madvise = self._libc.madvise
-        madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-        if madvise(self.start, self.size, _MADV_DONTNEED) != 0:
+        if self._libc.madvise(self.start, self.size, _MADV_DONTNEED) != 0:
             log.warning("madvise failed (%s): the KV pool stays resident", os.strerror(ctypes.get_errno()))
             return False
         return True
