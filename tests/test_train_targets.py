@@ -91,3 +91,14 @@ def test_token_slots_name_every_line_in_reading_order_even_in_box_mode():
     boxed = data.aux_targets(page, GRID, 64)
     assert sorted(data.CHARSET[c - 1] for c in boxed[boxed > 0]) == sorted(
         ch for ch in page.lines[page.box_line] if ch in data.CHAR_CLASS)
+
+
+def test_a_fifth_of_the_pages_review_earlier_levels():
+    levels = [data.page_level(np.random.default_rng([3, i]), 6000, 8000) for i in range(2000)]
+    current = data.task_level(6000, 8000)
+    reviews = [lv for lv in levels if lv != current]
+    assert 0.15 < len(reviews) / len(levels) < 0.25
+    # reviews spread over the levels passed, the easiest included
+    assert min(lv.max_chars for lv in reviews) <= 8 and all(lv.max_chars <= current.max_chars for lv in reviews)
+    # before the curriculum moves, every page is at its first level
+    assert {data.page_level(np.random.default_rng(i), 0, 8000) for i in range(50)} == {data.task_level(0, 8000)}

@@ -69,9 +69,9 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         tc, cfg = self.tc, self.cfg
-        level = data.task_level(step - tc.curriculum_start, tc.curriculum_steps)
         grid = int(round(math.sqrt(cfg.tokens_per_view)))
-        pages = data.make_batch(tc.seed, step, tc.batch_size, level, cfg.vision.image_size, grid,
+        pages = data.make_batch(tc.seed, step, tc.batch_size, step - tc.curriculum_start, tc.curriculum_steps,
+                                cfg.vision.image_size, grid,
                                 cfg.tokens_per_view, self.full_to_used, cfg.vision.grid)
         return collate(pages, self.full_to_used, self.pad_id)
 
