@@ -27,10 +27,9 @@ RECIPE_FIELDS = ("steps", "batch_size", "lr", "seed", "curriculum_steps", "curri
 continues the same schedule and curriculum unless told otherwise."""
 
 
-def save_compact(model, step: int, run_dir: Path, out_dir: Path, steps: int | None = None,
-                 recipe: dict | None = None) -> Path:
-    """``steps``: the end of the learning-rate schedule the state was trained under; ``recipe``:
-    the run's ``TrainConfig`` fields (both recorded in ``state.json``)."""
+def save_compact(model, step: int, run_dir: Path, out_dir: Path, recipe: dict | None = None) -> Path:
+    """``recipe``: the run's ``TrainConfig`` fields; its ``RECIPE_FIELDS`` are recorded in
+    ``state.json``."""
     import torch
     from safetensors.torch import save_file
 
@@ -39,7 +38,7 @@ def save_compact(model, step: int, run_dir: Path, out_dir: Path, steps: int | No
                for name, p in model.named_parameters() if p.requires_grad}
     save_file(tensors, str(out_dir / WEIGHTS))
     np.save(out_dir / "used_ids.npy", model.used_ids.cpu().numpy())
-    state = {"step": step} if steps is None else {"step": step, "schedule_steps": steps}
+    state: dict = {"step": step}
     if recipe:
         state["recipe"] = {k: recipe[k] for k in RECIPE_FIELDS if k in recipe}
     (out_dir / STATE).write_text(json.dumps(state, indent=2) + "\n")
@@ -96,7 +95,8 @@ def _embedding_rows_for(model, saved_ids: np.ndarray, saved):
 
 def recorded_recipe(src: Path) -> dict:
     """The recipe a compact state records, with the warm-up restarting at its step (a run started
-    from it has fresh optimiser moments); {} for a state that records none."""
+    from it has fresh optimiser moments); {} for a state that records none. States written before
+    the recipe was recorded carry the schedule's end alone, as ``schedule_steps``."""
     state = json.loads((src / STATE).read_text())
     recipe = dict(state.get("recipe", {}))
     if "steps" not in recipe and "schedule_steps" in state:
@@ -132,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     model = DemoTrainer(run_config(args.run_dir), used)
     state = torch.load(args.run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
-    recipe = state.get("train_config", {})
-    out = save_compact(model, state["step"], args.run_dir, args.out_dir, steps=recipe.get("steps"), recipe=recipe)
+    out = save_compact(model, state["step"], args.run_dir, args.out_dir, recipe=state.get("train_config"))
     print(f"{out}: step {state['step']}, {(out / WEIGHTS).stat().st_size / 2**20:.1f} MiB")
     return 0
 

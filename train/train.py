@@ -198,15 +198,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="start from a compact training state (train.compact) when --out has no checkpoint yet")
     args = p.parse_args(argv)
     ckpt_path = args.out / "checkpoint.pt"
+    resumed = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
     # Recipe flags not given keep what the run (its checkpoint) or the compact state recorded.
-    if ckpt_path.exists():
-        recorded = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("train_config", {})
+    if resumed is not None:
+        recorded = resumed.get("train_config", {})
     elif args.from_compact is not None:
         recorded = compact.recorded_recipe(args.from_compact)
     else:
         recorded = {}
     recipe = {f: getattr(args, f) if getattr(args, f) is not None else recorded.get(f, getattr(TrainConfig, f))
-              for f in ("steps", "batch_size", "lr", "seed", "curriculum_steps", "curriculum_start", "warmup_start")}
+              for f in (*compact.RECIPE_FIELDS, "warmup_start")}
     tc = dataclasses.replace(TrainConfig(), **recipe, bf16=args.bf16, checkpoint_every=args.checkpoint_every,
                              eval_every=args.eval_every)
     if args.threads:
@@ -242,11 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.98))
     step = 0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step = state["step"]
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        opt.load_state_dict(resumed["optimizer"])
+        step = resumed["step"]
+        del resumed  # the optimiser holds its own copy of the moments now
         print(f"resumed at step {step}", flush=True)
     elif args.from_compact is not None:
         step = compact.load_compact(model, args.from_compact)
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         save_checkpoint(ckpt_path, model, opt, step, tc)
         if args.compact_out is not None:
             log.flush()
-            compact.save_compact(model, step, args.out, args.compact_out, steps=tc.steps, recipe=dataclasses.asdict(tc))
+            compact.save_compact(model, step, args.out, args.compact_out, recipe=dataclasses.asdict(tc))
 
     for batch in batches(source, step, end, args.workers):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
