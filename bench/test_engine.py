@@ -27,13 +27,13 @@ from harness import SETTINGS, construct, make_page, need, need_attr, run_rounds,
 PAGE_DTYPES = ["f16", "q8_0", "q4_k_m"]
 VISION_PRECISION = os.environ.get("GOTOCR_BENCH_VISION_PRECISION", "f32")
 """The page engines' vision arithmetic (``EngineConfig.vision_precision``): f32 (the default) or bf16."""
+THROUGHPUT_DTYPE = os.environ.get("GOTOCR_BENCH_ENGINE_DTYPE", "f16")
+CONCURRENCY = [1, 2, 4, 8]
 
 
 def page_label(dtype: str) -> str:
     """A page configuration's name in the results: the text weight type, and bf16 vision if set."""
     return dtype if VISION_PRECISION == "f32" else f"{dtype}+{VISION_PRECISION}-vision"
-THROUGHPUT_DTYPE = os.environ.get("GOTOCR_BENCH_ENGINE_DTYPE", "f16")
-CONCURRENCY = [1, 2, 4, 8]
 
 
 def _engine(model_files, dtype: str, max_slots: int, embed_cache_bytes: int = 0, vision_precision: str = "f32"):
@@ -47,7 +47,7 @@ def _engine(model_files, dtype: str, max_slots: int, embed_cache_bytes: int = 0,
 
 @pytest.fixture(scope="module", params=PAGE_DTYPES)
 def page_engine(request, model_files):
-    eng = _engine(model_files, request.param, max_slots=1)
+    eng = _engine(model_files, request.param, max_slots=1, vision_precision=VISION_PRECISION)
     yield request.param, eng
     eng.close()
 
@@ -80,7 +80,7 @@ def test_page(benchmark, page_engine, pages):
     def ocr(page):
         results.append(eng.ocr(page, max_tokens=n))
 
-    tag(benchmark, "page", "ours", dtype, units=1, unit="page")
+    tag(benchmark, "page", "ours", page_label(dtype), units=1, unit="page")
     run_rounds(benchmark, ocr, rounds=rounds, setup=lambda: ((next(imgs),), {}))
     benchmark.extra_info.update(_timings(results[-1]))
     benchmark.extra_info["finish_reasons"] = sorted({r.finish_reason for r in results})

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gotocr_fast.engine.model import _default_flash_attn
+from gotocr_fast.engine.resident import resident_bytes
 
 
 def _llama(gpu: bool):
@@ -78,16 +79,12 @@ def test_full_size_default_pool_fits_its_memory_budget():
 def test_the_pool_is_allocated_once_and_resident(converted_model):
     from gotocr_fast.engine.model import TextModel
 
-    def rss() -> int:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
-
     path = _tiny_text_gguf(converted_model)
     TextModel(path, n_threads=1, n_ctx_slot=64).close()  # libraries and page cache warm
-    before = rss()
+    before = resident_bytes()
     m = TextModel(path, n_threads=1, n_ctx_slot=64, kv_tokens=1 << 17, kv_type="f32")
     try:
-        grown = rss() - before
+        grown = resident_bytes() - before
         assert m.kv_bytes == (1 << 17) * _kv_row_bytes("tiny", 4) == 128 * 2**20
         # llama.cpp zeroes the cache when it creates it, which makes all of it resident; where the
         # pool is identified it is given back at once (the rest is the tiny model's weights,
@@ -97,7 +94,7 @@ def test_the_pool_is_allocated_once_and_resident(converted_model):
         else:
             assert m.kv_bytes * 0.95 <= grown <= m.kv_bytes + 96 * 2**20
         m.clear()  # llama.cpp zeroes the whole pool again: every page resident
-        assert rss() - before >= m.kv_bytes * 0.95
+        assert resident_bytes() - before >= m.kv_bytes * 0.95
     finally:
         m.close()
 
@@ -123,12 +120,6 @@ def test_stop_ids_are_the_vocabularys_end_of_generation_tokens(converted_model):
 
 
 # --- the idle pool goes back to the OS -------------------------------------------------------------
-def _rss() -> int:
-    from gotocr_fast.engine.resident import resident_bytes
-
-    return resident_bytes()
-
-
 def _prefill_logits(m, seq: int, n: int = 24) -> np.ndarray:
     toks = np.array([(7 * i + 3) % 1000 for i in range(n)], dtype=np.int32)
     pos = np.arange(n, dtype=np.int32)
@@ -153,9 +144,9 @@ def test_an_idle_pool_goes_back_to_the_os_and_reads_as_before(converted_model):
         assert not m.release_idle_memory()
         m.free_sequence(0)
         m.clear()  # llama.cpp zeroes the whole pool: every page of it resident
-        full = _rss()
+        full = resident_bytes()
         assert m.release_idle_memory()
-        assert full - _rss() >= 0.9 * m.kv_bytes
+        assert full - resident_bytes() >= 0.9 * m.kv_bytes
         # the released pages read back as the zeros they were: same logits, in another slot too
         assert np.array_equal(_prefill_logits(m, 0), first)
         m.free_sequence(0)
