@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import CONFIG
+from .config import CONFIG, demo_model, run_config, save_run_config
 
 WEIGHTS = "weights.safetensors"
 STATE = "state.json"
@@ -53,15 +53,26 @@ def load_compact(model, src: Path) -> int:
 
     Tensors of parts the model no longer has (an auxiliary head replaced since) are skipped and
     parts the state lacks keep their initialisation; both are printed. The network itself (vision
-    tower, projector, language model) must be complete.
+    tower, projector, language model) must be complete. A state of another view size has its
+    position tables resized to the model's (:mod:`train.view_resize`).
     """
     import torch
-    from safetensors.torch import load_file
+    from safetensors.numpy import load_file
 
-    tensors = load_file(str(src / WEIGHTS))
+    from .view_resize import resize_for_view
+
+    params = dict(model.named_parameters())
+    resized = []
+    tensors = {}
+    for name, value in load_file(str(src / WEIGHTS)).items():
+        if name in params and tuple(value.shape) != tuple(params[name].shape):
+            value = resize_for_view(name, value, tuple(params[name].shape))
+            resized.append(name)
+        tensors[name] = torch.from_numpy(value)
+    if resized:
+        print(f"compact state: {len(resized)} position tables resized to the model's view", flush=True)
     if "embed" in tensors and (src / "used_ids.npy").exists():
         tensors["embed"] = _embedding_rows_for(model, np.load(src / "used_ids.npy"), tensors["embed"])
-    params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
     if any(n.startswith("hf.") for n in missing):
         raise ValueError(f"{src}: no weights for {[n for n in missing if n.startswith('hf.')][:5]}")
@@ -106,10 +117,15 @@ def recorded_recipe(src: Path) -> dict:
     return recipe
 
 
-def seed_run_dir(src: Path, run_dir: Path) -> None:
+def seed_run_dir(src: Path, run_dir: Path, image_size: int | None = None) -> None:
     """Start a run folder from a compact state: its model sizes and log (the used ids are the
-    recipe's own: the state's rows are matched to them by token id when loaded)."""
+    recipe's own: the state's rows are matched to them by token id when loaded). With
+    ``image_size`` the run trains that view instead of the state's (its position tables are
+    resized when the weights are loaded)."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    if image_size is not None and not (run_dir / CONFIG).exists():
+        if run_config(src).vision.image_size != image_size:
+            save_run_config(run_dir, demo_model(image_size))
     for name in ("log.csv", CONFIG):
         if (src / name).exists() and not (run_dir / name).exists():
             shutil.copyfile(src / name, run_dir / name)
@@ -120,7 +136,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from .config import run_config
     from .model import DemoTrainer
 
     p = argparse.ArgumentParser(prog="python -m train.compact",

@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compact-out", type=Path, default=None,
                    help="also write the compact state (train.compact) here at every checkpoint")
     p.add_argument("--image-size", type=int, default=None, choices=VIEW_SIZES,
-                   help=f"view size of a new run (default {DEFAULT_VIEW}); a run or compact state keeps its own")
+                   help=f"view size of a new run (default {DEFAULT_VIEW}, or the --from-compact state's); a state of "
+                        "another view starts it with its position tables resized; a run keeps its own")
     p.add_argument("--from-compact", type=Path, default=None,
                    help="start from a compact training state (train.compact) when --out has no checkpoint yet")
     args = p.parse_args(argv)
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.from_compact is not None and not ckpt_path.exists():
-        compact.seed_run_dir(args.from_compact, args.out)
+        compact.seed_run_dir(args.from_compact, args.out, image_size=args.image_size)
     used_path = args.out / "used_ids.npy"
     if used_path.exists():
         used = np.load(used_path)
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         save_run_config(args.out, cfg)
     if args.image_size and args.image_size != cfg.vision.image_size:
         raise SystemExit(f"{args.out} trains a {cfg.vision.image_size}-pixel view; --image-size {args.image_size} "
-                         "needs a new --out (and no --from-compact of another view)")
+                         "needs a new --out")
     print(f"view {cfg.vision.image_size} px, {cfg.tokens_per_view} image tokens", flush=True)
     use_fast_vision_attention()
     use_guided_attention()
