@@ -56,7 +56,7 @@ def main() -> None:
     from gotocr_fast import _llama as native
 
     ll = load_llama_cpp()
-    model = ll.llama_model_load_from_file(a.text_gguf.encode(), model_params(ll))
+    model = ll.llama_model_load_from_file(a.text_gguf.encode(), model_params(ll, a.text_gguf))
     n_seq, n_ctx = 4, 8192
     layouts = {
         "per-slot": make_ctx(ll, model, unified=False, n_ctx=n_seq * n_ctx, n_seq=n_seq, threads=a.threads),

@@ -18,9 +18,10 @@ from gotocr_fast import llama_load
 from gotocr_fast._preprocess import ggml_info
 from gotocr_fast.engine.model import TextModel
 
-AMX = {"AMX_INT8": "1", "AVX512": "1"}
+AMX = {"AMX_INT8": "1", "AVX512": "1", "AVX2": "1"}
 NO_AMX = {"AVX2": "1", "FMA": "1"}
 EXTRA_BUFFER_LINE = re.compile(r"(AMX|REPACK)\S* model buffer size")
+REPACK_LINE = "CPU_REPACK model buffer size"
 
 
 @pytest.mark.parametrize(
@@ -37,6 +38,14 @@ def test_decide_extra_bufts(mode, features, enabled):
     assert choice.enabled is enabled
     if mode is None and not enabled:
         assert "AMX" in choice.reason and "GOTOCR_EXTRA_BUFTS=on" in choice.reason
+    # q4_K weights are routed to CPU_REPACK alone exactly where auto turned the extra types off
+    auto_off = (mode or "auto").strip().lower() == "auto" and not enabled
+    assert choice.repack_q4_k is auto_off
+
+
+def test_no_q4_k_routing_without_avx2():
+    choice = llama_load.decide_extra_bufts(None, {**AMX, "AVX2": "0"})
+    assert not choice.enabled and not choice.repack_q4_k and "no repacking" in choice.reason
 
 
 def test_bad_mode_is_a_clear_error():
@@ -144,3 +153,97 @@ def test_stock_llama_takes_the_same_choice(q8_0_text, monkeypatch, mode):
         llm.close()
     assert lib.llama_model_default_params is original
     assert bool(lib.llama_model_default_params().use_extra_bufts) is True  # llama.cpp's default, untouched
+
+
+# --- q4_K weights in CPU_REPACK where the AMX buffer type is off ------------------------------------
+# The tiny configs' 64-wide rows are shorter than a q4_K block, so llama.cpp writes no q4_K there;
+# this one-layer model has 256-wide rows.
+
+@pytest.fixture(scope="module")
+def q4_k_m_text(tmp_path_factory):
+    import dataclasses
+    import shutil
+
+    from gotocr_fast import synth
+    from gotocr_fast.convert import convert_checkpoint
+
+    config = dataclasses.replace(
+        synth.CONFIGS["tiny"], name="kquant",
+        text=dataclasses.replace(synth.CONFIGS["tiny"].text, hidden_size=256, num_layers=1, num_heads=4,
+                                 num_kv_heads=4, ffn_dim=512))
+    root = tmp_path_factory.mktemp("q4km")
+    src = synth.write_checkpoint(root / "ckpt", config=config, layout="hf")
+    files = convert_checkpoint(src, root / "gguf", outtype="q4_k_m", progress=False)
+    shutil.rmtree(src)
+    yield files.text
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _tensor_types(path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (type name, shape as numpy orders it), read by gguf-py's reader independently of the
+    engine's choice."""
+    import gguf
+
+    return {t.name: (t.tensor_type.name, tuple(int(n) for n in reversed(t.shape)))
+            for t in gguf.GGUFReader(str(path)).tensors}
+
+
+def test_only_q4_k_layer_matrices_are_routed(q4_k_m_text):
+    types = _tensor_types(q4_k_m_text)
+    routed = llama_load.repacked_tensors(q4_k_m_text)
+    assert "blk.0.attn_q.weight" in routed and "blk.0.ffn_gate.weight" in routed
+    for name in routed:
+        kind, shape = types[name]
+        assert kind == "Q4_K" and name.startswith("blk.") and shape[0] % 8 == 0
+    # everything else stays where llama.cpp puts it: other types, norms, the token embedding
+    others = [n for n, (kind, _) in types.items() if kind != "Q4_K"]
+    assert others and not set(others) & set(routed)
+    assert "token_embd.weight" not in routed
+
+
+def test_an_unreadable_file_routes_nothing(tmp_path):
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"not a gguf")
+    assert llama_load.repacked_tensors(bad) == []
+
+
+def _load_logits(path, mode, monkeypatch, capfd, steps=3):
+    monkeypatch.setenv("GOTOCR_EXTRA_BUFTS", mode)
+    model = TextModel(path, n_slots=1, n_ctx_slot=64, n_threads=2, kv_type="f32", verbose=True)
+    try:
+        rows = [_prompt_logits(model, IDS)]
+        token = int(rows[0].argmax())
+        for step in range(steps):  # single-token decodes: the matrix-vector kernels
+            model.decode_tokens(np.asarray([token], np.int32), np.asarray([len(IDS) + step], np.int32),
+                                np.zeros(1, np.int32), np.ones(1, dtype=np.int8))
+            rows.append(model.logits(np.zeros(1, np.int32))[0].copy())
+            token = int(rows[-1].argmax())
+    finally:
+        model.close()
+    return np.stack(rows), capfd.readouterr().err
+
+
+@pytest.mark.skipif(ggml_info()["cpu_features"].get("AVX2") != "1", reason="llama.cpp repacks q4_K for AVX2 only")
+def test_q4_k_weights_are_repacked_by_default_and_read_the_same(q4_k_m_text, monkeypatch, capfd):
+    off, log_off = _load_logits(q4_k_m_text, "off", monkeypatch, capfd)
+    assert "CPU_Mapped model buffer size" in log_off and not EXTRA_BUFFER_LINE.search(log_off)
+    auto, log_auto = _load_logits(q4_k_m_text, "auto", monkeypatch, capfd)
+    # repacked by llama.cpp's default (no AMX int8) or by our routing (AMX int8): either way, never AMX
+    assert REPACK_LINE in log_auto, log_auto
+    if ggml_info()["cpu_features"].get("AMX_INT8") == "1":
+        assert "AMX model buffer size" not in log_auto
+    assert np.isfinite(auto).all()
+    # same weights, same activation quantization; only the summation order differs
+    assert np.abs(auto - off).max() <= 0.02 * off.std(), np.abs(auto - off).max() / off.std()
+
+
+@pytest.mark.skipif(ggml_info()["cpu_features"].get("AMX_INT8") != "1", reason="the routing applies where AMX int8 is")
+def test_stock_llama_routes_the_same_tensors(q4_k_m_text, monkeypatch, capfd):
+    monkeypatch.setenv("GOTOCR_EXTRA_BUFTS", "auto")
+    llm = llama_load.open_stock_llama(model_path=str(q4_k_m_text), n_ctx=64, n_batch=64, n_threads=2, verbose=True)
+    try:
+        llm.eval(IDS[:4])
+    finally:
+        llm.close()
+    err = capfd.readouterr().err
+    assert REPACK_LINE in err and "AMX model buffer size" not in err

@@ -172,7 +172,7 @@ class TextModel:
         n_threads = n_threads or available_cpus()
         self.n_threads = n_threads
         try:
-            mparams = model_params(ll)
+            mparams = model_params(ll, self.path)
         except ValueError as e:  # a bad GOTOCR_EXTRA_BUFTS
             raise ModelError(str(e)) from None
         self._model = ll.llama_model_load_from_file(str(self.path).encode(), mparams)
