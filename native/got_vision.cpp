@@ -13,6 +13,7 @@
 
 #include "cpu_attention.h"
 #include "cpu_layernorm.h"
+#include "huge_pages.h"
 
 #include "ggml.h"
 #include "ggml-alloc.h"
@@ -1004,6 +1005,10 @@ void upload_weights(got_vision_ctx * vc, const loader & ld, FILE * f, const std:
     ggml_backend_buffer_set_usage(vc->buf_w, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
 
     const bool host = ggml_backend_buffer_is_host(vc->buf_w);
+    if (host) {
+        // before the weights are read in: pages are backed at first touch
+        huge_pages::advise(ggml_backend_buffer_get_base(vc->buf_w), ggml_backend_buffer_get_size(vc->buf_w));
+    }
     std::vector<uint8_t> staging;
     for (const tensor_src & s : ld.srcs) {
         const size_t nbytes = ggml_nbytes(s.t);
@@ -1115,6 +1120,33 @@ bool backend_has_add_rel_pos(ggml_backend_t backend) {
     const bool ok = ggml_backend_supports_op(backend, r);
     ggml_free(ctx);
     return ok;
+}
+
+// Huge pages for the compute buffers, which the scheduler allocates without exposing them: the
+// span of the allocated graph's tensors in one host buffer lies inside that buffer. Advised when
+// a graph is (re)allocated, so before the first compute touches the pages.
+void advise_huge_pages(ggml_cgraph * gf) {
+    struct span { ggml_backend_buffer_t buf; uintptr_t lo, hi; };
+    std::vector<span> spans;
+    const int n = ggml_graph_n_nodes(gf);
+    for (int i = 0; i < n; i++) {
+        const ggml_tensor * t = ggml_graph_node(gf, i);
+        if (!t->data || !t->buffer || !ggml_backend_buffer_is_host(t->buffer) ||
+            ggml_backend_buffer_get_usage(t->buffer) == GGML_BACKEND_BUFFER_USAGE_WEIGHTS) {
+            continue;
+        }
+        const uintptr_t lo = (uintptr_t) t->data, hi = lo + ggml_nbytes(t);
+        auto it = std::find_if(spans.begin(), spans.end(), [&](const span & s) { return s.buf == t->buffer; });
+        if (it == spans.end()) {
+            spans.push_back({t->buffer, lo, hi});
+        } else {
+            it->lo = std::min(it->lo, lo);
+            it->hi = std::max(it->hi, hi);
+        }
+    }
+    for (const span & s : spans) {
+        huge_pages::advise((void *) s.lo, (size_t) (s.hi - s.lo));
+    }
 }
 
 void init_compute(got_vision_ctx * vc, int max_batch) {
@@ -1300,6 +1332,7 @@ int got_vision_encode(got_vision_ctx * ctx, const float * pixels, int n_views, f
                     return GOT_VISION_ERR_ALLOC;
                 }
                 ctx->allocated = gi;
+                advise_huge_pages(cg.gf);
             }
             ggml_backend_tensor_set(cg.inp, pixels + in_per_view * (size_t) v0, 0, in_per_view * (size_t) B * sizeof(float));
             const ggml_status st = ggml_backend_sched_graph_compute(ctx->sched, cg.gf);
