@@ -59,3 +59,19 @@ def test_a_compact_state_carries_its_recipe_and_restarts_the_warm_up(tmp_path):
     assert compact.recorded_recipe(tmp_path) == {"steps": 12000, "warmup_start": 9902}
     (tmp_path / compact.STATE).write_text(json.dumps({"step": 5}))
     assert compact.recorded_recipe(tmp_path) == {}
+
+
+@pytest.mark.parametrize("level", [0.0, 0.75, 1.0])
+def test_a_pinned_curriculum_holds_its_level(level):
+    data = pytest.importorskip("train.data")
+    start, steps = config.pinned_curriculum(level, 17400)
+    want = data.task_level(round(level * 4), 4)  # the same point of a 4-step curriculum
+    for step in (17400, 27400, 117400):  # longer than any run
+        got = data.task_level(step - start, steps)
+        assert (got.max_lines, got.max_chars, got.box_fraction) == (want.max_lines, want.max_chars, want.box_fraction)
+        assert got.font_size_range == pytest.approx(want.font_size_range, abs=1e-4)
+
+
+def test_a_level_outside_the_curriculum_is_refused():
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        config.pinned_curriculum(1.5, 0)

@@ -45,6 +45,19 @@ def save_run_config(folder: Path, config: GotConfig) -> None:
     bundle_format.save_config(folder, config)
 
 
+PINNED_CURRICULUM_STEPS = 10**9
+"""A curriculum this long does not move within any run: how ``--level`` holds one level."""
+
+
+def pinned_curriculum(level: float, step: int) -> tuple[int, int]:
+    """(curriculum_start, curriculum_steps) that hold the curriculum at ``level`` (0: one short
+    line in huge type, 1: the full task) from ``step`` on; a fifth of the pages still review the
+    easier levels (``data.REVIEW_FRACTION``)."""
+    if not 0.0 <= level <= 1.0:
+        raise ValueError(f"level must be between 0 and 1, got {level}")
+    return step - round(level * PINNED_CURRICULUM_STEPS), PINNED_CURRICULUM_STEPS
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0

@@ -25,7 +25,8 @@ import torch
 from gotocr_fast import reading, tokens
 
 from . import compact, data
-from .config import CONFIG, DEFAULT_VIEW, VIEW_SIZES, TrainConfig, demo_model, run_config, save_run_config
+from .config import (CONFIG, DEFAULT_VIEW, VIEW_SIZES, TrainConfig, demo_model, pinned_curriculum, run_config,
+                     save_run_config)
 from .model import DemoTrainer, use_fast_vision_attention, use_guided_attention
 
 LOG_FIELDS = ("step", "elapsed_s", "loss", "aux_loss", "guide_loss", "lr", "val_cer", "val_exact")
@@ -176,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--curriculum-steps", type=int, default=None)
     p.add_argument("--curriculum-start", type=int, default=None,
                    help="step at which the curriculum starts from its easiest pages")
+    p.add_argument("--level", type=float, default=None,
+                   help="hold the curriculum at this level for the run (0: one short line in huge type, "
+                        "1: the full task; a fifth of the pages review easier levels); sets "
+                        "--curriculum-start and --curriculum-steps")
     p.add_argument("--warmup-start", type=int, default=None,
                    help="step at which the learning-rate warm-up starts")
     p.add_argument("--threads", type=int, default=None)
@@ -209,6 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         recorded = {}
     recipe = {f: getattr(args, f) if getattr(args, f) is not None else recorded.get(f, getattr(TrainConfig, f))
               for f in (*compact.RECIPE_FIELDS, "warmup_start")}
+    if args.level is not None:
+        if args.curriculum_start is not None or args.curriculum_steps is not None:
+            raise SystemExit("--level sets the curriculum: give it or --curriculum-start/--curriculum-steps, not both")
+        first = resumed["step"] if resumed is not None else int(recorded.get("warmup_start", 0))
+        try:
+            recipe["curriculum_start"], recipe["curriculum_steps"] = pinned_curriculum(args.level, first)
+        except ValueError as e:
+            raise SystemExit(f"--level: {e}") from None
     tc = dataclasses.replace(TrainConfig(), **recipe, bf16=args.bf16, checkpoint_every=args.checkpoint_every,
                              eval_every=args.eval_every)
     if args.threads:

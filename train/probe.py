@@ -1,0 +1,117 @@
+"""Where a demo-model state loses the text: per curriculum level, how much of it each stage holds.
+
+``python -m train.probe STATE [--levels 0,0.5,0.75,1] [--pages 12]`` (STATE: a run folder with
+``checkpoint.pt`` or a compact state) renders training-distribution pages at each curriculum level
+(seeds no training page uses) and prints, under teacher forcing:
+
+- ``patch``: accuracy of the patch head (the characters under each ViT patch): what the ViT sees;
+- ``slot``: accuracy of the token-slot head (the characters of each image token's cell, in order):
+  what survives the neck and the projector's 4 x 4 merge into one image token;
+- ``guide``: how often the guided attention head's strongest key is the image token where the
+  character being predicted is printed: whether the language model looks in the right place;
+- ``next``: next-character accuracy of the answer: what the language model makes of it.
+
+A stage that is much worse than the one before it is where the text is lost. The auxiliary
+heads are linear read-outs, so ``slot`` is a lower bound on what a token carries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import compact, data
+from .config import run_config
+from .export import load_trainer
+from .model import DemoTrainer, use_fast_vision_attention, use_guided_attention
+from .train import collate
+
+PROBE_SEED_TAG = 0x70726F62
+"""Seed sequences of probe pages: (tag, level in hundredths, page) — never a training page's."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    level: float
+    patch: float
+    slot: float
+    guide: float
+    next_char: float
+    loss: float
+
+
+def load_state(path: Path) -> DemoTrainer:
+    """A run folder (``checkpoint.pt``) or a compact state, in eval-ready float32."""
+    if (path / "checkpoint.pt").exists():
+        return load_trainer(path)
+    model = DemoTrainer(run_config(path), torch.from_numpy(np.load(path / "used_ids.npy")))
+    compact.load_compact(model, path)
+    return model
+
+
+def _head_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    chars = targets > 0
+    return float((logits.argmax(-1)[chars] == targets[chars]).float().mean()) if chars.any() else float("nan")
+
+
+@torch.no_grad()
+def probe(model: DemoTrainer, level: float, pages: int = 12) -> Probe:
+    cfg = model.cfg
+    full_to_used = model.full_to_used.numpy()
+    steps = 10_000
+    task = data.task_level(int(round(level * steps)), steps)
+    grid = int(round(math.sqrt(cfg.tokens_per_view)))  # image tokens per side
+    examples = [data.make_example(np.random.default_rng([PROBE_SEED_TAG, int(round(level * 100)), i]), task,
+                                  cfg.vision.image_size, grid, cfg.tokens_per_view, full_to_used, cfg.vision.grid)
+                for i in range(pages)]
+    batch = collate(examples, full_to_used, int(model.used_ids[0]))
+    model.train()  # the guided head records its attention in training mode only; nothing is updated
+    try:
+        vit, feats = model.vision(batch["pixels"])
+        n_classes = len(data.CHARSET) + 1
+        patch = model.patch_aux_head(vit).view(vit.shape[0], -1, data.PATCH_AUX_SLOTS, n_classes)
+        slot = model.token_slot_head(feats).view(feats.shape[0], -1, data.TOKEN_SLOTS, n_classes)
+        loss, _, _ = model(**batch)
+        log_probs = model.guided_attention.guide_log_probs
+        keys = batch["guide_keys"]
+        pos = batch["label_positions"][keys >= 0]
+        guide = float((log_probs[pos[:, 0], pos[:, 1]].argmax(-1) == keys[keys >= 0]).float().mean())
+        embeds = model.embed_ids(batch["input_ids"]).masked_scatter(batch["image_mask"].unsqueeze(-1), feats)
+        hidden = model.lm(embeds, attention_mask=batch["attention_mask"]).last_hidden_state
+        h = hidden[batch["label_positions"][:, 0], batch["label_positions"][:, 1]]
+        next_char = float((model.logits(h).argmax(-1) == batch["labels"]).float().mean())
+    finally:
+        model.eval()
+    return Probe(level, _head_accuracy(patch, batch["patch_aux_targets"]),
+                 _head_accuracy(slot, batch["token_slot_targets"]), guide, next_char, float(loss))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.probe", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("state", type=Path, help="run folder (checkpoint.pt) or compact state")
+    p.add_argument("--levels", default="0,0.25,0.5,0.75,1", help="curriculum levels, 0 (huge type) to 1 (the task)")
+    p.add_argument("--pages", type=int, default=12)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    use_fast_vision_attention()
+    use_guided_attention()
+    model = load_state(args.state)
+    print(f"{args.state}: view {model.cfg.vision.image_size} px, {args.pages} pages a level")
+    print("level  patch  slot   guide  next   loss")
+    for level in (float(x) for x in args.levels.split(",")):
+        r = probe(model, level, args.pages)
+        print(f"{r.level:5.2f}  {r.patch:.3f}  {r.slot:.3f}  {r.guide:.3f}  {r.next_char:.3f}  {r.loss:.3f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
