@@ -48,7 +48,7 @@ _logged: set[tuple[bool, str]] = set()
 
 
 _REPACK_BUFT = "CPU_REPACK"
-_REPACK_TYPE = "Q4_K"
+_REPACK_TYPE = 12  # GGML_TYPE_Q4_K
 _REPACK_ROWS = 8  # the 8x8 layout interleaves 8 rows: llama.cpp repacks only row counts it divides
 _LAYER_WEIGHT = re.compile(r"^blk\.\d+\.[a-z_]+\.weight$")
 
@@ -107,15 +107,15 @@ def repacked_tensors(path: str | os.PathLike) -> list[str]:
     """Names of the text GGUF's layer weights that ``CPU_REPACK`` can hold: q4_K matrices whose
     row count is a multiple of 8. [] for a file that is not a readable GGUF (llama.cpp then reports
     the error when it loads it)."""
-    import gguf
+    from .gguf_tensors import read_tensor_table
 
     try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception:  # noqa: BLE001 - any unreadable file: no overrides, llama.cpp says why
+        table = read_tensor_table(path)
+    except (OSError, ValueError):  # not a readable GGUF: no overrides, llama.cpp says why
         return []
-    return [t.name for t in reader.tensors
-            if t.tensor_type.name == _REPACK_TYPE and _LAYER_WEIGHT.match(t.name)
-            and len(t.shape) == 2 and int(t.shape[1]) % _REPACK_ROWS == 0]
+    return [t.name for t in table
+            if t.ggml_type == _REPACK_TYPE and _LAYER_WEIGHT.match(t.name)
+            and len(t.ne) == 2 and t.ne[1] % _REPACK_ROWS == 0]
 
 
 _buft_lock = threading.Lock()
