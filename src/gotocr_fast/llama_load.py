@@ -11,8 +11,8 @@ are not set up where the kernel runs; upstream llama.cpp PR #26954). So:
 * ``GOTOCR_EXTRA_BUFTS=auto`` (default): off when the CPU backend reports ``AMX_INT8``, on
   otherwise (the AVX2 / AVX-512 repacked q8_0 / q4 kernels are safe and faster). With them off,
   the q4_K layer weights still go to the one extra type that is safe there, ``CPU_REPACK`` (the
-  AVX2 q4_K 8x8 kernels: decode ~13 % faster at q4_k_m on an AMX Xeon), named tensor by tensor
-  through ``tensor_buft_overrides``;
+  AVX2 q4_K 8x8 kernels; on an AMX Xeon, paired: decode 4-12 % faster, prefill 14 % slower, so a
+  page gains a few percent), named tensor by tensor through ``tensor_buft_overrides``;
 * ``on`` / ``off``: force either choice (``off``: no extra buffer type at all).
 
 Only q4_K is routed that way because an override bypasses llama.cpp's own check of what a buffer
