@@ -68,7 +68,7 @@ def load_compact(model, src: Path) -> int:
         if name in params and tuple(value.shape) != tuple(params[name].shape):
             value = resize_for_view(name, value, tuple(params[name].shape))
             resized.append(name)
-        tensors[name] = torch.from_numpy(value)
+        tensors[name] = torch.tensor(value)  # a copy: the loaded arrays are read-only
     if resized:
         print(f"compact state: {len(resized)} position tables resized to the model's view", flush=True)
     if "embed" in tensors and (src / "used_ids.npy").exists():
