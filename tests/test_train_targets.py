@@ -102,3 +102,18 @@ def test_a_fifth_of_the_pages_review_earlier_levels():
     assert min(lv.max_chars for lv in reviews) <= 8 and all(lv.max_chars <= current.max_chars for lv in reviews)
     # before the curriculum moves, every page is at its first level
     assert {data.page_level(np.random.default_rng(i), 0, 8000) for i in range(50)} == {data.task_level(0, 8000)}
+
+
+@pytest.mark.parametrize("size", [384, 768])
+def test_pixel_values_are_clip_normalised_chw(size):
+    from PIL import Image
+
+    from gotocr_fast.convert.checkpoint import CLIP_MEAN, CLIP_STD
+
+    rng = np.random.default_rng(size)
+    image = Image.fromarray(rng.integers(0, 256, (300, 500, 3), dtype=np.uint8))
+    got = data.pixel_values(image, size)
+    resized = np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float64)
+    want = ((resized / 255.0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)).transpose(2, 0, 1)
+    assert got.shape == (3, size, size) and got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_allclose(got, want, atol=2e-6)

@@ -92,11 +92,22 @@ def used_token_ids(sample_lines: int = 20_000, seed: int = 12345) -> np.ndarray:
     return np.array(sorted(used), dtype=np.int64)
 
 
+_CLIP_SCALE = (1.0 / (255.0 * np.array(CLIP_STD))).astype(np.float32)
+_CLIP_SHIFT = (-np.array(CLIP_MEAN) / np.array(CLIP_STD)).astype(np.float32)
+
+
 def pixel_values(image: Image.Image, size: int) -> np.ndarray:
-    """GOT's preprocessing of one view: bicubic resize to size², /255, CLIP normalisation, CHW."""
-    arr = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
-    arr = (arr - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    """GOT's preprocessing of one view: bicubic resize to size², /255, CLIP normalisation, CHW.
+
+    ``(x / 255 - mean) / std`` as one multiply-add per channel, written straight into the CHW
+    array (the bytes are transposed, not the floats): two passes over the floats instead of six,
+    which was most of a page's rendering time at a 768 view."""
+    rgb = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+    out = np.empty((3, size, size), dtype=np.float32)
+    for c in range(3):
+        np.multiply(rgb[:, :, c], _CLIP_SCALE[c], out=out[c], dtype=np.float32)
+        out[c] += _CLIP_SHIFT[c]
+    return out
 
 
 @dataclass(frozen=True)
