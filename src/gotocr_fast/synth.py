@@ -156,6 +156,13 @@ CONFIGS: dict[str, GotConfig] = {
     # The real GOT-OCR2 sizes (docs/MODEL.md, "Architecture").
     "full": GotConfig("full", VisionConfig(), TextConfig()),
 }
+# tiny's vision with a one-layer LM of 256-wide rows: the tiny rows (64) are shorter than a k-quant
+# super-block (256 values), so llama.cpp falls back to q5_0/q8_0 there; here its k-quant mixes
+# (and their q4_K repacking) really apply.
+CONFIGS["kquant"] = GotConfig(
+    "kquant", CONFIGS["tiny"].vision,
+    TextConfig(hidden_size=256, num_layers=1, num_heads=4, num_kv_heads=4, ffn_dim=512),
+)
 
 
 # --------------------------------------------------------------------------------------------

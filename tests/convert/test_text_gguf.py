@@ -6,7 +6,6 @@ full-vocab logits at the last position, top-32 ids/values at every position).
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 
 import gguf
@@ -164,14 +163,9 @@ def test_q8_0_weights_are_llama_quantized_checkpoint(converted_model, synth_chec
 
 
 # --- llama.cpp's k-quant mixes -------------------------------------------------------------------
-# The tiny configs' 64-wide rows are shorter than a k-quant super-block (256 values), so llama.cpp
-# falls back to q5_0/q8_0 there. This config has 256-wide rows (the demo model's width) and one
-# layer, so the mixes really write k-quant blocks.
+# synth's "kquant" config has 256-wide rows (the demo model's width) and one layer, so the mixes
+# really write k-quant blocks (the tiny configs' 64-wide rows fall back to q5_0/q8_0).
 
-KQUANT_CONFIG = dataclasses.replace(
-    synth.CONFIGS["tiny"], name="kquant",
-    text=dataclasses.replace(synth.CONFIGS["tiny"].text, hidden_size=256, num_layers=1, num_heads=4,
-                             num_kv_heads=4, ffn_dim=512))
 KQUANT_BASE = {"q6_k": gguf.GGMLQuantizationType.Q6_K, "q5_k_m": gguf.GGMLQuantizationType.Q5_K,
                "q4_k_m": gguf.GGMLQuantizationType.Q4_K}
 KQUANT_FILE_TYPE = {"q6_k": 18, "q5_k_m": 17, "q4_k_m": 15}  # llama_ftype: MOSTLY_Q6_K, Q5_K_M, Q4_K_M
@@ -184,7 +178,7 @@ def kquant_models(tmp_path_factory, llama_logits, oracle):
     from gotocr_fast.convert import convert_checkpoint
 
     root = tmp_path_factory.mktemp("kquant")
-    src = synth.write_checkpoint(root / "ckpt", config=KQUANT_CONFIG, layout="hf")
+    src = synth.write_checkpoint(root / "ckpt", config="kquant", layout="hf")
     f32 = convert_checkpoint(src, root / "f32", outtype="f32", progress=False)
     exact = llama_logits(f32.text, oracle(ORACLES["tiny"])["input_ids"])
     shutil.rmtree(root / "f32")

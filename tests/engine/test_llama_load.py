@@ -157,22 +157,17 @@ def test_stock_llama_takes_the_same_choice(q8_0_text, monkeypatch, mode):
 
 # --- q4_K weights in CPU_REPACK where the AMX buffer type is off ------------------------------------
 # The tiny configs' 64-wide rows are shorter than a q4_K block, so llama.cpp writes no q4_K there;
-# this one-layer model has 256-wide rows.
+# synth's "kquant" config, a one-layer model with 256-wide rows.
 
 @pytest.fixture(scope="module")
 def q4_k_m_text(tmp_path_factory):
-    import dataclasses
     import shutil
 
     from gotocr_fast import synth
     from gotocr_fast.convert import convert_checkpoint
 
-    config = dataclasses.replace(
-        synth.CONFIGS["tiny"], name="kquant",
-        text=dataclasses.replace(synth.CONFIGS["tiny"].text, hidden_size=256, num_layers=1, num_heads=4,
-                                 num_kv_heads=4, ffn_dim=512))
     root = tmp_path_factory.mktemp("q4km")
-    src = synth.write_checkpoint(root / "ckpt", config=config, layout="hf")
+    src = synth.write_checkpoint(root / "ckpt", config="kquant", layout="hf")
     files = convert_checkpoint(src, root / "gguf", outtype="q4_k_m", progress=False)
     shutil.rmtree(src)
     yield files.text
