@@ -132,12 +132,11 @@ def _peak_rss_mib() -> float:
 
 def _release_memory() -> None:
     gc.collect()
-    try:  # hand freed heap pages back to the OS so the next suite starts low
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    try:
+        from gotocr_fast.engine.resident import trim_heap
+    except ImportError:  # baseline-only runs work without our package
+        return
+    trim_heap()  # hand freed heap pages back to the OS so the next suite starts low
 
 
 def _thread_names() -> list[str]:
