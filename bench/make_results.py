@@ -234,6 +234,7 @@ def render(data: dict, stat: str = "min") -> str:
     out += _server_section(by_stage, stat)
     out += _page_timings_section(by_stage)
     out += _vision_section(by_stage, facts, stat)
+    out += _gemm_section(by_stage, stat)
     out += accuracy_section(by_stage.get("accuracy", []))
     out += _measurements_section(benches)
     out += _idle_and_skipped_section(data)
@@ -507,6 +508,44 @@ def _vision_section(by_stage: dict[str, list[dict]], facts: dict, stat: str) -> 
             w(f"| {_variant(e)} | {_fmt_time(t)} | {gflops:.1f} | "
               f"{100 * gflops / facts['peak_gflops']:.1f} % | {kernels} | {e.get('cpu', '')} |")
         w("")
+    return out
+
+
+def _gemm_section(by_stage: dict[str, list[dict]], stat: str) -> list[str]:
+    """The f32 GEMM per matmul shape of a view, as a fraction of the FMA peak measured with it."""
+    cases = by_stage.get("gemm_shape", [])
+    if not cases:
+        return []
+    out: list[str] = []
+    w = out.append
+    w("## f32 GEMM per matmul shape, one thread")
+    w("")
+    w("GFLOP/s = 2·M·N·K ÷ time (bias and GELU epilogue not counted); the FMA peak is one thread's "
+      "register-only FMA loop at the GEMM's vector width, measured around each case's rounds "
+      "(the higher of the two).")
+    w("")
+    w("| matmul | M × N × K | GFLOP/s | FMA peak (GFLOP/s) | % of peak | ISA |")
+    w("|---|---|---:|---:|---:|---|")
+    total_flops = total_time = 0.0
+    peaks = []
+    for b in cases:
+        e = b["extra_info"]
+        t = per_unit(b, stat)
+        gflops = e["flops"] / t / 1e9
+        peak = e.get("fma_peak_gflops")
+        total_flops += e["flops"]
+        total_time += t
+        if peak:
+            peaks.append(peak)
+        share = f"{100 * gflops / peak:.0f} %" if peak else "n/a"
+        w(f"| {e['gemm']}{' (+GELU)' if e.get('gelu') else ''} | {e['shape'].replace('x', ' × ')} | "
+          f"{gflops:.1f} | {peak if peak else 'n/a'} | {share} | {e.get('gemm_isa', '')} |")
+    if total_time > 0:
+        gflops = total_flops / total_time / 1e9
+        peak = sum(peaks) / len(peaks) if peaks else None
+        share = f"{100 * gflops / peak:.0f} %" if peak else "n/a"
+        w(f"| all of them | | {gflops:.1f} | {f'{peak:.1f}' if peak else 'n/a'} (mean) | {share} | |")
+    w("")
     return out
 
 

@@ -59,8 +59,11 @@ cdef extern from "got_vision.h" nogil:
 
 cdef extern from "cpu_gemm_test.h" nogil:
     int cpu_gemm_test_run(const float * a, int64_t M, int64_t K, const void * b, int btype, int64_t ldb,
-                          int64_t N, const float * bias, int gelu, float * c, int n_threads, const char * isa)
+                          int64_t N, const float * bias, int gelu, float * c, int n_threads, const char * isa,
+                          float * scratch_or_null)
+    size_t cpu_gemm_test_scratch_floats()
     const char * cpu_gemm_test_best_isa()
+    double cpu_gemm_test_fma_peak(int64_t iters, const char * isa)
     int cpu_gemm_bf16_test_run(const float * a, int64_t M, int64_t K, const void * b, int btype, int64_t ldb,
                                int64_t N, const float * bias, int gelu, float * c, int n_threads, const char * isa)
     const char * cpu_gemm_bf16_test_best_isa()
@@ -219,11 +222,14 @@ cdef class VisionContext:
 
 
 def _gemm_for_tests(const float[:, ::1] a, const unsigned char[:, ::1] b, int btype, int n, bias, bint gelu,
-                    int n_threads=1, isa="best"):
+                    int n_threads=1, isa="best", out=None, scratch=None):
     """Tests only: the CPU GEMM of the vision encoder (native/cpu_gemm.h).
 
     a: float32 [M, K]; b: raw rows [N, row bytes] of ggml type ``btype`` (n = N columns of C);
-    bias: float32 [N] or None. Returns float32 [M, N] = a . b^T (+ bias) (GELU-erf).
+    bias: float32 [N] or None. Benchmarks time the product alone, as the encoder runs it, with
+    ``out``, a float32 [M, N] to write into, and ``scratch``, a 64-byte aligned float32 buffer of
+    ``_gemm_scratch_floats()`` kept between calls (else each call allocates both).
+    Returns float32 [M, N] = a . b^T (+ bias) (GELU-erf).
     """
     cdef int64_t M = a.shape[0], K = a.shape[1]
     if b.shape[0] != n:
@@ -235,14 +241,24 @@ def _gemm_for_tests(const float[:, ::1] a, const unsigned char[:, ::1] b, int bt
         if bias_v.shape[0] != n:
             raise ValueError("bias must hold N floats")
         pbias = &bias_v[0]
-    out = np.zeros((M, n), dtype=np.float32)
+    if out is None:
+        out = np.zeros((M, n), dtype=np.float32)
+    elif out.shape != (M, n) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 [{M}, {n}]")
     cdef float[:, ::1] c = out
+    cdef float[::1] work
+    cdef float * pwork = NULL
+    if scratch is not None:
+        work = scratch
+        if work.shape[0] < cpu_gemm_test_scratch_floats():
+            raise ValueError(f"scratch must hold {cpu_gemm_test_scratch_floats()} floats")
+        pwork = &work[0]
     cdef bytes bisa = str(isa).encode("ascii")
     cdef const char * cisa = bisa
     cdef int rc
     with nogil:
         rc = cpu_gemm_test_run(&a[0, 0], M, K, &b[0, 0], btype, b.shape[1], n, pbias, gelu, &c[0, 0],
-                               n_threads, cisa)
+                               n_threads, cisa, pwork)
     if rc != 0:
         raise RuntimeError(f"cpu_gemm_test_run failed ({rc})")
     return out
@@ -279,9 +295,25 @@ def _gemm_bf16_best_isa():
     return cpu_gemm_bf16_test_best_isa().decode("ascii")
 
 
+def _gemm_scratch_floats():
+    """Tests only: the floats of scratch ``_gemm_for_tests`` takes."""
+    return cpu_gemm_test_scratch_floats()
+
+
 def _gemm_best_isa():
     """Tests only: the GEMM variant this CPU runs ("avx512", "avx2" or "generic")."""
     return cpu_gemm_test_best_isa().decode("ascii")
+
+
+def _fma_peak_gflops(int64_t iters=20_000_000, isa="best"):
+    """Benchmarks: one thread's FMA throughput (GFLOP/s) at the GEMM's vector width, measured now;
+    None where the CPU has no FMA loop of that width."""
+    cdef bytes bisa = str(isa).encode("ascii")
+    cdef const char * cisa = bisa
+    cdef double g
+    with nogil:
+        g = cpu_gemm_test_fma_peak(iters, cisa)
+    return g if g > 0 else None
 
 
 def _attn_for_tests(const float[:, :, :, ::1] qkv, int H, int S, const float[::1] bias, bint qkv_has_bias,

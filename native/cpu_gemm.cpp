@@ -30,10 +30,16 @@
 #endif
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <new>
 
 #define CG_INLINE inline __attribute__((always_inline))
+
+#if defined(__x86_64__) || defined(__i386__)
+#define CG_X86 1
+#include <immintrin.h>
+#endif
 
 namespace cpu_gemm {
 namespace {
@@ -43,8 +49,11 @@ namespace {
 // KC 192 rather than 256: the B micro-panel (KC x 32 floats, 24 KB) and the A micro-panel then
 // share a 48 KB L1 with room to spare; 2-4 % faster over the encoder's shapes on an AVX-512 Xeon,
 // 128 slower. Results do not depend on KC (C carries exact f32 sums between slices).
+// NC 768: a packed B block (KC x NC, 576 KB) and the C rows it updates (MC x NC, 432 KB) then both
+// stay in a 2 MB L2 while the row blocks stream past; at 1536 they did not, and the wide shapes
+// (qkv, MLP up) ran 4-6 % slower. Neither NC nor MC changes any result.
 constexpr int64_t KC = 192;
-constexpr int64_t NC = 1536;
+constexpr int64_t NC = 768;
 constexpr int64_t MC = 144;
 constexpr int64_t MAX_MR = 12, MAX_NR = 32;
 constexpr int64_t B_AHEAD = 8;  // pack_b prefetches the row this many rows ahead
@@ -59,6 +68,92 @@ constexpr size_t SCRATCH_FLOATS = align16((size_t) (KC * NC))     // packed B
 
 // element-wise GELU with the exact erf, vectorised (vec, splat, load, store, gelu_erf)
 #include "cpu_gemm_math.inc"
+
+// Packing MR rows of A (each a contiguous K run) into the micro-kernel's [k][MR] layout is a
+// transpose. One float at a time it is a scattered store per float, 4-9 % of the big encoder
+// GEMMs and 14-16 % of the neck's (N = 256); in registers it is one 16 x 16 (AVX-512) or 8 x 8
+// (AVX2) transpose per 16 or 8 values of K and one store per K step, which made the GEMMs ~4 %
+// faster on an AVX-512 Xeon. The packed bytes are the same either way.
+#ifdef CG_X86
+
+// rows[0..11] -> dst[k * 12 + i] for k in [0, kc); kc a multiple of 16
+__attribute__((target("avx512f"))) void pack_rows_12_avx512(const float * const * rows, int64_t kc, float * dst) {
+    const __m512 z = _mm512_setzero_ps();
+    for (int64_t k = 0; k < kc; k += 16) {
+        __m512 r[16], t[16];
+        for (int i = 0; i < 12; i++) r[i] = _mm512_loadu_ps(rows[i] + k);
+        for (int i = 12; i < 16; i++) r[i] = z;
+        // 2 x 2 blocks of single floats, then of pairs, then of 128-bit lanes twice
+        for (int i = 0; i < 16; i += 2) {
+            t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+            t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+        }
+        for (int i = 0; i < 16; i += 4) {
+            for (int j = 0; j < 2; j++) {
+                const __m512d a = _mm512_castps_pd(t[i + j]), b = _mm512_castps_pd(t[i + j + 2]);
+                r[i + 2 * j] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+                r[i + 2 * j + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+            }
+        }
+        for (int i = 0; i < 16; i += 8) {
+            for (int j = 0; j < 4; j++) {
+                t[i + j] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0x88);
+                t[i + j + 4] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0xdd);
+            }
+        }
+        for (int j = 0; j < 8; j++) {
+            r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+            r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
+        }
+        for (int j = 0; j < 16; j++) _mm512_mask_storeu_ps(dst + (k + j) * 12, 0x0fff, r[j]);
+    }
+}
+
+// rows[0..5] -> dst[k * 6 + i] for k in [0, kc); kc a multiple of 8
+__attribute__((target("avx2,fma"))) void pack_rows_6_avx2(const float * const * rows, int64_t kc, float * dst) {
+    const __m256 z = _mm256_setzero_ps();
+    const __m256i six = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
+    for (int64_t k = 0; k < kc; k += 8) {
+        __m256 r[8], t[8];
+        for (int i = 0; i < 6; i++) r[i] = _mm256_loadu_ps(rows[i] + k);
+        r[6] = r[7] = z;
+        for (int i = 0; i < 8; i += 2) {
+            t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+            t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+        }
+        for (int i = 0; i < 8; i += 4) {
+            for (int j = 0; j < 2; j++) {
+                r[i + 2 * j] = _mm256_shuffle_ps(t[i + j], t[i + j + 2], 0x44);
+                r[i + 2 * j + 1] = _mm256_shuffle_ps(t[i + j], t[i + j + 2], 0xee);
+            }
+        }
+        for (int j = 0; j < 4; j++) {
+            t[j] = _mm256_permute2f128_ps(r[j], r[j + 4], 0x20);
+            t[j + 4] = _mm256_permute2f128_ps(r[j], r[j + 4], 0x31);
+        }
+        for (int j = 0; j < 8; j++) _mm256_maskstore_ps(dst + (k + j) * 6, six, t[j]);
+    }
+}
+#endif
+
+// Packs rows[0..MR) over the largest multiple of W in [0, kc) with the transposing packer of
+// this vector width, if there is one; returns how many K values it packed.
+template <int W, int MR> CG_INLINE int64_t pack_rows_vector(const float * const * rows, int64_t kc, float * dst) {
+#ifdef CG_X86
+    if constexpr (W == 16 && MR == 12) {
+        const int64_t n = kc / 16 * 16;
+        if (n) pack_rows_12_avx512(rows, n, dst);
+        return n;
+    }
+    if constexpr (W == 8 && MR == 6) {
+        const int64_t n = kc / 8 * 8;
+        if (n) pack_rows_6_avx2(rows, n, dst);
+        return n;
+    }
+#endif
+    (void) rows; (void) kc; (void) dst;
+    return 0;
+}
 
 // ---------------------------------------------------------------------------------------------
 // one ISA variant: W floats per vector, MR x (NV * W) register tile
@@ -145,19 +240,23 @@ template <int W, int MR, int NV> struct variant {
     static CG_INLINE void pack_a(const args & p, int64_t m0, int64_t mc, int64_t k0, int64_t kc, float * dst) {
         for (int64_t mp = 0; mp < mc; mp += MR) {
             float * panel = dst + mp * kc;
+            const int64_t rows = std::min<int64_t>(MR, std::min(mc - mp, p.M - (m0 + mp)));
+            const float * src[MR];
+            for (int i = 0; i < rows; i++) {
+                src[i] = p.a + (m0 + mp + i) * p.lda + k0;
+                // Ask for the same K run of row m + MR (packed next) now: a run is only kc
+                // floats of a long row (the im2col rows of the convs are 9-18 KB), too short
+                // for the hardware prefetcher to lock on, so without this the packing waits
+                // on DRAM for every row (measured ~1/3 of the neck conv's time). Past the last
+                // row this asks for addresses past A, which a prefetch tolerates.
+                const float * ahead = src[i] + MR * p.lda;
+                for (int64_t k = 0; k < kc; k += 16) __builtin_prefetch(ahead + k, 0, 3);
+                __builtin_prefetch(ahead + kc - 1, 0, 3);
+            }
+            const int64_t k_vec = rows == MR ? pack_rows_vector<W, MR>(src, kc, panel) : 0;
             for (int i = 0; i < MR; i++) {
-                const int64_t m = m0 + mp + i;
-                if (mp + i < mc && m < p.M) {
-                    const float * src = p.a + m * p.lda + k0;
-                    // Ask for the same K run of row m + MR (packed next) now: a run is only kc
-                    // floats of a long row (the im2col rows of the convs are 9-18 KB), too short
-                    // for the hardware prefetcher to lock on, so without this the packing waits
-                    // on DRAM for every row (measured ~1/3 of the neck conv's time). Past the last
-                    // row this asks for addresses past A, which a prefetch tolerates.
-                    const float * ahead = src + MR * p.lda;
-                    for (int64_t k = 0; k < kc; k += 16) __builtin_prefetch(ahead + k, 0, 3);
-                    __builtin_prefetch(ahead + kc - 1, 0, 3);
-                    for (int64_t k = 0; k < kc; k++) panel[k * MR + i] = src[k];
+                if (i < rows) {
+                    for (int64_t k = k_vec; k < kc; k++) panel[k * MR + i] = src[i][k];
                 } else {
                     for (int64_t k = 0; k < kc; k++) panel[k * MR + i] = 0.0f;
                 }
@@ -266,8 +365,7 @@ template <int W, int MR, int NV> struct variant {
 
 // The instantiations. Each wrapper is compiled for its instruction set, and everything above is
 // always_inline, so the whole GEMM (packing, kernel, GELU) is generated once per ISA.
-#if defined(__x86_64__) || defined(__i386__)
-#define CG_X86 1
+#ifdef CG_X86
 __attribute__((target("avx512f"))) void gemm_avx512(const args & p, int ith, int nth, float * s) {
     variant<16, 12, 2>::gemm(p, ith, nth, s);  // 24 zmm accumulators of 32
 }
@@ -358,8 +456,11 @@ bool run(const args & p, int ith, int nth, float * scratch, isa which) {
 
 #include "cpu_gemm_test.h"
 
+extern "C" size_t cpu_gemm_test_scratch_floats(void) { return cpu_gemm::scratch_floats_per_thread(); }
+
 extern "C" int cpu_gemm_test_run(const float * a, int64_t M, int64_t K, const void * b, int btype, int64_t ldb,
-                                 int64_t N, const float * bias, int gelu, float * c, int n_threads, const char * isa) {
+                                 int64_t N, const float * bias, int gelu, float * c, int n_threads, const char * isa,
+                                 float * scratch_or_null) {
     using namespace cpu_gemm;
     if (!a || !b || !c || !isa || n_threads < 1 || btype < 0 || btype >= GGML_TYPE_COUNT || ldb < 1) return -1;
     cpu_gemm::isa which;
@@ -375,12 +476,69 @@ extern "C" int cpu_gemm_test_run(const float * a, int64_t M, int64_t K, const vo
     p.bias = bias; p.gelu = gelu != 0;
     p.c = c; p.ldc = N;
     p.M = M; p.N = N; p.K = K;
+    if (scratch_or_null && ((uintptr_t) scratch_or_null % 64) != 0) return -1;
     scratch s;
-    if (!s.reserve(1)) return -2;
+    if (!scratch_or_null && !s.reserve(1)) return -2;
+    float * work = scratch_or_null ? scratch_or_null : s.for_thread(0);
     for (int ith = 0; ith < n_threads; ith++) {
-        if (!run(p, ith, n_threads, s.for_thread(0), which)) return -1;
+        if (!run(p, ith, n_threads, work, which)) return -1;
     }
     return 0;
 }
 
 extern "C" const char * cpu_gemm_test_best_isa(void) { return cpu_gemm::best_isa_name(); }
+
+// The FMA peak a GEMM is measured against: 16 independent accumulator chains (enough to keep two
+// FMA pipes busy through a 4-cycle latency), register operands only, so nothing but the FMA
+// pipes and the clock limit it. Each chain is acc = acc * a + b, which stays finite forever.
+namespace {
+#ifdef CG_X86
+__attribute__((target("avx512f"))) float fma_chains_avx512(int64_t iters) {
+    __m512 acc[16];
+    for (int j = 0; j < 16; j++) acc[j] = _mm512_set1_ps((float) j);
+    const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(0.001f);
+    for (int64_t it = 0; it < iters; it++) {
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) acc[j] = _mm512_fmadd_ps(acc[j], a, b);
+    }
+    __m512 sum = acc[0];
+    for (int j = 1; j < 16; j++) sum = _mm512_add_ps(sum, acc[j]);
+    return _mm512_reduce_add_ps(sum);
+}
+__attribute__((target("avx2,fma"))) float fma_chains_avx2(int64_t iters) {
+    __m256 acc[16];
+    for (int j = 0; j < 16; j++) acc[j] = _mm256_set1_ps((float) j);
+    const __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(0.001f);
+    for (int64_t it = 0; it < iters; it++) {
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) acc[j] = _mm256_fmadd_ps(acc[j], a, b);
+    }
+    __m256 sum = acc[0];
+    for (int j = 1; j < 16; j++) sum = _mm256_add_ps(sum, acc[j]);
+    float lanes[8];
+    _mm256_storeu_ps(lanes, sum);
+    return lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
+}
+#endif
+} // namespace
+
+extern "C" double cpu_gemm_test_fma_peak(int64_t iters, const char * isa) {
+    using namespace cpu_gemm;
+    if (iters < 1 || !isa) return -1.0;
+#ifdef CG_X86
+    const bool want512 = strcmp(isa, "avx512") == 0 || (strcmp(isa, "best") == 0 && best() == isa::avx512);
+    const bool want256 = strcmp(isa, "avx2") == 0 || (strcmp(isa, "best") == 0 && best() == isa::avx2);
+    if ((want512 && !isa_available(isa::avx512)) || (want256 && !isa_available(isa::avx2))) return -1.0;
+    if (!want512 && !want256) return -1.0;
+    volatile float sink = 0.0f;
+    const auto t0 = std::chrono::steady_clock::now();
+    sink = want512 ? fma_chains_avx512(iters) : fma_chains_avx2(iters);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    (void) sink;
+    const double lanes = want512 ? 16.0 : 8.0;
+    return s > 0 ? (double) iters * 16.0 * lanes * 2.0 / s / 1e9 : -1.0;
+#else
+    (void) iters;
+    return -1.0;
+#endif
+}

@@ -127,3 +127,36 @@ def test_gemm_rejects_bad_arguments():
         _vision._gemm_for_tests(a, b, F32, 3, None, False, 1, "no-such-isa")
     with pytest.raises(RuntimeError):
         _vision._gemm_for_tests(a, b, Q8_0, 3, None, False)  # K = 4 is not whole q8_0 blocks
+
+
+def test_gemm_writes_into_given_output_and_scratch():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((50, 257)).astype(np.float32)
+    raw, w = _weights(rng, 33, 257, F32)
+    out = np.full((50, 33), np.nan, dtype=np.float32)
+    got = _vision._gemm_for_tests(a, raw, F32, 33, None, False, out=out)
+    assert got is out
+    np.testing.assert_allclose(out, a.astype(np.float64) @ w.T, rtol=1e-4, atol=1e-4)
+    scratch = np.empty(_vision._gemm_scratch_floats() + 16, dtype=np.float32)
+    start = (-scratch.ctypes.data % 64) // 4  # a 64-byte aligned view
+    again = _vision._gemm_for_tests(a, raw, F32, 33, None, False, out=np.empty_like(out),
+                                    scratch=scratch[start:start + _vision._gemm_scratch_floats()])
+    np.testing.assert_array_equal(again, out)
+    with pytest.raises(RuntimeError):  # misaligned scratch
+        _vision._gemm_for_tests(a, raw, F32, 33, None, False, scratch=scratch[start + 1:])
+    with pytest.raises(ValueError, match="scratch must hold"):
+        _vision._gemm_for_tests(a, raw, F32, 33, None, False, scratch=scratch[:100])
+    with pytest.raises(ValueError, match="out must be"):
+        _vision._gemm_for_tests(a, raw, F32, 33, None, False, out=np.zeros((50, 32), dtype=np.float32))
+
+
+def test_fma_peak_is_measured_for_the_gemm_width():
+    # the benchmarks' denominator: a plausible single-thread figure where the GEMM has an FMA
+    # variant, and none for the generic one
+    best = _vision._gemm_best_isa()
+    peak = _vision._fma_peak_gflops(2_000_000)
+    if best == "generic":
+        assert peak is None
+    else:
+        assert 5.0 < peak < 2000.0
+        assert _vision._fma_peak_gflops(2_000_000, isa="generic") is None
