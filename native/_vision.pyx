@@ -250,7 +250,7 @@ def _gemm_for_tests(const float[:, ::1] a, const unsigned char[:, ::1] b, int bt
     cdef float * pwork = NULL
     if scratch is not None:
         work = scratch
-        if work.shape[0] < cpu_gemm_test_scratch_floats():
+        if <size_t> work.shape[0] < cpu_gemm_test_scratch_floats():
             raise ValueError(f"scratch must hold {cpu_gemm_test_scratch_floats()} floats")
         pwork = &work[0]
     cdef bytes bisa = str(isa).encode("ascii")

@@ -38,7 +38,16 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #define CG_X86 1
+// GCC 12's AVX-512 shuffle intrinsics pass an "undefined" vector as the unused merge source, which
+// -Wmaybe-uninitialized reports at the header's lines wherever they are inlined
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif
 
 namespace cpu_gemm {
@@ -377,6 +386,38 @@ void gemm_generic(const args & p, int ith, int nth, float * s) {
     variant<4, 4, 2>::gemm(p, ith, nth, s);    // SSE2 / NEON class: 8 accumulators of 16
 }
 
+// The FMA peak a GEMM is measured against (the test entry): C independent accumulator chains on
+// registers only, so nothing but the FMA pipes and the clock limit it. 16 chains of zmm (32
+// registers), 12 of ymm (16 registers: 16 chains plus the two operands would spill two chains to
+// the stack every round); either is enough to keep two FMA pipes busy through a 4-5 cycle latency.
+// Each chain is acc = acc * a + b (contracted to one FMA), which stays finite however long it
+// runs; no chain starts at its fixed point 1 (a compiler folds such a chain away).
+template <int W, int C> CG_INLINE float fma_chains(int64_t iters) {
+    typedef typename vec<W>::f vf;
+    vf acc[C];
+    for (int j = 0; j < C; j++) acc[j] = splat<vf>((float) (j + 2));
+    const vf a = splat<vf>(0.999f), b = splat<vf>(0.001f);
+    for (int64_t it = 0; it < iters; it++) {
+#pragma GCC unroll 16
+        for (int j = 0; j < C; j++) acc[j] = acc[j] * a + b;
+    }
+    float sum = 0.0f;
+    for (int j = 0; j < C; j++)
+        for (int l = 0; l < W; l++) sum += acc[j][l];
+    return sum;
+}
+
+constexpr int FMA_CHAINS_AVX512 = 16, FMA_CHAINS_AVX2 = 12;
+
+#ifdef CG_X86
+__attribute__((target("avx512f"))) float fma_chains_avx512(int64_t iters) {
+    return fma_chains<16, FMA_CHAINS_AVX512>(iters);
+}
+__attribute__((target("avx2,fma"))) float fma_chains_avx2(int64_t iters) {
+    return fma_chains<8, FMA_CHAINS_AVX2>(iters);
+}
+#endif
+
 isa detect() {
 #ifdef CG_X86
     __builtin_cpu_init();
@@ -488,40 +529,6 @@ extern "C" int cpu_gemm_test_run(const float * a, int64_t M, int64_t K, const vo
 
 extern "C" const char * cpu_gemm_test_best_isa(void) { return cpu_gemm::best_isa_name(); }
 
-// The FMA peak a GEMM is measured against: 16 independent accumulator chains (enough to keep two
-// FMA pipes busy through a 4-cycle latency), register operands only, so nothing but the FMA
-// pipes and the clock limit it. Each chain is acc = acc * a + b, which stays finite forever.
-namespace {
-#ifdef CG_X86
-__attribute__((target("avx512f"))) float fma_chains_avx512(int64_t iters) {
-    __m512 acc[16];
-    for (int j = 0; j < 16; j++) acc[j] = _mm512_set1_ps((float) j);
-    const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(0.001f);
-    for (int64_t it = 0; it < iters; it++) {
-#pragma GCC unroll 16
-        for (int j = 0; j < 16; j++) acc[j] = _mm512_fmadd_ps(acc[j], a, b);
-    }
-    __m512 sum = acc[0];
-    for (int j = 1; j < 16; j++) sum = _mm512_add_ps(sum, acc[j]);
-    return _mm512_reduce_add_ps(sum);
-}
-__attribute__((target("avx2,fma"))) float fma_chains_avx2(int64_t iters) {
-    __m256 acc[16];
-    for (int j = 0; j < 16; j++) acc[j] = _mm256_set1_ps((float) j);
-    const __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(0.001f);
-    for (int64_t it = 0; it < iters; it++) {
-#pragma GCC unroll 16
-        for (int j = 0; j < 16; j++) acc[j] = _mm256_fmadd_ps(acc[j], a, b);
-    }
-    __m256 sum = acc[0];
-    for (int j = 1; j < 16; j++) sum = _mm256_add_ps(sum, acc[j]);
-    float lanes[8];
-    _mm256_storeu_ps(lanes, sum);
-    return lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
-}
-#endif
-} // namespace
-
 extern "C" double cpu_gemm_test_fma_peak(int64_t iters, const char * isa) {
     using namespace cpu_gemm;
     if (iters < 1 || !isa) return -1.0;
@@ -535,8 +542,8 @@ extern "C" double cpu_gemm_test_fma_peak(int64_t iters, const char * isa) {
     sink = want512 ? fma_chains_avx512(iters) : fma_chains_avx2(iters);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     (void) sink;
-    const double lanes = want512 ? 16.0 : 8.0;
-    return s > 0 ? (double) iters * 16.0 * lanes * 2.0 / s / 1e9 : -1.0;
+    const double flops_per_iter = want512 ? FMA_CHAINS_AVX512 * 16.0 * 2.0 : FMA_CHAINS_AVX2 * 8.0 * 2.0;
+    return s > 0 ? (double) iters * flops_per_iter / s / 1e9 : -1.0;
 #else
     (void) iters;
     return -1.0;
