@@ -1,6 +1,6 @@
 """The CPU GEMM of the vision encoder (native/cpu_gemm.h) against numpy in float64.
 
-Shapes are chosen around the blocking: M, N, K off the tile sizes (MR <= 12, NR <= 32), K below
+Shapes are chosen around the blocking: M, N, K off the tile sizes (MR <= 14, NR <= 32), K below
 and above the K slice (256), N below one panel. Weights come in every type the encoder loads,
 built here byte by byte (expected values use the dequantised weights, so only the GEMM is tested).
 """
