@@ -5,9 +5,9 @@ The ten shapes come from the config (the full one: the patch embedding, the four
 block, the neck's two convs and the projector's two convs as im2col products, and the final
 linear). Operands live on transparent huge pages, as the encoder's buffers do
 (native/huge_pages.h), and the packing scratch is kept between products, as the encoder keeps
-it. Each case records GFLOP/s and the fraction of the FMA peak: one thread's
-16-chain register FMA loop at the GEMM's vector width, measured right before the case's rounds
-and right after, the higher of the two (the clock moves on shared machines).
+it. Each case records GFLOP/s and the fraction of the FMA peak: one thread's register-only FMA
+loop at the GEMM's vector width, measured right before the case's rounds and right after, the
+higher of the two (the clock moves on shared machines).
 """
 
 from __future__ import annotations

@@ -26,9 +26,9 @@ size_t cpu_gemm_test_scratch_floats(void);
 // the variant "best" resolves to on this CPU
 const char * cpu_gemm_test_best_isa(void);
 
-// One thread's measured FMA throughput in GFLOP/s: `iters` rounds of 16 independent vector FMA
-// chains on registers, with the vector width of isa ("best", "avx512" or "avx2"); -1 where this CPU
-// lacks that width (or for "generic", which has no FMA loop) or iters < 1.
+// One thread's measured FMA throughput in GFLOP/s: `iters` rounds of independent vector FMA chains
+// on registers (16 of zmm, 12 of ymm), with the vector width of isa ("best", "avx512" or "avx2");
+// -1 where this CPU lacks that width (or for "generic", which has no FMA loop) or iters < 1.
 double cpu_gemm_test_fma_peak(int64_t iters, const char * isa);
 
 // The same product in bf16 (cpu_gemm_bf16.h): B packed as bf16, A rounded to bf16, f32 sums.
