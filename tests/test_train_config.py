@@ -75,3 +75,26 @@ def test_a_pinned_curriculum_holds_its_level(level):
 def test_a_level_outside_the_curriculum_is_refused():
     with pytest.raises(ValueError, match="between 0 and 1"):
         config.pinned_curriculum(1.5, 0)
+
+
+def test_a_finished_schedule_says_how_to_train_on(tmp_path):
+    """A state whose schedule ended where it stopped (as a finished run leaves it): a run from it
+    without --steps must say so instead of exiting having trained nothing."""
+    import json
+    import shutil
+
+    pytest.importorskip("torch")
+    train = pytest.importorskip("train.train")
+    compact = pytest.importorskip("train.compact")
+    state = tmp_path / "state"
+    shutil.copytree(CHECKPOINT, state)
+    raw = json.loads((state / compact.STATE).read_text())
+    step = raw["step"]
+    raw.setdefault("recipe", {})["steps"] = step
+    (state / compact.STATE).write_text(json.dumps(raw))
+    with pytest.raises(SystemExit, match=rf"step {step}.*--steps N with N > {step}"):
+        train.main(["--out", str(tmp_path / "run"), "--from-compact", str(state)])
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    # --fit-steps sizes the schedule to the deadline: a finished state is no reason to refuse
+    assert train.main(["--out", str(tmp_path / "run"), "--from-compact", str(state),
+                       "--deadline-s", "600", "--fit-steps", "--stop-after", "0"]) == 0

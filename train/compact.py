@@ -83,6 +83,11 @@ def load_compact(model, src: Path) -> int:
         for name, t in tensors.items():
             if name in params:
                 params[name].copy_(t.float())
+    return state_step(src)
+
+
+def state_step(src: Path) -> int:
+    """The step a compact state was saved at."""
     return int(json.loads((src / STATE).read_text())["step"])
 
 

@@ -214,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         recorded = {}
     recipe = {f: getattr(args, f) if getattr(args, f) is not None else recorded.get(f, getattr(TrainConfig, f))
               for f in (*compact.RECIPE_FIELDS, "warmup_start")}
+    start = (resumed["step"] if resumed is not None
+             else compact.state_step(args.from_compact) if args.from_compact is not None else 0)
+    if args.fit_steps and args.deadline_s and args.steps is None:
+        recipe["steps"] = start + 10**6  # provisional: --fit-steps sets the end after 150 steps
     if args.level is not None:
         if args.curriculum_start is not None or args.curriculum_steps is not None:
             raise SystemExit("--level sets the curriculum: give it or --curriculum-start/--curriculum-steps, not both")
@@ -224,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--level: {e}") from None
     tc = dataclasses.replace(TrainConfig(), **recipe, bf16=args.bf16, checkpoint_every=args.checkpoint_every,
                              eval_every=args.eval_every)
+    if start >= tc.steps:
+        # A state records the end of the schedule it was trained under; without --steps a run
+        # started from a finished state would do nothing, silently.
+        raise SystemExit(f"nothing to train: the state is at step {start} and its schedule ends at step "
+                         f"{tc.steps}; pass --steps N with N > {start} (the step to train to)")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
