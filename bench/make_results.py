@@ -524,9 +524,15 @@ def _gemm_section(by_stage: dict[str, list[dict]], stat: str) -> list[str]:
       "register-only FMA loop at the GEMM's vector width, measured around each case's rounds "
       "(the higher of the two).")
     w("")
-    w("| matmul | M × N × K | GFLOP/s | FMA peak (GFLOP/s) | % of peak | ISA |")
-    w("|---|---|---:|---:|---:|---|")
-    total_flops = total_time = 0.0
+    baseline = next((b["extra_info"]["baseline"] for b in cases if b["extra_info"].get("baseline")), None)
+    if baseline:
+        w(f"Baseline: {baseline}, one thread, matmul + bias (no GELU) on the same operands, one round of it "
+          "before each of ours; 'ours ÷ it' is its time over ours.")
+        w("")
+    w("| matmul | M × N × K | GFLOP/s | FMA peak (GFLOP/s) | % of peak | ISA |"
+      + (f" {baseline} GFLOP/s | its % of peak | ours ÷ it |" if baseline else ""))
+    w("|---|---|---:|---:|---:|---|" + ("---:|---:|---:|" if baseline else ""))
+    total_flops = total_time = base_time = 0.0
     peaks = []
     for b in cases:
         e = b["extra_info"]
@@ -538,15 +544,32 @@ def _gemm_section(by_stage: dict[str, list[dict]], stat: str) -> list[str]:
         if peak:
             peaks.append(peak)
         share = f"{100 * gflops / peak:.0f} %" if peak else "n/a"
-        w(f"| {e['gemm']}{' (+GELU)' if e.get('gelu') else ''} | {e['shape'].replace('x', ' × ')} | "
-          f"{gflops:.1f} | {peak if peak else 'n/a'} | {share} | {e.get('gemm_isa', '')} |")
+        row = (f"| {e['gemm']}{' (+GELU)' if e.get('gelu') else ''} | {e['shape'].replace('x', ' × ')} | "
+               f"{gflops:.1f} | {peak if peak else 'n/a'} | {share} | {e.get('gemm_isa', '')} |")
+        if baseline:
+            bt = e.get("baseline_s")
+            base_time += bt or 0.0
+            row += _baseline_cells(e["flops"], bt, t, peak)
+        w(row)
     if total_time > 0:
         gflops = total_flops / total_time / 1e9
         peak = sum(peaks) / len(peaks) if peaks else None
         share = f"{100 * gflops / peak:.0f} %" if peak else "n/a"
-        w(f"| all of them | | {gflops:.1f} | {f'{peak:.1f}' if peak else 'n/a'} (mean) | {share} | |")
+        row = f"| all of them | | {gflops:.1f} | {f'{peak:.1f}' if peak else 'n/a'} (mean) | {share} | |"
+        if baseline:
+            row += _baseline_cells(total_flops, base_time or None, total_time, peak)
+        w(row)
     w("")
     return out
+
+
+def _baseline_cells(flops: float, baseline_s: float | None, ours_s: float, peak: float | None) -> str:
+    """The baseline's columns of a GEMM row: GFLOP/s, its share of the FMA peak, its time ÷ ours."""
+    if not baseline_s:
+        return " n/a | n/a | n/a |"
+    gflops = flops / baseline_s / 1e9
+    share = f"{100 * gflops / peak:.0f} %" if peak else "n/a"
+    return f" {gflops:.1f} | {share} | **{baseline_s / ours_s:.2f}×** |"
 
 
 def _measurements_section(benches: list[dict]) -> list[str]:

@@ -8,16 +8,21 @@ linear). Operands live on transparent huge pages, as the encoder's buffers do
 it. Each case records GFLOP/s and the fraction of the FMA peak: one thread's register-only FMA
 loop at the GEMM's vector width, measured right before the case's rounds and right after, the
 higher of the two (the clock moves on shared machines).
+
+Baseline: torch's CPU matmul (MKL's SGEMM on x86 builds) on the same operands, one thread, one
+round of it before each of our rounds (alternating, so drift hits both), skipped without torch.
+It says what a vendor BLAS reaches on this CPU, in the same run.
 """
 
 from __future__ import annotations
 
 import mmap
+import time
 
 import numpy as np
 import pytest
 
-from harness import need_attr, run_rounds, tag
+from harness import SETTINGS, need_attr, run_rounds, tag
 
 F32 = 0  # ggml_type
 NAMES = ("patch", "qkv", "attn_out", "ffn_up", "ffn_down", "neck1", "neck2", "mm1", "mm2", "proj")
@@ -76,14 +81,50 @@ def test_gemm_shape(benchmark, shapes, name):
     bias = rng.standard_normal(N, dtype=np.float32)
     c = _huge_page_array((M, N))
     expected_row = a[:1].astype(np.float64) @ w.astype(np.float64).T + bias
+    baseline = _torch_baseline(a, w, bias, _huge_page_array((M, N)))
+    baseline_times: list[float] = []
+
+    def setup():
+        if baseline is not None:
+            baseline_times.append(baseline())
+        return (a, raw, F32, N, bias, gelu), {"n_threads": 1, "out": c, "scratch": scratch}
+
     peak_before = fma_peak()
-    result = run_rounds(benchmark, gemm, rounds=5,
-                        setup=lambda: ((a, raw, F32, N, bias, gelu), {"n_threads": 1, "out": c, "scratch": scratch}))
+    result = run_rounds(benchmark, gemm, rounds=5, setup=setup)
     peak_after = fma_peak()
     assert result is c
     if not gelu:  # the work was done (the tests check the arithmetic itself)
         np.testing.assert_allclose(c[0], expected_row[0], rtol=1e-3, atol=1e-3)
     peaks = [p for p in (peak_before, peak_after) if p]
+    more = {}
+    if baseline_times:
+        more = {"baseline": baseline.name, "baseline_s": min(baseline_times), "baseline_rounds": len(baseline_times)}
     tag(benchmark, "gemm_shape", "ours", "f32", units=1, unit="product", flops=2 * M * N * K,
         shape=f"{M}x{N}x{K}", gemm=name, gelu=gelu, gemm_isa=isa,
-        fma_peak_gflops=round(max(peaks), 1) if peaks else None, gemm_threads=1)
+        fma_peak_gflops=round(max(peaks), 1) if peaks else None, gemm_threads=1, **more)
+
+
+def _torch_baseline(a, w, bias, out):
+    """One timed round of torch's matmul + bias on one thread, or None without torch. (Its GELU
+    would be one more pass over C; our time includes the GELU epilogue, so the MLP-up case leans
+    in the baseline's favour.)"""
+    try:
+        import torch
+    except ImportError:
+        return None
+    ta, tw, tb, tc = (torch.from_numpy(x) for x in (a, w, bias, out))
+    name = "torch (MKL)" if torch.backends.mkl.is_available() else "torch"
+
+    def one_round() -> float:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            t0 = time.perf_counter()
+            torch.addmm(tb, ta, tw.t(), out=tc)
+            return time.perf_counter() - t0
+        finally:
+            torch.set_num_threads(threads or SETTINGS.threads)
+
+    one_round()  # first-call allocations out of the timing
+    one_round.name = name
+    return one_round

@@ -65,13 +65,14 @@ constexpr int64_t KC = 192;
 constexpr int64_t NC = 768;
 constexpr int64_t MC = 168;
 constexpr int64_t MAX_MR = 14, MAX_NR = 32;
+constexpr int64_t MAX_W = 16;   // floats per vector of the widest variant (B rows packed at once)
 constexpr int64_t B_AHEAD = 8;  // pack_b prefetches the row this many rows ahead
 
 constexpr size_t align16(size_t n) { return (n + 15) / 16 * 16; }  // keep sub-buffers 64-byte aligned
 
 constexpr size_t SCRATCH_FLOATS = align16((size_t) (KC * NC))     // packed B
                                 + align16((size_t) (MC * KC))     // packed A
-                                + align16((size_t) KC)            // one converted B row slice
+                                + align16((size_t) (MAX_W * KC))  // converted B row slices
                                 + align16((size_t) (MAX_MR * MAX_NR))  // edge tile
                                 + align16((size_t) MAX_NR);       // zero-padded bias of an edge panel
 
@@ -82,11 +83,15 @@ constexpr size_t SCRATCH_FLOATS = align16((size_t) (KC * NC))     // packed B
 // transpose. One float at a time it is a scattered store per float, 4-9 % of the big encoder
 // GEMMs and 14-16 % of the neck's (N = 256); in registers it is one 16 x 16 (AVX-512) or 8 x 8
 // (AVX2) transpose per 16 or 8 values of K and one store per K step, which made the GEMMs ~4 %
-// faster on an AVX-512 Xeon. The packed bytes are the same either way.
+// faster on an AVX-512 Xeon. B's NR-wide panels are the same transpose, W rows of B (one vector
+// of a panel row) at a time: the weights are packed once per product, so where few rows of A
+// share them (the projector's 256 tokens) scattered stores were a quarter of the product. The
+// packed bytes are the same either way.
 #ifdef CG_X86
 
-// rows[0..R) -> dst[k * R + i] for k in [0, kc); R <= 16, kc a multiple of 16
-template <int R> __attribute__((target("avx512f"))) void pack_rows_avx512(const float * const * rows, int64_t kc, float * dst) {
+// rows[0..R) -> dst[k * stride + i] for k in [0, kc); R <= 16, kc a multiple of 16
+template <int R> __attribute__((target("avx512f"))) void pack_rows_avx512(const float * const * rows, int64_t kc, float * dst,
+                                                                           int64_t stride) {
     static_assert(R <= 16, "one 16 x 16 transpose");
     const __m512 z = _mm512_setzero_ps();
     for (int64_t k = 0; k < kc; k += 16) {
@@ -115,18 +120,20 @@ template <int R> __attribute__((target("avx512f"))) void pack_rows_avx512(const 
             r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
             r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
         }
-        for (int j = 0; j < 16; j++) _mm512_mask_storeu_ps(dst + (k + j) * R, (__mmask16) ((1u << R) - 1), r[j]);
+        for (int j = 0; j < 16; j++) _mm512_mask_storeu_ps(dst + (k + j) * stride, (__mmask16) ((1u << R) - 1), r[j]);
     }
 }
 
-// rows[0..5] -> dst[k * 6 + i] for k in [0, kc); kc a multiple of 8
-__attribute__((target("avx2,fma"))) void pack_rows_6_avx2(const float * const * rows, int64_t kc, float * dst) {
+// rows[0..R) -> dst[k * stride + i] for k in [0, kc); R <= 8, kc a multiple of 8
+template <int R> __attribute__((target("avx2,fma"))) void pack_rows_avx2(const float * const * rows, int64_t kc, float * dst,
+                                                                          int64_t stride) {
+    static_assert(R <= 8, "one 8 x 8 transpose");
     const __m256 z = _mm256_setzero_ps();
-    const __m256i six = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
+    const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(R), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     for (int64_t k = 0; k < kc; k += 8) {
         __m256 r[8], t[8];
-        for (int i = 0; i < 6; i++) r[i] = _mm256_loadu_ps(rows[i] + k);
-        r[6] = r[7] = z;
+        for (int i = 0; i < R; i++) r[i] = _mm256_loadu_ps(rows[i] + k);
+        for (int i = R; i < 8; i++) r[i] = z;
         for (int i = 0; i < 8; i += 2) {
             t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
             t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
@@ -141,27 +148,28 @@ __attribute__((target("avx2,fma"))) void pack_rows_6_avx2(const float * const * 
             t[j] = _mm256_permute2f128_ps(r[j], r[j + 4], 0x20);
             t[j + 4] = _mm256_permute2f128_ps(r[j], r[j + 4], 0x31);
         }
-        for (int j = 0; j < 8; j++) _mm256_maskstore_ps(dst + (k + j) * 6, six, t[j]);
+        for (int j = 0; j < 8; j++) _mm256_maskstore_ps(dst + (k + j) * stride, lanes, t[j]);
     }
 }
 #endif
 
-// Packs rows[0..MR) over the largest multiple of W in [0, kc) with the transposing packer of
-// this vector width, if there is one; returns how many K values it packed.
-template <int W, int MR> CG_INLINE int64_t pack_rows_vector(const float * const * rows, int64_t kc, float * dst) {
+// Packs rows[0..R) (dst[k * stride + i]) over the largest multiple of W in [0, kc) with the
+// transposing packer of this vector width, if there is one; returns how many K values it packed.
+template <int W, int R> CG_INLINE int64_t pack_rows_vector(const float * const * rows, int64_t kc, float * dst,
+                                                           int64_t stride) {
 #ifdef CG_X86
-    if constexpr (W == 16 && MR <= 16) {
+    if constexpr (W == 16 && R <= 16) {
         const int64_t n = kc / 16 * 16;
-        if (n) pack_rows_avx512<MR>(rows, n, dst);
+        if (n) pack_rows_avx512<R>(rows, n, dst, stride);
         return n;
     }
-    if constexpr (W == 8 && MR == 6) {
+    if constexpr (W == 8 && R <= 8) {
         const int64_t n = kc / 8 * 8;
-        if (n) pack_rows_6_avx2(rows, n, dst);
+        if (n) pack_rows_avx2<R>(rows, n, dst, stride);
         return n;
     }
 #endif
-    (void) rows; (void) kc; (void) dst;
+    (void) rows; (void) kc; (void) dst; (void) stride;
     return 0;
 }
 
@@ -263,7 +271,7 @@ template <int W, int MR, int NV> struct variant {
                 for (int64_t k = 0; k < kc; k += 16) __builtin_prefetch(ahead + k, 0, 3);
                 __builtin_prefetch(ahead + kc - 1, 0, 3);
             }
-            const int64_t k_vec = rows == MR ? pack_rows_vector<W, MR>(src, kc, panel) : 0;
+            const int64_t k_vec = rows == MR ? pack_rows_vector<W, MR>(src, kc, panel, MR) : 0;
             for (int i = 0; i < MR; i++) {
                 if (i < rows) {
                     for (int64_t k = k_vec; k < kc; k++) panel[k * MR + i] = src[i][k];
@@ -274,42 +282,51 @@ template <int W, int MR, int NV> struct variant {
         }
     }
 
-    // B rows (= columns of C) [n0, n0+nc) x K slice [k0, k0+kc) -> NR-wide panels, [k][NR], f32
+    // B rows (= columns of C) [n0, n0+nc) x K slice [k0, k0+kc) -> NR-wide panels, [k][NR], f32;
+    // W rows at a time (NR is a multiple of W, so a group never straddles two panels). Converted
+    // types go through `conv` (W x KC floats) first.
     static CG_INLINE void pack_b(const args & p, ggml_to_float_t to_float, int64_t blck, size_t blck_bytes,
-                                 int64_t n0, int64_t nc, int64_t k0, int64_t kc, float * dst, float * row) {
+                                 int64_t n0, int64_t nc, int64_t k0, int64_t kc, float * dst, float * conv) {
+        static_assert(NR % W == 0 && W <= MAX_W, "B groups");
         const int64_t ncp = (nc + NR - 1) / NR * NR;
-        for (int64_t j = 0; j < ncp; j++) {
-            float * out = dst + (j / NR) * kc * NR + (j % NR);
-            const int64_t n = n0 + j;
-            if (j >= nc || n >= p.N) {
-                for (int64_t k = 0; k < kc; k++) out[k * NR] = 0.0f;
-                continue;
-            }
-            const char * src = (const char *) p.b + (size_t) n * p.ldb;
-            // as in pack_a: prefetch this K run of a row packed a few rows later (B rows are
-            // K-long weight rows, 18 KB for the projector's K = 4608)
-            {
-                const char * ahead = src + B_AHEAD * p.ldb + (size_t) (k0 / blck) * blck_bytes;
+        for (int64_t j0 = 0; j0 < ncp; j0 += W) {
+            float * out = dst + (j0 / NR) * kc * NR + (j0 % NR);
+            const float * src[W];
+            int rows = 0;
+            for (; rows < W; rows++) {
+                const int64_t n = n0 + j0 + rows;
+                if (j0 + rows >= nc || n >= p.N) break;
+                const char * raw = (const char *) p.b + (size_t) n * p.ldb;
+                // as in pack_a: prefetch this K run of a row packed a few rows later (B rows are
+                // K-long weight rows, 18 KB for the projector's K = 4608)
+                const char * ahead = raw + B_AHEAD * p.ldb + (size_t) (k0 / blck) * blck_bytes;
                 const size_t run = (size_t) (kc / blck) * blck_bytes;
                 for (size_t o = 0; o < run; o += 64) __builtin_prefetch(ahead + o, 0, 3);
                 __builtin_prefetch(ahead + run - 1, 0, 3);
+                if (!to_float) {
+                    src[rows] = (const float *) raw + k0;
+                } else {
+                    float * row = conv + rows * KC;
+                    to_float(raw + (size_t) (k0 / blck) * blck_bytes, row, kc);
+                    src[rows] = row;
+                }
             }
-            const float * vals;
-            if (!to_float) {
-                vals = (const float *) src + k0;
-            } else {
-                to_float(src + (size_t) (k0 / blck) * blck_bytes, row, kc);
-                vals = row;
+            const int64_t k_vec = rows == W ? pack_rows_vector<W, W>(src, kc, out, NR) : 0;
+            for (int i = 0; i < W; i++) {
+                if (i < rows) {
+                    for (int64_t k = k_vec; k < kc; k++) out[k * NR + i] = src[i][k];
+                } else {
+                    for (int64_t k = 0; k < kc; k++) out[k * NR + i] = 0.0f;
+                }
             }
-            for (int64_t k = 0; k < kc; k++) out[k * NR] = vals[k];
         }
     }
 
     static CG_INLINE void gemm(const args & p, int ith, int nth, float * scratch) {
         float * bp_buf = scratch;
         float * ap_buf = bp_buf + align16((size_t) (KC * NC));
-        float * row = ap_buf + align16((size_t) (MC * KC));
-        float * tile = row + align16((size_t) KC);
+        float * conv = ap_buf + align16((size_t) (MC * KC));
+        float * tile = conv + align16((size_t) (MAX_W * KC));
         float * bias_pad = tile + align16((size_t) (MAX_MR * MAX_NR));
 
         const ggml_type_traits * tr = ggml_get_type_traits(p.btype);
@@ -339,7 +356,7 @@ template <int W, int MR, int NV> struct variant {
             for (int64_t pc = 0; pc < p.K; pc += KC) {
                 const int64_t kc = std::min(KC, p.K - pc);
                 const bool first = pc == 0, last = pc + kc == p.K;
-                pack_b(p, to_float, blck, blck_bytes, jc, nc, pc, kc, bp_buf, row);
+                pack_b(p, to_float, blck, blck_bytes, jc, nc, pc, kc, bp_buf, conv);
                 for (int64_t ic = m_lo; ic < m_hi; ic += MC) {
                     const int64_t mc = std::min(MC, m_hi - ic);
                     pack_a(p, ic, mc, pc, kc, ap_buf);
