@@ -652,7 +652,10 @@ def accuracy_section(rows: list[dict]) -> list[str]:
     order = {t: i for i, t in enumerate(("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m"))}
     ours.sort(key=lambda r: order.get(r["extra_info"].get("dtype"), 99))
     n = (ours or theirs)[0]["extra_info"].get("pages_per_kind", 0)
-    out = ["## Reading accuracy of the bundled demo model", "",
+    bundle = (ours or theirs)[0]["extra_info"].get("bundle") or "installed"
+    title = ("## Reading accuracy of the bundled demo model" if bundle == "installed" else
+             f"## Reading accuracy of a demo-model training state (`{bundle}`, not the installed bundle)")
+    out = [title, "",
            f"Held-out set of the demo model's task, {n} pages per kind (one line, 1-4 line blocks, box "
            "mode), greedy with the engine's defaults. CER = character edits / truth characters over the "
            "kind; decode = ms per generated token after the first; 'same as f32' = pages whose text "

@@ -11,25 +11,42 @@ transformers (``GotOcr2ForConditionalGeneration.generate``, greedy, the same no-
 the same pages from the expanded checkpoint: its text must equal ours at f32 on ≥ 99 % of them;
 every page where they differ is listed with transformers' top-1/top-2 logit margin at the first
 token where the two disagree (a near tie is rounding, a wide margin would be a bug).
+
+``GOTOCR_BENCH_DEMO_BUNDLE=DIR`` measures a bundle that ``python -m train.export RUN DIR`` wrote
+(a training state not yet in the package) instead of the installed one; the results name it.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
 from harness import BASELINE_HINT, SETTINGS, need, run_rounds, tag
 
-def _bundled() -> bool:
+BUNDLE_ENV = "GOTOCR_BENCH_DEMO_BUNDLE"
+
+
+def _bundle() -> Path | None:
+    """The bundle to measure: GOTOCR_BENCH_DEMO_BUNDLE's, else the installed one, else None."""
     from gotocr_fast import demo_model
 
-    return demo_model.has_bundle()
+    if os.environ.get(BUNDLE_ENV):
+        path = Path(os.environ[BUNDLE_ENV])
+        if not (path / "model.safetensors").is_file():
+            raise pytest.UsageError(f"{BUNDLE_ENV}={path}: no model.safetensors there (python -m train.export RUN DIR)")
+        return path
+    return demo_model.bundle_path() if demo_model.has_bundle() else None
 
 
-pytestmark = pytest.mark.skipif(not _bundled(), reason="the demo model is not bundled in this build "
-                                "(train/checkpoint holds its training state; docs/DEMO_MODEL.md)")
+BUNDLE = _bundle()
+BUNDLE_NAME = ("installed" if BUNDLE is not None and not os.environ.get(BUNDLE_ENV)
+               else BUNDLE.name if BUNDLE is not None else None)
+
+pytestmark = pytest.mark.skipif(BUNDLE is None, reason=f"the demo model is not bundled in this build and {BUNDLE_ENV} "
+                                "is not set (train/checkpoint holds its training state; docs/DEMO_MODEL.md)")
 
 OUTTYPES = ("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")
 KINDS = ("line", "block", "box")
@@ -85,7 +102,7 @@ def test_demo_accuracy(benchmark, outtype, heldout, demo_cache):
     from gotocr_fast import demo_model
     from gotocr_fast.engine import OcrEngine
 
-    model = demo_model.model_dir(outtype, cache_dir=demo_cache)
+    model = demo_model.model_dir(outtype, cache_dir=demo_cache, bundle=BUNDLE)
     result = {}
     with OcrEngine(model, n_ctx=1024, max_slots=1, n_threads=SETTINGS.threads) as engine:
         engine.ocr(heldout["line"][0].image, max_tokens=4)  # first-use allocations out of the timing
@@ -109,7 +126,7 @@ def test_demo_accuracy(benchmark, outtype, heldout, demo_cache):
         same = sum(a == b for k in KINDS for a, b in zip(_texts["f32"][k], texts[k]))
         info["same_text_as_f32"] = same / (len(KINDS) * PAGES_PER_KIND)
     tag(benchmark, "accuracy", "ours", dtype=outtype, units=len(KINDS) * PAGES_PER_KIND, unit="page",
-        pages_per_kind=PAGES_PER_KIND, decode_ms_per_token=decode_ms / max(1, tokens),
+        pages_per_kind=PAGES_PER_KIND, bundle=BUNDLE_NAME, decode_ms_per_token=decode_ms / max(1, tokens),
         text_gguf_mib=sum(f.stat().st_size for f in model.glob("got-text-*.gguf")) / 2**20,
         finish_reasons=reasons, **info)
 
@@ -125,8 +142,8 @@ def test_demo_transformers_agreement(benchmark, heldout, demo_cache):
 
     if "f32" not in _texts:
         pytest.skip("needs test_demo_accuracy[f32] of the same run (our f32 texts)")
-    ckpt = demo_model.write_checkpoint(demo_cache / "checkpoint")
-    config = demo_model.load_config()
+    ckpt = demo_model.write_checkpoint(demo_cache / "checkpoint", BUNDLE)
+    config = demo_model.load_config(BUNDLE)
     model = torch_got.load_model(ckpt, "f32", SETTINGS.threads)
     processor = torch_got.image_processor(ckpt)
     tokenizer = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
@@ -174,6 +191,7 @@ def test_demo_transformers_agreement(benchmark, heldout, demo_cache):
     n = len(KINDS) * PAGES_PER_KIND
     agree = 1 - len(differences) / n
     tag(benchmark, "accuracy", "transformers", dtype="f32", units=n, unit="page", pages_per_kind=PAGES_PER_KIND,
+        bundle=BUNDLE_NAME,
         agreement_with_ours_f32=agree, differences=differences, seconds=time.perf_counter() - t0,
         **_scores(heldout, theirs))
     assert agree >= 0.99, f"transformers and ours (f32) differ on {len(differences)} of {n} pages: {differences[:3]}"

@@ -146,15 +146,18 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def model_dir(outtype: str = DEFAULT_OUTTYPE, cache_dir: str | Path | None = None) -> Path:
+def model_dir(outtype: str = DEFAULT_OUTTYPE, cache_dir: str | Path | None = None,
+              bundle: Path | None = None) -> Path:
     """The converted demo model folder (text + vision GGUF), converting it on first use.
 
     The folder name carries a digest of the bundle, so an upgraded package never reads an older
-    conversion. Concurrent first uses wait on a file lock instead of converting twice.
+    conversion. Concurrent first uses wait on a file lock instead of converting twice. ``bundle``
+    converts another bundle of the same format (one ``python -m train.export`` wrote) instead of
+    the installed one.
     """
     from .convert import convert_checkpoint
 
-    bundle = bundle_path()
+    bundle = bundle or bundle_path()
     root = Path(cache_dir) if cache_dir is not None else _cache_root()
     target = root / f"demo-{_bundle_digest(bundle)}-{outtype}"
     if (target / "complete").is_file():
