@@ -49,3 +49,26 @@ def test_fused_attention_matches_transformers(grid, window):
     for name in want_grads:
         assert want_grads[name].abs().max() > 0, name  # every parameter takes part
         torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_bf16_kernel_stays_within_bf16_rounding():
+    """--bf16-attention: only the fused kernel runs in bf16; the result is transformers' to bf16's
+    precision (relative error of a few 1e-3), in f32."""
+    from transformers.models.got_ocr2 import modeling_got_ocr2
+
+    from train.config import demo_model
+    from train.model import _vision_attention_sdpa, build_hf_model
+
+    torch.manual_seed(1)
+    cfg = demo_model(384)
+    attn = modeling_got_ocr2.GotOcr2VisionAttention(build_hf_model(cfg).model.vision_tower.config, window_size=0)
+    with torch.no_grad():
+        attn.rel_pos_h.normal_(0, 0.5)
+        attn.rel_pos_w.normal_(0, 0.5)
+    x = torch.randn(2, 12, 12, cfg.vision.hidden_size)
+    with torch.no_grad():
+        want = modeling_got_ocr2.GotOcr2VisionAttention.forward(attn, x)[0]
+        got = _vision_attention_sdpa(attn, x, kernel_dtype=torch.bfloat16)[0]
+    assert got.dtype == torch.float32
+    rel = float((got - want).norm() / want.norm())
+    assert 1e-5 < rel < 2e-2, rel  # rounded (so bf16 did run), but only by bf16's precision
