@@ -649,7 +649,8 @@ def accuracy_section(rows: list[dict]) -> list[str]:
     theirs = [r for r in rows if r["extra_info"]["impl"] == "transformers"]
     if not ours and not theirs:
         return []
-    order = {t: i for i, t in enumerate(("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m"))}
+    order = {t: i for i, t in enumerate(("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m",
+                                         "f32+bf16-vision", "q4_k_m+bf16-vision"))}
     ours.sort(key=lambda r: order.get(r["extra_info"].get("dtype"), 99))
     n = (ours or theirs)[0]["extra_info"].get("pages_per_kind", 0)
     bundle = (ours or theirs)[0]["extra_info"].get("bundle") or "installed"

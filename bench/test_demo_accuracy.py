@@ -2,7 +2,8 @@
 
 The held-out set of the demo model's task (``gotocr_fast.reading.heldout_pages``: one-line pages,
 1-4 line blocks and box mode) is read by our engine with the model converted to each weight type
-(f32, f16, q8_0, and llama.cpp's k-quant mixes), greedy with the engine's defaults (GOT's
+(f32, f16, q8_0, and llama.cpp's k-quant mixes; f32 and q4_k_m text also with the bf16 encoder,
+where the CPU has native bf16 arithmetic), greedy with the engine's defaults (GOT's
 no-repeat-20-gram rule for one view). ``RESULTS.md`` gets a table of character error rate per
 kind, decode ms/token, how often the text equals the f32 text, and how often each finish reason
 ended a page (the loop guard's "repetition" must never fire on real reading).
@@ -49,6 +50,10 @@ pytestmark = pytest.mark.skipif(BUNDLE is None, reason=f"the demo model is not b
                                 "is not set (train/checkpoint holds its training state; docs/DEMO_MODEL.md)")
 
 OUTTYPES = ("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")
+BF16_VISION = ("f32", "q4_k_m")
+"""Text weight types also read with the bf16 encoder (``vision_precision="bf16"``): what the bf16
+compute costs in accuracy, alone and with the smallest text type."""
+CASES = OUTTYPES + tuple(f"{t}+bf16-vision" for t in BF16_VISION)
 KINDS = ("line", "block", "box")
 PAGES_PER_KIND = int(os.environ.get("GOTOCR_BENCH_HELDOUT_PAGES", "100"))
 MAX_TOKENS = 160  # 4 lines of 32 characters are < 100 tokens; a longer answer is a failure anyway
@@ -97,14 +102,19 @@ def _scores(heldout, texts: dict[str, list[str]]) -> dict[str, float]:
     return out
 
 
-@pytest.mark.parametrize("outtype", OUTTYPES)
-def test_demo_accuracy(benchmark, outtype, heldout, demo_cache):
+@pytest.mark.parametrize("case", CASES)
+def test_demo_accuracy(benchmark, case, heldout, demo_cache):
     from gotocr_fast import demo_model
     from gotocr_fast.engine import OcrEngine
 
+    outtype, _, vision = case.partition("+")
+    precision = "bf16" if vision else "f32"
     model = demo_model.model_dir(outtype, cache_dir=demo_cache, bundle=BUNDLE)
     result = {}
-    with OcrEngine(model, n_ctx=1024, max_slots=1, n_threads=SETTINGS.threads) as engine:
+    with OcrEngine(model, n_ctx=1024, max_slots=1, n_threads=SETTINGS.threads,
+                   vision_precision=precision) as engine:
+        if engine.vision.precision != precision:
+            pytest.skip(f"this CPU has no native bf16 arithmetic: the encoder runs {engine.vision.precision}")
         engine.ocr(heldout["line"][0].image, max_tokens=4)  # first-use allocations out of the timing
 
         def read_all():
@@ -120,12 +130,12 @@ def test_demo_accuracy(benchmark, outtype, heldout, demo_cache):
     for k in KINDS:
         for reason, n in result[k][3].items():
             reasons[reason] = reasons.get(reason, 0) + n
-    _texts[outtype] = texts
+    _texts[case] = texts
     info = _scores(heldout, texts)
     if "f32" in _texts:
         same = sum(a == b for k in KINDS for a, b in zip(_texts["f32"][k], texts[k]))
         info["same_text_as_f32"] = same / (len(KINDS) * PAGES_PER_KIND)
-    tag(benchmark, "accuracy", "ours", dtype=outtype, units=len(KINDS) * PAGES_PER_KIND, unit="page",
+    tag(benchmark, "accuracy", "ours", dtype=case, units=len(KINDS) * PAGES_PER_KIND, unit="page",
         pages_per_kind=PAGES_PER_KIND, bundle=BUNDLE_NAME, decode_ms_per_token=decode_ms / max(1, tokens),
         text_gguf_mib=sum(f.stat().st_size for f in model.glob("got-text-*.gguf")) / 2**20,
         finish_reasons=reasons, **info)
