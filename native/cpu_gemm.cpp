@@ -173,6 +173,20 @@ template <int W, int R> CG_INLINE int64_t pack_rows_vector(const float * const *
     return 0;
 }
 
+// rows[0..n_rows) -> dst[k * stride + i] for k in [0, kc), i in [0, R); the rows past n_rows are
+// zeros. All R rows there: the vector transpose, then the K tail one float at a time.
+template <int W, int R> CG_INLINE void pack_rows(const float * const * rows, int n_rows, int64_t kc, float * dst,
+                                                 int64_t stride) {
+    const int64_t k_vec = n_rows == R ? pack_rows_vector<W, R>(rows, kc, dst, stride) : 0;
+    for (int i = 0; i < R; i++) {
+        if (i < n_rows) {
+            for (int64_t k = k_vec; k < kc; k++) dst[k * stride + i] = rows[i][k];
+        } else {
+            for (int64_t k = 0; k < kc; k++) dst[k * stride + i] = 0.0f;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // one ISA variant: W floats per vector, MR x (NV * W) register tile
 
@@ -271,14 +285,7 @@ template <int W, int MR, int NV> struct variant {
                 for (int64_t k = 0; k < kc; k += 16) __builtin_prefetch(ahead + k, 0, 3);
                 __builtin_prefetch(ahead + kc - 1, 0, 3);
             }
-            const int64_t k_vec = rows == MR ? pack_rows_vector<W, MR>(src, kc, panel, MR) : 0;
-            for (int i = 0; i < MR; i++) {
-                if (i < rows) {
-                    for (int64_t k = k_vec; k < kc; k++) panel[k * MR + i] = src[i][k];
-                } else {
-                    for (int64_t k = 0; k < kc; k++) panel[k * MR + i] = 0.0f;
-                }
-            }
+            pack_rows<W, MR>(src, (int) rows, kc, panel, MR);
         }
     }
 
@@ -311,14 +318,7 @@ template <int W, int MR, int NV> struct variant {
                     src[rows] = row;
                 }
             }
-            const int64_t k_vec = rows == W ? pack_rows_vector<W, W>(src, kc, out, NR) : 0;
-            for (int i = 0; i < W; i++) {
-                if (i < rows) {
-                    for (int64_t k = k_vec; k < kc; k++) out[k * NR + i] = src[i][k];
-                } else {
-                    for (int64_t k = 0; k < kc; k++) out[k * NR + i] = 0.0f;
-                }
-            }
+            pack_rows<W, W>(src, rows, kc, out, NR);
         }
     }
 
