@@ -80,6 +80,20 @@ def _vision_attention_sdpa(self, hidden_states: torch.Tensor, output_attentions=
     return self.proj(out), None
 
 
+def cpu_has_amx_bf16() -> bool:
+    """Does this CPU have AMX bf16 tiles (where a bf16 attention kernel measured twice as fast)?
+    Linux's CPU flags; False elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return "amx_bf16" in flags
+    except OSError:
+        pass
+    return False
+
+
 def use_fast_vision_attention(bf16_kernel: bool = False) -> None:
     """Train with :func:`_vision_attention_sdpa` (its attention kernel in bf16 if asked)."""
     from transformers.models.got_ocr2 import modeling_got_ocr2
