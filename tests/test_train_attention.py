@@ -41,7 +41,7 @@ def test_fused_attention_matches_transformers(grid, window):
         (out * g).sum().backward()
         return out.detach(), xi.grad, {n: p.grad.clone() for n, p in attn.named_parameters()}
 
-    want_out, want_dx, want_grads = run(modeling_got_ocr2.GotOcr2VisionAttention.forward)
+    want_out, want_dx, want_grads = run(modeling_got_ocr2.GotOcr2VisionAttention.forward)  # the class: never patched
     got_out, got_dx, got_grads = run(_vision_attention_sdpa)
     torch.testing.assert_close(got_out, want_out, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got_dx, want_dx, rtol=1e-4, atol=1e-5)
@@ -72,3 +72,23 @@ def test_bf16_kernel_stays_within_bf16_rounding():
     assert got.dtype == torch.float32
     rel = float((got - want).norm() / want.norm())
     assert 1e-5 < rel < 2e-2, rel  # rounded (so bf16 did run), but only by bf16's precision
+
+
+def test_the_fused_attention_is_installed_per_model():
+    """Only the model given runs the fused attention: transformers' class keeps its forward, so the
+    comparisons above (and any other model in the process) see transformers' own arithmetic."""
+    from transformers.models.got_ocr2 import modeling_got_ocr2
+
+    from train.config import demo_model
+    from train.model import build_hf_model, use_fast_vision_attention
+
+    cls = modeling_got_ocr2.GotOcr2VisionAttention
+    original = cls.forward
+    cfg = demo_model(384)
+    model, other = build_hf_model(cfg), build_hf_model(cfg)
+    assert use_fast_vision_attention(model, bf16_kernel=True) == cfg.vision.num_layers
+    assert cls.forward is original
+    for m in model.modules():
+        if isinstance(m, cls):
+            assert "forward" in vars(m)
+    assert not any("forward" in vars(m) for m in other.modules() if isinstance(m, cls))

@@ -23,12 +23,14 @@ def test_probe_reads_the_committed_state_and_not_a_random_one():
     from train.config import run_config
     from train.model import DemoTrainer, use_fast_vision_attention, use_guided_attention
 
-    use_fast_vision_attention()
     use_guided_attention()
-    trained = probe.probe(probe.load_state(CHECKPOINT), level=0.75, pages=3)
+    model = probe.load_state(CHECKPOINT)
+    use_fast_vision_attention(model)
+    trained = probe.probe(model, level=0.75, pages=3)
     torch.manual_seed(0)
-    untrained = probe.probe(DemoTrainer(run_config(CHECKPOINT), torch.from_numpy(np.load(CHECKPOINT / "used_ids.npy"))),
-                            level=0.75, pages=3)
+    model = DemoTrainer(run_config(CHECKPOINT), torch.from_numpy(np.load(CHECKPOINT / "used_ids.npy")))
+    use_fast_vision_attention(model)
+    untrained = probe.probe(model, level=0.75, pages=3)
     for r in (trained, untrained):
         assert all(0.0 <= v <= 1.0 for v in (r.patch, r.slot, r.guide, r.next_char)), r
         assert np.isfinite(r.loss)

@@ -94,18 +94,25 @@ def cpu_has_amx_bf16() -> bool:
     return False
 
 
-def use_fast_vision_attention(bf16_kernel: bool = False) -> None:
-    """Train with :func:`_vision_attention_sdpa` (its attention kernel in bf16 if asked)."""
+def use_fast_vision_attention(model: nn.Module, bf16_kernel: bool = False) -> int:
+    """Run every SAM attention module of ``model`` through :func:`_vision_attention_sdpa` (its
+    kernel in bf16 if asked); returns how many. Per instance, so transformers' class (and any
+    other model built from it in the process) keeps its own forward."""
+    import types
+
     from transformers.models.got_ocr2 import modeling_got_ocr2
 
-    if not bf16_kernel:
-        modeling_got_ocr2.GotOcr2VisionAttention.forward = _vision_attention_sdpa
-        return
+    kernel_dtype = torch.bfloat16 if bf16_kernel else None
 
     def forward(self, hidden_states, output_attentions=None):
-        return _vision_attention_sdpa(self, hidden_states, output_attentions, kernel_dtype=torch.bfloat16)
+        return _vision_attention_sdpa(self, hidden_states, output_attentions, kernel_dtype=kernel_dtype)
 
-    modeling_got_ocr2.GotOcr2VisionAttention.forward = forward
+    n = 0
+    for module in model.modules():
+        if isinstance(module, modeling_got_ocr2.GotOcr2VisionAttention):
+            module.forward = types.MethodType(forward, module)
+            n += 1
+    return n
 
 
 GUIDE_LAYER = 1

@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    use_fast_vision_attention()
     use_guided_attention()
     model = load_state(args.state)
+    use_fast_vision_attention(model)
     print(f"{args.state}: view {model.cfg.vision.image_size} px, {args.pages} pages a level")
     print("level  patch  slot   guide  next   loss")
     for level in (float(x) for x in args.levels.split(",")):

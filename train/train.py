@@ -262,10 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     bf16_attention = tc.bf16 or args.bf16_attention == "on" or (
         args.bf16_attention == "auto" and args.device == "cpu" and cpu_has_amx_bf16())
     print(f"vision attention kernel: {'bf16' if bf16_attention else 'f32'}", flush=True)
-    use_fast_vision_attention(bf16_kernel=bf16_attention)
     use_guided_attention()
     torch.manual_seed(tc.seed)
     model = DemoTrainer(cfg, torch.from_numpy(used))
+    use_fast_vision_attention(model, bf16_kernel=bf16_attention)
     model.bf16 = tc.bf16
     params = [q for q in model.parameters() if q.requires_grad]
     decay = [q for q in params if q.dim() >= 2]
