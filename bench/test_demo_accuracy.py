@@ -141,6 +141,18 @@ def test_demo_accuracy(benchmark, case, heldout, demo_cache):
         finish_reasons=reasons, **info)
 
 
+def _first_divergence(ids: list[int], text: str, tokenizer) -> int:
+    """Index of the first of transformers' generated tokens whose text leaves ``text`` (ours).
+
+    Compared as text, not as ids: our text re-tokenised would merge characters the model wrote one
+    token at a time, and the index would then point at the wrong step (and its margin).
+    """
+    for k in range(len(ids)):
+        if not text.startswith(tokenizer.decode(ids[:k + 1], skip_special_tokens=True)):
+            return k
+    return len(ids)
+
+
 def test_demo_transformers_agreement(benchmark, heldout, demo_cache):
     need("torch", "transformers", "tokenizers", hint=BASELINE_HINT)
     import torch
@@ -187,8 +199,7 @@ def test_demo_transformers_agreement(benchmark, heldout, demo_cache):
                 theirs[kind].append(text)
                 ours = _texts["f32"][kind][i]
                 if text != ours:
-                    ours_ids = tokenizer.encode(ours, add_special_tokens=False).ids
-                    k = next((j for j, (a, b) in enumerate(zip(new, ours_ids)) if a != b), min(len(new), len(ours_ids)))
+                    k = _first_divergence(new, ours, tokenizer)
                     margin = None
                     if k < len(scores):
                         top = torch.topk(scores[k][0].float(), 2).values
