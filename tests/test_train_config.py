@@ -57,8 +57,9 @@ def test_a_compact_state_carries_its_recipe_and_restarts_the_warm_up(tmp_path):
     # an older state records only its schedule's end
     (tmp_path / compact.STATE).write_text(json.dumps({"step": 9902, "schedule_steps": 12000}))
     assert compact.recorded_recipe(tmp_path) == {"steps": 12000, "warmup_start": 9902}
+    # one that records no recipe still restarts the warm-up: its optimiser moments are new too
     (tmp_path / compact.STATE).write_text(json.dumps({"step": 5}))
-    assert compact.recorded_recipe(tmp_path) == {}
+    assert compact.recorded_recipe(tmp_path) == {"warmup_start": 5}
 
 
 @pytest.mark.parametrize("level", [0.0, 0.75, 1.0])
@@ -98,3 +99,24 @@ def test_a_finished_schedule_says_how_to_train_on(tmp_path):
     # --fit-steps sizes the schedule to the deadline: a finished state is no reason to refuse
     assert train.main(["--out", str(tmp_path / "run"), "--from-compact", str(state),
                        "--deadline-s", "600", "--fit-steps", "--stop-after", "0"]) == 0
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_level_and_warm_up_start_at_the_states_step(tmp_path, recorded):
+    """--level pins the curriculum from the step the run starts at, and the warm-up restarts
+    there, whether or not the compact state records its recipe."""
+    import json
+
+    pytest.importorskip("torch")
+    train = pytest.importorskip("train.train")
+    compact = pytest.importorskip("train.compact")
+    step = 4321
+    state = {"step": step}
+    if recorded:
+        state["recipe"] = {"steps": step + 500, "lr": 5e-4, "curriculum_start": 10, "curriculum_steps": 8000}
+    (tmp_path / compact.STATE).write_text(json.dumps(state))
+    args = train._parser().parse_args(["--out", str(tmp_path / "run"), "--from-compact", str(tmp_path),
+                                       "--steps", str(step + 100), "--level", "0.5"])
+    tc, start = train.plan_run(args, None)
+    assert start == step and tc.warmup_start == step and tc.steps == step + 100
+    assert (tc.curriculum_start, tc.curriculum_steps) == config.pinned_curriculum(0.5, step)

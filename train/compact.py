@@ -110,15 +110,14 @@ def _embedding_rows_for(model, saved_ids: np.ndarray, saved):
 
 
 def recorded_recipe(src: Path) -> dict:
-    """The recipe a compact state records, with the warm-up restarting at its step (a run started
-    from it has fresh optimiser moments); {} for a state that records none. States written before
-    the recipe was recorded carry the schedule's end alone, as ``schedule_steps``."""
+    """The recipe a compact state records (none: only the warm-up), with the warm-up restarting
+    at its step: a run started from any compact state has fresh optimiser moments. States written
+    before the recipe was recorded carry the schedule's end alone, as ``schedule_steps``."""
     state = json.loads((src / STATE).read_text())
     recipe = dict(state.get("recipe", {}))
     if "steps" not in recipe and "schedule_steps" in state:
         recipe["steps"] = state["schedule_steps"]
-    if recipe:
-        recipe["warmup_start"] = int(state["step"])
+    recipe["warmup_start"] = int(state["step"])
     return recipe
 
 

@@ -166,7 +166,7 @@ def _truncate_log(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path)
@@ -206,10 +206,13 @@ def main(argv: list[str] | None = None) -> int:
                         "another view starts it with its position tables resized; a run keeps its own")
     p.add_argument("--from-compact", type=Path, default=None,
                    help="start from a compact training state (train.compact) when --out has no checkpoint yet")
-    args = p.parse_args(argv)
-    ckpt_path = args.out / "checkpoint.pt"
-    resumed = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
-    # Recipe flags not given keep what the run (its checkpoint) or the compact state recorded.
+    return p
+
+
+def plan_run(args: argparse.Namespace, resumed: dict | None) -> tuple[TrainConfig, int]:
+    """This run's config and the step it starts at. Recipe flags not given keep what the run (its
+    checkpoint ``resumed``) or the compact state recorded, else ``TrainConfig``'s defaults.
+    Refuses (SystemExit) a run that would train nothing."""
     if resumed is not None:
         recorded = resumed.get("train_config", {})
     elif args.from_compact is not None:
@@ -225,9 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.level is not None:
         if args.curriculum_start is not None or args.curriculum_steps is not None:
             raise SystemExit("--level sets the curriculum: give it or --curriculum-start/--curriculum-steps, not both")
-        first = resumed["step"] if resumed is not None else int(recorded.get("warmup_start", 0))
         try:
-            recipe["curriculum_start"], recipe["curriculum_steps"] = pinned_curriculum(args.level, first)
+            recipe["curriculum_start"], recipe["curriculum_steps"] = pinned_curriculum(args.level, start)
         except ValueError as e:
             raise SystemExit(f"--level: {e}") from None
     tc = dataclasses.replace(TrainConfig(), **recipe, bf16=args.bf16, checkpoint_every=args.checkpoint_every,
@@ -237,6 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         # started from a finished state would do nothing, silently.
         raise SystemExit(f"nothing to train: the state is at step {start} and its schedule ends at step "
                          f"{tc.steps}; pass --steps N with N > {start} (the step to train to)")
+    return tc, start
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    ckpt_path = args.out / "checkpoint.pt"
+    resumed = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
+    tc, _ = plan_run(args, resumed)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
