@@ -110,9 +110,10 @@ def _embedding_rows_for(model, saved_ids: np.ndarray, saved):
 
 
 def recorded_recipe(src: Path) -> dict:
-    """The recipe a compact state records (none: only the warm-up), with the warm-up restarting
-    at its step: a run started from any compact state has fresh optimiser moments. States written
-    before the recipe was recorded carry the schedule's end alone, as ``schedule_steps``."""
+    """The recipe a compact state records, and the warm-up restarting at its step: a run started
+    from any compact state has fresh optimiser moments, so a state that records no recipe still
+    gets ``warmup_start``. States written before the recipe was recorded carry the schedule's end
+    alone, as ``schedule_steps``."""
     state = json.loads((src / STATE).read_text())
     recipe = dict(state.get("recipe", {}))
     if "steps" not in recipe and "schedule_steps" in state:
