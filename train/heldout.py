@@ -31,7 +31,6 @@ KINDS = ("line", "block", "box")
 def heldout_cer(state: Path, kinds=KINDS, pages: int = 24, start: int = 0) -> dict[str, tuple[float, list]]:
     """{kind: (CER, [(truth, read), ...])} for ``pages`` held-out pages of each kind."""
     model = load_state(state)
-    model.bf16 = False
     use_fast_vision_attention(model)
     return {kind: evaluate(model, list(reading.heldout_pages(pages, kind=kind, start=start)))[0::2]
             for kind in kinds}

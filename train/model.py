@@ -207,6 +207,10 @@ def _slot_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class DemoTrainer(nn.Module):
+    bf16 = False
+    """Whether greedy reading (``train.train.evaluate``) runs under bf16 autocast; a training run
+    sets it to its recipe's ``bf16``, a state loaded for evaluation reads in float32."""
+
     def __init__(self, cfg: GotConfig, used_ids: torch.Tensor):
         super().__init__()
         self.cfg = cfg
