@@ -120,3 +120,47 @@ def test_level_and_warm_up_start_at_the_states_step(tmp_path, recorded):
     tc, start = train.plan_run(args, None)
     assert start == step and tc.warmup_start == step and tc.steps == step + 100
     assert (tc.curriculum_start, tc.curriculum_steps) == config.pinned_curriculum(0.5, step)
+
+
+def test_box_fraction_sets_the_share_of_boxed_pages():
+    """``--box-fraction`` reaches the pages: all multi-line pages of the full task boxed at 1, none at 0
+    (review pages of the first quarter of the curriculum never are)."""
+    import numpy as np
+
+    data = pytest.importorskip("train.data")
+    from gotocr_fast import tokens
+
+    assert data.task_level(8000, 8000, 0.6).box_fraction == 0.6
+    assert data.task_level(1000, 8000, 0.6).box_fraction == 0.0  # before a quarter of the curriculum
+    used = np.load(CHECKPOINT / "used_ids.npy")
+    full_to_used = np.full(tokens.VOCAB_SIZE, -1, dtype=np.int64)
+    full_to_used[used] = np.arange(len(used))
+
+    def boxed(fraction: float) -> list[bool]:
+        pages = data.make_batch(0, 7, 12, 8000, 8000, 384, 6, 36, full_to_used, 24, box_fraction=fraction)
+        return [p.page.box is not None for p in pages]
+
+    assert not any(boxed(0.0))
+    everything = boxed(1.0)
+    assert sum(everything) >= 8  # the pages not single-line reviews of the easiest levels
+
+
+def test_box_fraction_is_recorded_and_can_be_changed(tmp_path):
+    import json
+
+    pytest.importorskip("torch")
+    train = pytest.importorskip("train.train")
+    compact = pytest.importorskip("train.compact")
+    (tmp_path / compact.STATE).write_text(json.dumps(
+        {"step": 100, "recipe": {"steps": 900, "box_fraction": 0.4}}))
+
+    def planned(*flags: str):
+        args = train._parser().parse_args(["--out", str(tmp_path / "run"), "--from-compact", str(tmp_path), *flags])
+        return train.plan_run(args, None)[0]
+
+    assert planned().box_fraction == 0.4  # the state's own
+    assert planned("--box-fraction", "0.5").box_fraction == 0.5
+    with pytest.raises(SystemExit, match="between 0 and 1"):
+        planned("--box-fraction", "1.5")
+    (tmp_path / compact.STATE).write_text(json.dumps({"step": 100, "recipe": {"steps": 900}}))
+    assert planned().box_fraction == config.TrainConfig.box_fraction

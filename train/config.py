@@ -8,6 +8,8 @@ from pathlib import Path
 from gotocr_fast import demo_model as bundle_format
 from gotocr_fast.synth import GotConfig, TextConfig, VisionConfig
 
+from .data import BOX_FRACTION
+
 VIEW_SIZES = (384, 768)
 """View sizes a run can train (``--image-size``); a run keeps its own in ``config.json``."""
 DEFAULT_VIEW = 384
@@ -75,6 +77,8 @@ class TrainConfig:
     """Steps from the easiest pages (one short line in huge type) to the full task (4 lines, 32
     characters, small fonts, boxes)."""
     curriculum_start: int = 0
+    box_fraction: float = BOX_FRACTION
+    """Share of the multi-line pages in box mode once the curriculum has reached a quarter."""
     eval_every: int = 500
     eval_pages: int = 16
     checkpoint_every: int = 100

@@ -118,7 +118,11 @@ class TaskLevel:
     box_fraction: float
 
 
-def task_level(step: int, curriculum_steps: int) -> TaskLevel:
+BOX_FRACTION = 0.25
+"""Share of the multi-line pages, from a quarter of the curriculum on, that ask for one boxed line."""
+
+
+def task_level(step: int, curriculum_steps: int, box_fraction: float = BOX_FRACTION) -> TaskLevel:
     """From one short line in huge type at step 0 to the full reading task at ``curriculum_steps``.
 
     At the start a character is about as wide as an image token's 64-pixel cell, so reading is
@@ -131,7 +135,7 @@ def task_level(step: int, curriculum_steps: int) -> TaskLevel:
         max_lines=min(4, 1 + int(p * 4)),
         max_chars=int(round(6 + (reading.MAX_LINE_CHARS - 6) * min(1.0, p * 1.5))),
         font_size_range=(lo0 + (lo1 - lo0) * p, hi0 + (hi1 - hi0) * p),
-        box_fraction=0.0 if p < 0.25 else 0.25,
+        box_fraction=0.0 if p < 0.25 else box_fraction,
     )
 
 
@@ -141,11 +145,12 @@ model forgets what it learnt first (one run read huge single words worse after 7
 after 300)."""
 
 
-def page_level(rng: np.random.Generator, step: int, curriculum_steps: int) -> TaskLevel:
+def page_level(rng: np.random.Generator, step: int, curriculum_steps: int,
+               box_fraction: float = BOX_FRACTION) -> TaskLevel:
     """The level of one page at ``step`` of the curriculum: the current one, or a review."""
     if step > 0 and rng.random() < REVIEW_FRACTION:
         step = int(rng.integers(0, min(step, curriculum_steps) + 1))
-    return task_level(step, curriculum_steps)
+    return task_level(step, curriculum_steps, box_fraction)
 
 
 @dataclass
@@ -303,10 +308,10 @@ def aux_targets(page: reading.Page, grid: int, slots: int, box_only: bool = True
 
 def make_batch(seed: int, step: int, batch_size: int, curriculum_step: int, curriculum_steps: int,
                image_size: int, token_grid: int, tokens_per_view: int, full_to_used: np.ndarray,
-               patch_grid: int = 24) -> list[Example]:
+               patch_grid: int = 24, box_fraction: float = BOX_FRACTION) -> list[Example]:
     out = []
     for i in range(batch_size):
         rng = np.random.default_rng([TRAIN_SEED_TAG, seed, step, i])
-        level = page_level(rng, curriculum_step, curriculum_steps)
+        level = page_level(rng, curriculum_step, curriculum_steps, box_fraction)
         out.append(make_example(rng, level, image_size, token_grid, tokens_per_view, full_to_used, patch_grid))
     return out

@@ -73,7 +73,7 @@ class StepBatches(torch.utils.data.Dataset):
         grid = int(round(math.sqrt(cfg.tokens_per_view)))
         pages = data.make_batch(tc.seed, step, tc.batch_size, step - tc.curriculum_start, tc.curriculum_steps,
                                 cfg.vision.image_size, grid,
-                                cfg.tokens_per_view, self.full_to_used, cfg.vision.grid)
+                                cfg.tokens_per_view, self.full_to_used, cfg.vision.grid, tc.box_fraction)
         return collate(pages, self.full_to_used, self.pad_id)
 
 
@@ -181,6 +181,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="hold the curriculum at this level for the run (0: one short line in huge type, "
                         "1: the full task; a fifth of the pages review easier levels); sets "
                         "--curriculum-start and --curriculum-steps")
+    p.add_argument("--box-fraction", type=float, default=None,
+                   help=f"share of the multi-line pages that ask for one boxed line (default {TrainConfig.box_fraction})")
     p.add_argument("--warmup-start", type=int, default=None,
                    help="step at which the learning-rate warm-up starts")
     p.add_argument("--threads", type=int, default=None)
@@ -232,6 +234,8 @@ def plan_run(args: argparse.Namespace, resumed: dict | None) -> tuple[TrainConfi
             recipe["curriculum_start"], recipe["curriculum_steps"] = pinned_curriculum(args.level, start)
         except ValueError as e:
             raise SystemExit(f"--level: {e}") from None
+    if not 0.0 <= recipe["box_fraction"] <= 1.0:
+        raise SystemExit(f"--box-fraction must be between 0 and 1, got {recipe['box_fraction']}")
     tc = dataclasses.replace(TrainConfig(), **recipe, bf16=args.bf16, checkpoint_every=args.checkpoint_every,
                              eval_every=args.eval_every)
     if start >= tc.steps:
