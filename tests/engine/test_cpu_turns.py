@@ -107,3 +107,53 @@ def test_engine_never_encodes_while_decoding(tiny_model_dir):
         assert not overlaps
         assert e.cpu_turns.turns["encode"] == 6 and e.cpu_turns.turns["decode"] > 6
     assert [g.text for g in got] == [w.text for w in want]
+
+
+def test_turns_run_on_one_compute_thread():
+    """Every turn runs on the same thread, not the caller's (libgomp parks its workers in the
+    kernel at every barrier once two threads own OpenMP teams on a small machine)."""
+    turns = CpuTurns()
+    seen: list[tuple[str, int]] = []
+    callers: set[int] = set()
+
+    def party(who: str):
+        callers.add(threading.get_ident())
+        for _ in range(20):
+            assert turns.run(who, lambda: seen.append((who, threading.get_ident())) or who) == who
+
+    threads = [threading.Thread(target=party, args=(w,)) for w in ("encode", "decode")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(seen) == 40 and len({ident for _, ident in seen}) == 1
+    assert not {ident for _, ident in seen} & callers
+    with pytest.raises(ValueError, match="bad page"):
+        turns.run("encode", lambda: (_ for _ in ()).throw(ValueError("bad page")))
+    assert turns.holder is None  # an exception gives the turn back
+    turns.close()
+    assert NoTurns().run("decode", threading.get_ident) == threading.get_ident()
+
+
+@pytest.mark.parametrize("share_cpu", [True, False])
+def test_engine_computes_on_one_thread_when_sharing(tiny_model_dir, share_cpu):
+    with OcrEngine(tiny_model_dir, n_ctx=1024, max_slots=2, n_threads=2, share_cpu=share_cpu,
+                   embed_cache_bytes=0) as e:
+        threads: dict[str, set[int]] = {"encode": set(), "decode": set()}
+
+        def record(name, fn):
+            def run(*a, **k):
+                threads[name].add(threading.get_ident())
+                return fn(*a, **k)
+            return run
+
+        e.vision.encode = record("encode", e.vision.encode)
+        e.text.decode_tokens = record("decode", e.text.decode_tokens)
+        e.text.decode_embeddings = record("decode", e.text.decode_embeddings)
+        for r in [e.submit(_image(400 + i), max_tokens=8) for i in range(3)]:
+            r.result(120)
+    assert threads["encode"] and threads["decode"]
+    if share_cpu:
+        assert len(threads["encode"] | threads["decode"]) == 1, threads
+    else:  # enough CPUs for both teams: the encoder and the decode loop run side by side
+        assert threads["encode"].isdisjoint(threads["decode"]), threads

@@ -373,6 +373,7 @@ class OcrEngine(EngineBase):
         self._encode_q.put(None)
         self._encoder.join(30)
         self.scheduler.close()
+        self.cpu_turns.close()
         self._close_models()
 
     def __enter__(self):
@@ -502,8 +503,7 @@ class OcrEngine(EngineBase):
                         # an identical image queued just before this one may have been encoded since
                         emb = self.cache.get(key)
                     if emb is None:
-                        with self.cpu_turns.turn("encode"):
-                            out = self.vision.encode(pix)
+                        out = self.cpu_turns.run("encode", self.vision.encode, pix)
                         encoded += 1
                         emb = np.ascontiguousarray(out.reshape(-1, out.shape[-1]), dtype=np.float32)
                         self.cache.put(key, emb)

@@ -5,6 +5,15 @@ threads and llama.cpp's threads together exceed the cores, the two teams preempt
 mid-barrier and both crawl (measured on 2 cores: 8 concurrent pages ran no faster than one at a
 time). Running them in turns, each with every core, does the same total work without that waste.
 
+Taking turns is not enough on its own: the turns must also run on one thread. The CPU backend of
+llama-cpp-python's ggml parallelises each graph with OpenMP, and GNU libgomp keeps a team of
+worker threads for every thread that has started a parallel region. Once the process holds more
+such workers than it may use CPUs, libgomp stops spinning at its barriers and parks the threads in
+the kernel at every op instead. An encoder thread and a decode thread each owning a team crosses
+that line on 2 cores: a q4_k_m decode step of the full-size model took 49.5 ms instead of 29.7
+(AMX Xeon, 2 threads; the prefill and the encode slowed by 10-20 %). So :meth:`CpuTurns.run`
+runs every turn on one compute thread, whose single team of workers stays within the CPUs.
+
 The policy favours throughput: when both parties want the CPU they alternate (one encode, one
 decode step, one encode, ...), so a backlog of new pages is encoded and prefilled quickly and
 their decoding then runs in one big batch. The price: while a backlog of encodes lasts, running
@@ -15,7 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
 
 __all__ = ["CpuTurns", "NoTurns"]
 
@@ -33,6 +46,17 @@ class CpuTurns:
         self._waiting: dict[str, int] = {}
         self._last: str | None = None
         self.turns: dict[str, int] = {}  # turns taken per party (for tests and stats)
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gotocr-compute")
+
+    def run(self, who: str, fn: Callable[..., T], *args) -> T:
+        """``fn(*args)`` in ``who``'s turn, on the compute thread (see the module's docstring);
+        its result or exception comes back to the caller."""
+        with self.turn(who):
+            return self._compute.submit(fn, *args).result()
+
+    def close(self) -> None:
+        """Stop the compute thread once the turn it runs (if any) is over."""
+        self._compute.shutdown(wait=True)
 
     def _may_take(self, who: str) -> bool:
         if self._holder is not None:
@@ -69,6 +93,13 @@ class NoTurns:
 
     def __init__(self) -> None:
         self.turns: dict[str, int] = {}
+
+    def run(self, who: str, fn: Callable[..., T], *args) -> T:
+        """``fn(*args)`` on the caller's thread: the parties' thread teams fit in the CPUs together."""
+        return fn(*args)
+
+    def close(self) -> None:
+        pass
 
     @contextlib.contextmanager
     def turn(self, who: str) -> Iterator[None]:

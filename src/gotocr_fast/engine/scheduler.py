@@ -152,8 +152,7 @@ class Scheduler:
                     self._make_room()
                     self._admit()
                 if self._running:
-                    with self.cpu_turns.turn("decode"):
-                        self._step()
+                    self.cpu_turns.run("decode", self._step)
                     self._pool_in_use = True
                 if self._pool_in_use and not self._running and not self._waiting:
                     # idle (a racing submit only finds the pool released: always safe with no
