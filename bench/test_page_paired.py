@@ -4,9 +4,11 @@
 work minutes apart; on a shared VM both move by 10-30 % between such runs, as much as the margin
 being checked (a page is ≈ 3× faster with f16 weights). Here every timed round of ours
 (``OcrEngine.ocr``: preprocess, encode, prefill, N greedy tokens) comes right after one round of
-transformers' ``generate`` on the same page image, both in this process with the same threads,
+transformers' ``generate`` on the same page image, with the same threads,
 and ``RESULTS.md`` takes the ratio of the two series. Each round uses a page neither side has
-seen, and our embedding cache is off, so both encode every round.
+seen, and our embedding cache is off, so both encode every round. Transformers runs in a child
+process: PyTorch and ggml share one OpenMP runtime, which slows both once both have thread teams
+(``baselines/torch_page_worker.py``).
 """
 
 from __future__ import annotations
@@ -24,23 +26,23 @@ WARMUP_TOKENS = 8
 
 @pytest.fixture(scope="module")
 def transformers_page(checkpoint_dir, prompt_ids, pages):
-    """``run(page) -> seconds`` for transformers f32, warmed up on a page no round uses."""
+    """``run(page) -> seconds`` for transformers f32 in its own process (``TorchPageWorker``: one
+    process holding both OpenMP teams slows both), warmed up on a page no round uses."""
     need("torch", "transformers", hint=BASELINE_HINT)
-    from baselines import torch_got
+    from baselines.torch_page_worker import TorchPageWorker
 
-    model = torch_got.load_model(checkpoint_dir, "f32", SETTINGS.threads)
-    processor = torch_got.image_processor(checkpoint_dir)
+    worker = TorchPageWorker(checkpoint_dir, "f32", SETTINGS.threads, prompt_ids)
 
     def run(page, n_tokens: int) -> float:
-        t0 = time.perf_counter()
-        generated = torch_got.generate_page(model, processor, page, prompt_ids, n_tokens)
-        elapsed = time.perf_counter() - t0
+        elapsed, generated = worker.run(page, n_tokens)
         assert generated == n_tokens, f"transformers generated {generated} tokens, not {n_tokens}"
         return elapsed
 
-    run(pages(1)[0], WARMUP_TOKENS)  # first-call allocations stay out of the timed rounds
-    yield run
-    del model
+    try:
+        run(pages(1)[0], WARMUP_TOKENS)  # first-call allocations stay out of the timed rounds
+        yield run
+    finally:
+        worker.close()
 
 
 @pytest.fixture(scope="module", params=PAGE_DTYPES)
