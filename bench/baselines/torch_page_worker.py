@@ -6,19 +6,24 @@ benchmark's main thread and our engine's on its compute thread, the process hold
 than CPUs, and libgomp then parks idle workers in the kernel at every barrier: on 2 cores our
 decode steps took 50 ms instead of 30.6 ms with torch's team alive beside the engine, and torch's
 ops pay the same way while our team sits idle during its rounds. A deployment holds only one of
-the two, so each side gets a process: transformers runs here, the engine in the benchmark.
+the two, so each side gets a process: transformers runs here, the engine in the benchmark. The
+child also drops the ``GOMP_SPINCOUNT`` that importing gotocr_fast sets (``gotocr_fast.openmp``),
+so transformers spins as libgomp does by default.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 
-def _serve(conn, checkpoint_dir: str, dtype: str, threads: int, ids: list[int]) -> None:
+def _serve(conn, checkpoint_dir: str, dtype: str, threads: int, ids: list[int], unset_spin_count: bool) -> None:
+    if unset_spin_count:  # libgomp's own default for transformers, as it runs anywhere else
+        os.environ.pop("GOMP_SPINCOUNT", None)
     try:
         from PIL import Image
 
@@ -49,9 +54,12 @@ class TorchPageWorker:
     child process (spawned: no OpenMP state of ours is inherited)."""
 
     def __init__(self, checkpoint_dir: Path, dtype: str, threads: int, ids: list[int]):
+        import gotocr_fast
+
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, str(checkpoint_dir), dtype, threads, list(ids)),
+        self._proc = ctx.Process(target=_serve, args=(child, str(checkpoint_dir), dtype, threads, list(ids),
+                                                      gotocr_fast.SPIN_COUNT_SET_HERE),
                                  name="transformers-page", daemon=True)
         self._proc.start()
         child.close()

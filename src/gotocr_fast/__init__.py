@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .openmp import default_spin_count
+
+SPIN_COUNT_SET_HERE = default_spin_count()
+"""Whether importing gotocr_fast set ``GOMP_SPINCOUNT`` (gotocr_fast.openmp says why)."""
+
 # The single source of the package version (pyproject.toml reads it from here).
 __version__ = "0.1.0"
 

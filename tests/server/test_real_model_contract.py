@@ -72,7 +72,6 @@ def test_schemathesis_contract(model_server, tmp_path: Path):
     # it really ran: every operation was tested, and the examples went through the model
     assert "Tested: 6" in out, out[-3000:]
     assert "Examples" in out and "2 passed" in out, out[-3000:]
-    assert elapsed < 90, f"contract run took {elapsed:.0f} s"
     assert model_server.proc.poll() is None, "the server died during the run"
 
 
