@@ -395,8 +395,8 @@ def _paired_sections(by_stage: dict[str, list[dict]], stat: str) -> list[str]:
          "one round of the baseline (llama.cpp on our GGUF, or transformers), then one of ours",
          "token"),
         ("page_paired", "One page against transformers, interleaved (`test_page_paired.py`)",
-         "one transformers `generate` round, then one `OcrEngine.ocr` round of ours, on the same "
-         "page image", "page"),
+         "one transformers `generate` round, then one `OcrEngine.ocr` round of ours, on the same page "
+         "image", "page"),
     ]
     pick = {"min": min, "median": statistics.median, "mean": statistics.fmean}[stat]
     for stage, title, what, unit in paired_sections:
@@ -405,7 +405,10 @@ def _paired_sections(by_stage: dict[str, list[dict]], stat: str) -> list[str]:
             continue
         w(f"## {title}")
         w("")
-        w(f"Rounds alternate: {what}, in the same process, so drift of the machine hits both "
+        child = all(b["extra_info"].get("baseline_process") == "child" for b in paired)
+        where = ("the baseline in a child process of its own (one OpenMP runtime would slow both sides)"
+                 if child else "in the same process")
+        w(f"Rounds alternate: {what}, {where}, so drift of the machine hits both "
           f"series alike. Each side's statistic is the {stat} over its own rounds.")
         w("")
         w(f"| ours | theirs | ours / {unit} | theirs / {unit} | speedup | rounds |")

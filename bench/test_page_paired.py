@@ -75,6 +75,7 @@ def test_page_paired(benchmark, transformers_page, our_engine, pages):
         baseline_dtype="f32")
     run_rounds(benchmark, ocr, rounds=rounds, warmup=0, setup=setup)
     benchmark.extra_info["baseline_round_s"] = [round(t, 4) for t in theirs_s]
+    benchmark.extra_info["baseline_process"] = "child"
     tokens = sorted({r.completion_tokens for r in results})
     benchmark.extra_info["completion_tokens"] = tokens
     # same work on both sides, or the ratio means nothing
