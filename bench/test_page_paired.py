@@ -13,7 +13,6 @@ process: PyTorch and ggml share one OpenMP runtime, which slows both once both h
 
 from __future__ import annotations
 
-
 import pytest
 
 from harness import BASELINE_HINT, SETTINGS, need, run_rounds, tag
