@@ -395,8 +395,8 @@ def _paired_sections(by_stage: dict[str, list[dict]], stat: str) -> list[str]:
          "one round of the baseline (llama.cpp on our GGUF, or transformers), then one of ours",
          "token"),
         ("page_paired", "One page against transformers, interleaved (`test_page_paired.py`)",
-         "one transformers `generate` round, then one `OcrEngine.ocr` round of ours, on the same page "
-         "image", "page"),
+         "one transformers `generate` round, then one `OcrEngine.ocr` round of ours, on the same "
+         "page image", "page"),
     ]
     pick = {"min": min, "median": statistics.median, "mean": statistics.fmean}[stat]
     for stage, title, what, unit in paired_sections:

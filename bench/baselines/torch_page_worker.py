@@ -23,7 +23,9 @@ import numpy as np
 
 def _serve(conn, checkpoint_dir: str, dtype: str, threads: int, ids: list[int], unset_spin_count: bool) -> None:
     if unset_spin_count:  # libgomp's own default for transformers, as it runs anywhere else
-        os.environ.pop("GOMP_SPINCOUNT", None)
+        from gotocr_fast.openmp import SPIN_COUNT_VAR
+
+        os.environ.pop(SPIN_COUNT_VAR, None)
     try:
         from PIL import Image
 
