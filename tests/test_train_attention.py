@@ -48,7 +48,10 @@ def test_fused_attention_matches_transformers(grid, window):
     assert set(got_grads) == set(want_grads)
     for name in want_grads:
         assert want_grads[name].abs().max() > 0, name  # every parameter takes part
-        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+        # A weight gradient sums over every position: f32 rounding grows with the gradient's
+        # scale (transformers' own f32 gradient is ~1e-6 of its largest element off an f64 run).
+        atol = 2e-6 * want_grads[name].abs().max().item()
+        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=atol, msg=name)
 
 
 def test_bf16_kernel_stays_within_bf16_rounding():
