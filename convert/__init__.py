@@ -1,8 +1,8 @@
 """Checkpoint → GGUF conversion for GOT-OCR2 (``gotocr convert``).
 
-``convert_checkpoint(src_dir, out_dir, outtype="f32")`` reads a GOT checkpoint in the original
-GOT-OCR2.0 layout or the transformers layout and writes the text GGUF (llama.cpp ``qwen2``) and
-the vision GGUF (``got-vision``, see docs/ARCHITECTURE.md).
+``convert_checkpoint(src_dir, out_dir, outtype=None)`` (``gguf_io.DEFAULT_OUTTYPE`` unless given)
+reads a GOT checkpoint in the original GOT-OCR2.0 layout or the transformers layout and writes
+the text GGUF (llama.cpp ``qwen2``) and the vision GGUF (``got-vision``, see docs/ARCHITECTURE.md).
 
 The heavy modules (gguf, numpy, safetensors) load on first use of the converter, so importing
 ``gotocr_fast.convert.vocab`` or the error type stays cheap.

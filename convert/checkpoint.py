@@ -460,9 +460,10 @@ def _tokenizer(ckpt: Checkpoint) -> tuple[QwenBpe, dict[str, int]]:
 # Conversion
 
 
-def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, outtype: str = "f32",
+def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, outtype: str | None = None,
                        progress: bool = True) -> ModelFiles:
-    """Convert a GOT checkpoint folder into ``out_dir``/got-{text,vision}-<outtype>.gguf.
+    """Convert a GOT checkpoint folder into ``out_dir``/got-{text,vision}-<outtype>.gguf
+    (``outtype`` None: ``gguf_io.DEFAULT_OUTTYPE``).
 
     Output appears only when complete: both files are written under temporary names in
     ``out_dir`` and renamed at the end; on any failure (or Ctrl-C) the temporaries are removed
@@ -470,10 +471,11 @@ def convert_checkpoint(src_dir: str | Path, out_dir: str | Path, outtype: str = 
     """
     from tqdm.auto import tqdm
 
-    from .gguf_io import check_outtype, vision_outtype
+    from .gguf_io import DEFAULT_OUTTYPE, check_outtype, vision_outtype
     from .text_gguf import plan_text, write_text_gguf
     from .vision_gguf import plan_vision, write_vision_gguf
 
+    outtype = DEFAULT_OUTTYPE if outtype is None else outtype
     check_outtype(outtype)
     ckpt = open_checkpoint(src_dir)
     out = Path(out_dir)

@@ -124,7 +124,8 @@ def test_existing_output_is_replaced_only_when_complete(tmp_path, synth_checkpoi
     with pytest.raises(ConvertError):
         convert_checkpoint(src, out, progress=False)
     assert files.text.read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == ["got-text-f32.gguf", "got-vision-f32.gguf"]
+    # no --outtype: f16, the measured default (convert.gguf_io.DEFAULT_OUTTYPE)
+    assert sorted(p.name for p in out.iterdir()) == ["got-text-f16.gguf", "got-vision-f16.gguf"]
 
 
 def test_cli_error_exit_2(tmp_path, synth_checkpoint, capsys):

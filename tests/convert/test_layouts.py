@@ -63,7 +63,7 @@ def test_transformers_model_prefixed_names_with_lm_head(tmp_path, synth_checkpoi
     variant = _copy_without_weights(src, tmp_path / "ckpt")
     save_file(renamed, str(variant / "model.safetensors"))
     out = tmp_path / "out"
-    convert_checkpoint(variant, out, progress=False)
+    convert_checkpoint(variant, out, outtype="f32", progress=False)
     assert_same_gguf(out, converted_model("tiny", "hf"))
 
 
@@ -74,7 +74,7 @@ def test_language_model_lm_head_spelling(tmp_path, synth_checkpoint, converted_m
     variant = _copy_without_weights(src, tmp_path / "ckpt")
     save_file(weights, str(variant / "model.safetensors"))
     out = tmp_path / "out"
-    convert_checkpoint(variant, out, progress=False)
+    convert_checkpoint(variant, out, outtype="f32", progress=False)
     assert_same_gguf(out, converted_model("tiny", "hf"))
 
 
@@ -90,7 +90,7 @@ def test_sharded_safetensors_with_index(tmp_path, synth_checkpoint, converted_mo
         weight_map.update({k: file for k in part})
     (variant / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     out = tmp_path / "out"
-    convert_checkpoint(variant, out, progress=False)
+    convert_checkpoint(variant, out, outtype="f32", progress=False)
     assert_same_gguf(out, converted_model("tiny", "original"))
 
 
@@ -114,7 +114,7 @@ def test_bf16_checkpoint_reads_exact_values(tmp_path, synth_checkpoint):
     head += b" " * (-len(head) % 8)
     with open(variant / "model.safetensors", "wb") as f:
         f.write(len(head).to_bytes(8, "little") + head + b"".join(blobs))
-    files = convert_checkpoint(variant, tmp_path / "out", progress=False)
+    files = convert_checkpoint(variant, tmp_path / "out", outtype="f32", progress=False)
     qkv = next(t for t in gguf.GGUFReader(files.vision).tensors if t.name == "v.blk.0.attn_qkv.weight")
     bits = to_bf16_bits(weights["vision_tower.layers.0.attn.qkv.weight"])
     want = (bits.astype(np.uint32) << 16).view(np.float32)
@@ -170,7 +170,7 @@ def test_legacy_bin_without_torch_is_a_clear_error(tmp_path, synth_checkpoint, m
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch → ImportError
     out = tmp_path / "out"
     with pytest.raises(ConvertError, match="needs torch"):
-        convert_checkpoint(variant, out, progress=False)
+        convert_checkpoint(variant, out, outtype="f32", progress=False)
     assert not out.exists()
 
 
@@ -182,5 +182,5 @@ def test_pytorch_bin_checkpoint(tmp_path, synth_checkpoint, converted_model, ass
     variant = _copy_without_weights(src, tmp_path / "ckpt")
     torch.save({k: torch.from_numpy(v.copy()) for k, v in weights.items()}, variant / "pytorch_model.bin")
     out = tmp_path / "out"
-    convert_checkpoint(variant, out, progress=False)
+    convert_checkpoint(variant, out, outtype="f32", progress=False)
     assert_same_gguf(out, converted_model("tiny", "original"))

@@ -135,7 +135,7 @@ def test_untied_lm_head_is_written(tmp_path, synth_checkpoint, oracle, llama_log
     weights = load_file(str(src / "model.safetensors"))
     weights["lm_head.weight"] = weights["lm_head.weight"] * np.float32(2.0)
     save_file(weights, str(src / "model.safetensors"))
-    files = convert_checkpoint(src, tmp_path / "out", progress=False)
+    files = convert_checkpoint(src, tmp_path / "out", outtype="f32", progress=False)
     ttype, shape, raw = read_gguf(files.text).tensors["output.weight"]
     assert (ttype, shape) == (gguf.GGMLQuantizationType.F32, weights["lm_head.weight"].shape)
     np.testing.assert_array_equal(raw.view(np.float32).reshape(shape), weights["lm_head.weight"])
