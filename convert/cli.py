@@ -20,9 +20,9 @@ def build_parser(prog: str = "gotocr convert") -> argparse.ArgumentParser:
     parser.add_argument("src", help="checkpoint folder (config.json, *.safetensors or *.bin, tokenizer)")
     parser.add_argument("out", help="output model folder (created if missing)")
     parser.add_argument("--outtype", default=DEFAULT_OUTTYPE, choices=ALL_OUTTYPES,
-                        help=f"weight type of the matmul weights (default: {DEFAULT_OUTTYPE}); q6_k, q5_k_m and q4_k_m "
-                             "quantize the text model with llama.cpp's quantizer and write the vision model "
-                             "at f16")
+                        help=f"weight type of the matmul weights (default: {DEFAULT_OUTTYPE}); q6_k, q5_k_m "
+                             "and q4_k_m quantize the text model with llama.cpp's quantizer and write the "
+                             "vision model at f16")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     return parser
 

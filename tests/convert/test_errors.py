@@ -124,7 +124,7 @@ def test_existing_output_is_replaced_only_when_complete(tmp_path, synth_checkpoi
     with pytest.raises(ConvertError):
         convert_checkpoint(src, out, progress=False)
     assert files.text.read_bytes() == before
-    # no --outtype: f16, the measured default (convert.gguf_io.DEFAULT_OUTTYPE)
+    # no outtype given: f16, the measured default (convert.gguf_io.DEFAULT_OUTTYPE)
     assert sorted(p.name for p in out.iterdir()) == ["got-text-f16.gguf", "got-vision-f16.gguf"]
 
 
