@@ -523,12 +523,17 @@ def _vision_section(by_stage: dict[str, list[dict]], facts: dict, stat: str) -> 
     return out
 
 
+def _mean_fma_peak(cases: list[dict]) -> float | None:
+    """One thread's f32 FMA peak, the mean of what the GEMM-shape cases measured (None if none did)."""
+    peaks = [b["extra_info"]["fma_peak_gflops"] for b in cases if b["extra_info"].get("fma_peak_gflops")]
+    return sum(peaks) / len(peaks) if peaks else None
+
+
 def _measured_fma_peak(by_stage: dict[str, list[dict]], facts: dict) -> float | None:
     """The f32 FMA peak of the cores an engine uses, from the one-thread FMA loop that the
     GEMM-shape suite times (None without that suite in the joined runs)."""
-    peaks = [b["extra_info"]["fma_peak_gflops"] for b in by_stage.get("gemm_shape", [])
-             if b["extra_info"].get("fma_peak_gflops")]
-    return sum(peaks) / len(peaks) * facts["cores_used"] if peaks else None
+    peak = _mean_fma_peak(by_stage.get("gemm_shape", []))
+    return peak * facts["cores_used"] if peak else None
 
 
 def _gemm_section(by_stage: dict[str, list[dict]], stat: str) -> list[str]:
@@ -553,7 +558,6 @@ def _gemm_section(by_stage: dict[str, list[dict]], stat: str) -> list[str]:
       + (f" {baseline} GFLOP/s | its % of peak | ours ÷ it |" if baseline else ""))
     w("|---|---|---:|---:|---:|---|" + ("---:|---:|---:|" if baseline else ""))
     total_flops = total_time = base_time = 0.0
-    peaks = []
     for b in cases:
         e = b["extra_info"]
         t = per_unit(b, stat)
@@ -561,8 +565,6 @@ def _gemm_section(by_stage: dict[str, list[dict]], stat: str) -> list[str]:
         peak = e.get("fma_peak_gflops")
         total_flops += e["flops"]
         total_time += t
-        if peak:
-            peaks.append(peak)
         share = f"{100 * gflops / peak:.0f} %" if peak else "n/a"
         row = (f"| {e['gemm']}{' (+GELU)' if e.get('gelu') else ''} | {e['shape'].replace('x', ' × ')} | "
                f"{gflops:.1f} | {peak if peak else 'n/a'} | {share} | {e.get('gemm_isa', '')} |")
@@ -573,7 +575,7 @@ def _gemm_section(by_stage: dict[str, list[dict]], stat: str) -> list[str]:
         w(row)
     if total_time > 0:
         gflops = total_flops / total_time / 1e9
-        peak = sum(peaks) / len(peaks) if peaks else None
+        peak = _mean_fma_peak(cases)
         share = f"{100 * gflops / peak:.0f} %" if peak else "n/a"
         row = f"| all of them | | {gflops:.1f} | {f'{peak:.1f}' if peak else 'n/a'} (mean) | {share} | |"
         if baseline:
