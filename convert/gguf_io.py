@@ -50,9 +50,9 @@ ALL_OUTTYPES: tuple[str, ...] = (*OUTTYPES, *TEXT_ONLY_OUTTYPES)
 DEFAULT_OUTTYPE = "f16"
 """What ``gotocr convert`` writes unless told otherwise. Measured (bench/RESULTS*.md): f16 decodes
 about twice as fast as f32 (a token reads every weight once) and the demo model's f16 text equals
-its f32 text on 99 % of the held-out pages with the same error rate; the quantized types are
-faster again but change the text more often, so they stay a choice (README.md, "Weight
-types")."""
+its f32 text on 97.8-98.7 % of the held-out pages (two training states), its error rates within
+0.1 of a point; the quantized types are faster again but change the text more often, so they stay
+a choice (README.md, "Weight types")."""
 
 
 def check_outtype(outtype: str) -> None:
