@@ -73,7 +73,7 @@ cdef extern from "cpu_attention_test.h" nogil:
                           const float * bias, int qkv_has_bias, const float * tab_h, const float * tab_w,
                           float scale, float * out, int n_threads, const char * isa)
     const char * cpu_attn_test_best_isa()
-    int cpu_attn_test_has_amx()
+    int cpu_attn_test_available(const char * isa)
 
 BACKEND_CPU = GOT_VISION_BACKEND_CPU
 BACKEND_GPU = GOT_VISION_BACKEND_GPU
@@ -361,6 +361,8 @@ def _attn_best_isa():
     return cpu_attn_test_best_isa().decode("ascii")
 
 
-def _attn_has_amx():
-    """Tests only: can _attn_for_tests run isa="amx" (bf16 products on AMX tiles) here?"""
-    return cpu_attn_test_has_amx() != 0
+def _attn_available(isa):
+    """Tests only: can _attn_for_tests run this ``isa`` here? ("amx": bf16 products on AMX tiles,
+    "avx512_bf16": with AVX512_BF16 dot products, or an f32 variant)"""
+    cdef bytes bisa = str(isa).encode("ascii")
+    return cpu_attn_test_available(bisa) != 0

@@ -15,8 +15,7 @@
 
 #include "cpu_attention.h"
 
-#include "cpu_attention_amx.h"
-#include "cpu_gemm_bf16.h"
+#include "cpu_attention_bf16.h"
 
 #include <algorithm>
 #include <cmath>
@@ -54,27 +53,27 @@ struct plan {
     int64_t kcp = 0;     // kc rounded up to NR: the packed chunk width
     int64_t nchunk = 0;
     int64_t sp = 0;      // S rounded up to NR: row stride of the rel-pos terms and tables
-    bool amx = false;    // bf16 products on AMX tiles: rows padded to 32, bf16 copies of q/K/V/P
-    int64_t dp = 0;      // AMX: hd rounded up to 32 (the K of the score product)
+    bool bf16 = false;   // bf16 products: rows padded to 32, bf16 copies of q/K/V/P
+    int64_t dp = 0;      // bf16: hd rounded up to 32 (the K of the score product)
     size_t o_th = 0, o_tw = 0, o_br = 0, o_kp = 0, o_vp = 0, o_qu = 0, o_qs = 0, o_rh = 0, o_rw = 0, o_s = 0, o_o = 0, o_m = 0, o_l = 0;
-    size_t o_qb = 0, o_kb = 0, o_vb = 0, o_pb = 0;  // AMX: bf16 buffers (offsets in floats)
+    size_t o_qb = 0, o_kb = 0, o_vb = 0, o_pb = 0;  // bf16 buffers (offsets in floats)
     size_t total = 0;    // floats per thread
 };
 
-plan make_plan(int64_t S, int64_t hd, int MR, int NR, bool amx = false) {
+plan make_plan(int64_t S, int64_t hd, int MR, int NR, bool bf16 = false) {
     plan p;
     p.S = S;
     p.T = S * S;
     p.hd = hd;
     p.hdp = round_up(hd, NR);
-    p.amx = amx;
+    p.bf16 = bf16;
     p.dp = round_up(hd, 32);
-    if (amx) MR = 32;  // the tiles' products run on 32-row blocks
+    if (bf16) MR = 32;  // the bf16 products run on 32-row blocks
     p.qb = round_up(ceil_div(p.T, ceil_div(p.T, Q_ROWS_TARGET)), MR);
     p.nqb = ceil_div(p.T, p.qb);
     p.kr = std::min(S, std::max<int64_t>(1, CHUNK_KEYS / S));
     p.kc = p.kr * S;
-    p.kcp = round_up(p.kc, amx ? std::max(NR, 32) : NR);
+    p.kcp = round_up(p.kc, bf16 ? std::max(NR, 32) : NR);
     p.nchunk = ceil_div(S, p.kr);
     p.sp = round_up(S, NR);
     size_t off = 0;
@@ -92,7 +91,7 @@ plan make_plan(int64_t S, int64_t hd, int MR, int NR, bool amx = false) {
     p.o_o  = take((size_t) (p.qb * p.hdp));
     p.o_m  = take((size_t) p.qb);
     p.o_l  = take((size_t) p.qb);
-    if (amx) {  // bf16 halves: two per float
+    if (bf16) {  // bf16 halves: two per float
         p.o_qb = take((size_t) (p.qb * p.dp / 2));
         p.o_kb = take((size_t) (p.nchunk * p.kcp * p.dp / 2));
         p.o_vb = take((size_t) (p.nchunk * p.kcp * p.hdp / 2));
@@ -174,10 +173,11 @@ isa_kind selected_isa() {
     return isa;
 }
 
-plan plan_for(isa_kind isa, int64_t S, int64_t hd, bool amx) {
+plan plan_for(isa_kind isa, int64_t S, int64_t hd, cpu_gemm_bf16::isa bf16) {
     switch (isa) {
 #if defined(__x86_64__) || defined(__i386__)
-        case ISA_AVX512: return make_plan(S, hd, shape<CA_AVX512>::mr, shape<CA_AVX512>::nr, amx);
+        case ISA_AVX512:
+            return make_plan(S, hd, shape<CA_AVX512>::mr, shape<CA_AVX512>::nr, bf16 != cpu_gemm_bf16::isa::none);
         case ISA_AVX2:   return make_plan(S, hd, shape<CA_AVX2>::mr, shape<CA_AVX2>::nr);
 #endif
         default:         return make_plan(S, hd, shape<CA_GENERIC>::mr, shape<CA_GENERIC>::nr);
@@ -201,8 +201,8 @@ void run_generic(const cpu_attn_params & pr, const op_view & ov, float * s, cons
 // thread ith of nth: its contiguous share of a fixed task list (the tasks, and so the arithmetic,
 // do not depend on nth); threads beyond the scratch's count stay idle
 void run_share(isa_kind isa, const cpu_attn_params & pr, const op_view & ov, int ith, int nth) {
-    GGML_ASSERT(!pr.amx || (isa == ISA_AVX512 && cpu_attn_amx_available()));
-    const plan pl = plan_for(isa, pr.S, pr.hd, pr.amx);
+    GGML_ASSERT(pr.bf16 == cpu_gemm_bf16::isa::none || (isa == ISA_AVX512 && cpu_attn_bf16_available(pr.bf16)));
+    const plan pl = plan_for(isa, pr.S, pr.hd, pr.bf16);
     GGML_ASSERT(pr.scratch && pr.scratch->buf && pr.scratch->per_thread >= pl.total);
     const int nwork = std::min(nth, pr.scratch->n_threads);
     if (ith >= nwork) return;
@@ -212,7 +212,7 @@ void run_share(isa_kind isa, const cpu_attn_params & pr, const op_view & ov, int
     switch (isa) {
 #if defined(__x86_64__) || defined(__i386__)
         case ISA_AVX512:
-            if (pr.amx) {
+            if (pr.bf16 == cpu_gemm_bf16::isa::amx) {
                 cpu_gemm_bf16::amx_tile_scope tiles;  // other tile code in this worker thread keeps its own
                 run_avx512(pr, ov, s, pl, t0, t1);
             } else {
@@ -246,10 +246,12 @@ bool cpu_attn_scratch::reserve(int n, size_t floats) {
     return true;
 }
 
-size_t cpu_attn_scratch_floats(int64_t S, int64_t hd, bool amx) { return plan_for(selected_isa(), S, hd, amx).total; }
+size_t cpu_attn_scratch_floats(int64_t S, int64_t hd, cpu_gemm_bf16::isa bf16) {
+    return plan_for(selected_isa(), S, hd, bf16).total;
+}
 
-bool cpu_attn_amx_available() {
-    return selected_isa() == ISA_AVX512 && cpu_gemm_bf16::available(cpu_gemm_bf16::isa::amx);
+bool cpu_attn_bf16_available(cpu_gemm_bf16::isa which) {
+    return which != cpu_gemm_bf16::isa::none && selected_isa() == ISA_AVX512 && cpu_gemm_bf16::available(which);
 }
 
 const char * cpu_attn_isa() {
@@ -288,11 +290,12 @@ extern "C" int cpu_attn_test_run(const float * qkv, int64_t B, int64_t G, int64_
         return -1;
     }
     isa_kind k;
-    bool amx = false;
-    if (strcmp(isa, "amx") == 0) {
-        if (!cpu_attn_amx_available()) return -1;
+    cpu_gemm_bf16::isa bf16 = cpu_gemm_bf16::isa::none;
+    if (strcmp(isa, "amx") == 0) bf16 = cpu_gemm_bf16::isa::amx;
+    else if (strcmp(isa, "avx512_bf16") == 0) bf16 = cpu_gemm_bf16::isa::avx512_bf16;
+    if (bf16 != cpu_gemm_bf16::isa::none) {
+        if (!cpu_attn_bf16_available(bf16)) return -1;
         k = ISA_AVX512;
-        amx = true;
     } else if (strcmp(isa, "best") == 0) k = selected_isa();
     else if (strcmp(isa, "generic") == 0) k = ISA_GENERIC;
     else if (strcmp(isa, "avx2") == 0) k = ISA_AVX2;
@@ -304,9 +307,9 @@ extern "C" int cpu_attn_test_run(const float * qkv, int64_t B, int64_t G, int64_
     pr.D = D; pr.H = H; pr.hd = D / H; pr.S = S; pr.G = G; pr.scale = scale;
     pr.qkv_has_bias = qkv_has_bias != 0;
     pr.rel_pos = tab_h != nullptr;
-    pr.amx = amx;
+    pr.bf16 = bf16;
     pr.scratch = &scratch;
-    if (!scratch.reserve(n_threads, plan_for(k, S, pr.hd, amx).total)) return -2;
+    if (!scratch.reserve(n_threads, plan_for(k, S, pr.hd, bf16).total)) return -2;
     op_view ov;
     ov.qkv = (const char *) qkv;
     ov.nb1 = (size_t) (3 * D) * sizeof(float);
@@ -327,4 +330,11 @@ extern "C" const char * cpu_attn_test_best_isa(void) {
     return isa_available(ISA_AVX512) ? "avx512" : isa_available(ISA_AVX2) ? "avx2" : "generic";
 }
 
-extern "C" int cpu_attn_test_has_amx(void) { return cpu_attn_amx_available() ? 1 : 0; }
+extern "C" int cpu_attn_test_available(const char * isa) {
+    if (!isa) return 0;
+    if (strcmp(isa, "amx") == 0) return cpu_attn_bf16_available(cpu_gemm_bf16::isa::amx) ? 1 : 0;
+    if (strcmp(isa, "avx512_bf16") == 0) return cpu_attn_bf16_available(cpu_gemm_bf16::isa::avx512_bf16) ? 1 : 0;
+    if (strcmp(isa, "avx512") == 0) return isa_available(ISA_AVX512) ? 1 : 0;
+    if (strcmp(isa, "avx2") == 0) return isa_available(ISA_AVX2) ? 1 : 0;
+    return strcmp(isa, "generic") == 0 ? 1 : 0;
+}

@@ -13,6 +13,7 @@
 
 #pragma once
 
+#include "cpu_gemm_bf16.h"
 #include "ggml.h"
 
 #include <cstddef>
@@ -27,8 +28,9 @@ struct cpu_attn_params {
     float scale = 1.0f;            // applied to q for the scores (not for rel-pos)
     bool qkv_has_bias = false;     // qkv already includes the bias
     bool rel_pos = false;          // args 2 and 3 are the rel-pos tables
-    bool amx = false;              // the two products in bf16 on AMX tiles (only if cpu_attn_amx_available();
-                                   // softmax, rel-pos and the running sums stay f32)
+    // the two products in bf16 on this engine (none: f32; else only if cpu_attn_bf16_available(it));
+    // softmax, rel-pos and the running sums stay f32
+    cpu_gemm_bf16::isa bf16 = cpu_gemm_bf16::isa::none;
     cpu_attn_scratch * scratch = nullptr;  // per-thread work memory, owned by the caller
 };
 
@@ -50,10 +52,11 @@ struct cpu_attn_scratch {
 };
 
 // floats of scratch one thread needs for groups of side S (T = S*S tokens) and head dim hd
-size_t cpu_attn_scratch_floats(int64_t S, int64_t hd, bool amx = false);
+size_t cpu_attn_scratch_floats(int64_t S, int64_t hd, cpu_gemm_bf16::isa bf16 = cpu_gemm_bf16::isa::none);
 
-// can the products run on AMX tiles here (an AVX-512 kernel variant and cpu_gemm_bf16's AMX)?
-bool cpu_attn_amx_available();
+// can the two products run in bf16 on this engine here (the AVX-512 kernel variant is selected
+// and cpu_gemm_bf16 has that engine)?
+bool cpu_attn_bf16_available(cpu_gemm_bf16::isa which);
 
 // the ggml_custom_op_t: args (dst->src) = qkv, bias[, rel_h, rel_w]; userdata = cpu_attn_params
 void cpu_attn_op(ggml_tensor * dst, int ith, int nth, void * userdata);

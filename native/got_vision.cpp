@@ -683,10 +683,10 @@ ggml_tensor * attention(ggml_context * ctx, const hparams & hp, const layer & L,
     return ggml_reshape_3d(ctx, o, D, T, n);
 }
 
-// bf16 precision runs the attention's two products on AMX tiles too (where the GEMMs do); on a
-// CPU with AVX512_BF16 only they stay f32 (its dot products did not beat f32 FMAs)
-bool attention_on_amx(const got_vision_ctx * vc) {
-    return vc->bf16_isa == cpu_gemm_bf16::isa::amx && cpu_attn_amx_available();
+// bf16 precision runs the attention's two products in bf16 too, on the GEMMs' engine (AMX tiles
+// or AVX512_BF16 dot products); isa::none: they stay f32
+cpu_gemm_bf16::isa attention_bf16(const got_vision_ctx * vc) {
+    return cpu_attn_bf16_available(vc->bf16_isa) ? vc->bf16_isa : cpu_gemm_bf16::isa::none;
 }
 
 // The CPU form of the above as one fused op (cpu_attention.h): qkv [3D, G, G, B] is the
@@ -707,7 +707,7 @@ ggml_tensor * attention_cpu(ggml_context * ctx, got_vision_ctx * vc, const layer
     p.scale = 1.0f / std::sqrt((float) p.hd);
     p.qkv_has_bias = false;
     p.rel_pos = hp.use_rel_pos;
-    p.amx = attention_on_amx(vc);
+    p.bf16 = attention_bf16(vc);
     p.scratch = &vc->attn_scratch;
     try {
         vc->attn_params.push_back(p);
@@ -723,7 +723,7 @@ ggml_tensor * attention_cpu(ggml_context * ctx, got_vision_ctx * vc, const layer
 bool reserve_attn_scratch(got_vision_ctx * vc, int n) {
     size_t floats = 0;
     for (const layer & L : vc->layers) {
-        floats = std::max(floats, cpu_attn_scratch_floats(L.S, vc->hp.head_dim(), attention_on_amx(vc)));
+        floats = std::max(floats, cpu_attn_scratch_floats(L.S, vc->hp.head_dim(), attention_bf16(vc)));
     }
     return vc->attn_scratch.reserve(n, floats);
 }
@@ -1268,7 +1268,8 @@ const char * got_vision_gemm_isa(const got_vision_ctx * ctx) {
 const char * got_vision_attention_isa(const got_vision_ctx * ctx) {
     if (!ctx) return "";
     if (!ctx->cpu_kernels) return "ggml";
-    return attention_on_amx(ctx) ? "amx" : cpu_attn_isa();
+    const cpu_gemm_bf16::isa bf16 = attention_bf16(ctx);
+    return bf16 != cpu_gemm_bf16::isa::none ? cpu_gemm_bf16::name(bf16) : cpu_attn_isa();
 }
 const char * got_vision_layernorm_isa(const got_vision_ctx * ctx) {
     if (!ctx) return "";

@@ -4,7 +4,8 @@ Three layers of checks:
 - the GEMM against numpy in float64 on the same bf16-rounded inputs (only the f32 sums differ, so
   the bound is tight), and against the unrounded inputs (the cost of bf16, bounded), for each bf16
   kernel this CPU has (AMX, AVX512_BF16);
-- the fused attention with its two products on AMX tiles, against numpy in float64;
+- the fused attention with its two products in bf16 (AMX tiles, AVX512_BF16 dot products), against
+  numpy in float64;
 - the whole encoder in bf16 against the f32 transformers oracle fixtures, with its own tolerance.
 On a CPU without bf16 arithmetic the kernel tests skip and say so, and the encoder must fall back
 to f32 (checked here on every CPU).
@@ -34,6 +35,8 @@ BEST = _vision._gemm_bf16_best_isa()
 # the kernels this CPU runs: an AMX CPU has AVX512_BF16 too
 KERNELS = {"amx": ["amx", "avx512_bf16"], "avx512_bf16": ["avx512_bf16"]}.get(BEST, [])
 needs_bf16 = pytest.mark.skipif(not KERNELS, reason="this CPU has neither AMX-BF16 nor AVX512_BF16")
+# the bf16 engines of the attention this CPU runs (the GEMMs' engines, on the AVX-512 variant)
+ATTN_KERNELS = [k for k in ("amx", "avx512_bf16") if _vision._attn_available(k)]
 
 
 def _bf16(x: np.ndarray) -> np.ndarray:
@@ -132,6 +135,7 @@ def test_bf16_encoder_matches_transformers_within_bf16_bounds(vision_gguf, oracl
         # bf16 where the CPU multiplies bf16, else the f32 path (and then the f32 bound holds)
         assert enc.precision == ("bf16" if KERNELS else "f32")
         assert enc.kernel_isa["gemm"] == (BEST if KERNELS else _vision._gemm_best_isa())
+        assert enc.kernel_isa["attention"] == (BEST if ATTN_KERNELS else _vision._attn_best_isa())
         got = enc.encode(oracle_pixels(config, n_views=want.shape[0]))
     assert got.shape == want.shape and np.isfinite(got).all()
     max_abs, rel_rms = _errors(got, want)
@@ -192,24 +196,28 @@ def test_full_config_bf16_rows_within_bf16_bounds(full_vision_gguf, oracle):
     assert max_abs <= BF16_COMPUTE_BOUNDS[0] and rel_rms <= BF16_COMPUTE_BOUNDS[1], (max_abs, rel_rms)
 
 
-# --- attention with its two products on AMX tiles ------------------------------------------------
+# --- attention with its two products in bf16 -------------------------------------------------------
 
-needs_amx_attention = pytest.mark.skipif(not _vision._attn_has_amx(), reason="this CPU has no AMX-BF16 tiles")
+def test_bf16_attention_engines_follow_the_gemm_kernels():
+    # an engine the GEMM has and the attention lacks would leave the bf16 encoder's attention in
+    # f32 without a word
+    assert ATTN_KERNELS == (KERNELS if _vision._attn_available("avx512") else [])
 
 
-@needs_amx_attention
+@pytest.mark.skipif(not ATTN_KERNELS, reason="this CPU has neither AMX-BF16 nor AVX512_BF16")
+@pytest.mark.parametrize("kernel", ATTN_KERNELS or ["none"])
 @pytest.mark.parametrize("shape", ATTN_SHAPES, ids=lambda s: "B{}G{}S{}H{}d{}{}{}".format(
     *s[:5], "" if s[5] else "-norel", "-biased" if s[6] else ""))
-def test_amx_attention_matches_float64_within_bf16(shape):
+def test_bf16_attention_matches_float64_within_bf16(shape, kernel):
     _, _, S, H, _, _, has_bias = shape
     qkv, bias, tab_h, tab_w, scale = attention_inputs(shape)
     want = attn_reference(qkv, bias, H, S, tab_h, tab_w, scale, has_bias)
-    got = _vision._attn_for_tests(qkv, H, S, bias, has_bias, tab_h, tab_w, scale, 1, "amx")
+    got = _vision._attn_for_tests(qkv, H, S, bias, has_bias, tab_h, tab_w, scale, 1, kernel)
     assert np.all(np.isfinite(got))
     # q, k, v and the softmax weights are rounded to bf16 (relative 2^-9 each); the output is a
     # convex combination of v: measured 1.0e-3 .. 7.7e-3 here (max |out| 1.3 .. 2.8); the bound
     # 2^-6 max|out| is 4x or more above each
     assert np.abs(got - want).max() <= 2**-9 * 8 * max(1.0, np.abs(want).max()), np.abs(got - want).max()
     for nt in (2, 3):
-        again = _vision._attn_for_tests(qkv, H, S, bias, has_bias, tab_h, tab_w, scale, nt, "amx")
+        again = _vision._attn_for_tests(qkv, H, S, bias, has_bias, tab_h, tab_w, scale, nt, kernel)
         assert np.array_equal(again.view(np.uint32), got.view(np.uint32)), nt

@@ -1,15 +1,22 @@
-// cpu_attention_amx.h - the two products of the fused CPU attention (cpu_attention.cpp) on Intel
-// AMX tiles in bf16, for the encoder's bf16 precision: scores S = Q K^T and the update O += P V.
-// Inputs are bf16 (rounded by the caller with to_bf16_rows), products exact, sums f32. Layouts
-// are the tiles' own; every size is padded by the caller (rows to 32, K to 32, columns to 32), and
-// the calling thread must hold the tile configuration (cpu_gemm_bf16::amx_tile_scope).
+// cpu_attention_bf16.h - the two products of the fused CPU attention (cpu_attention.cpp) in bf16,
+// for the encoder's bf16 precision: scores S = Q K^T and the update O += P V. Inputs are bf16
+// (rounded by the caller with to_bf16_rows), products exact, sums f32. The operand layouts are an
+// AMX tile's and a VDPBF16PS operand's alike (as cpu_gemm_bf16's packed weights), so one packing
+// serves both engines:
+//   cpu_gemm_bf16::isa::amx          Intel AMX tiles, C in 32 x 32 blocks (amx_tiles.h); the
+//                                    calling thread must hold the tile configuration
+//                                    (cpu_gemm_bf16::amx_tile_scope);
+//   cpu_gemm_bf16::isa::avx512_bf16  AVX512_BF16 dot products, C in 8 x 32 register blocks.
+// Every size is padded by the caller (rows to 32, K to 32, columns to 32).
 
 #pragma once
+
+#include "cpu_gemm_bf16.h"
 
 #include <cstddef>
 #include <cstdint>
 
-namespace cpu_attn_amx {
+namespace cpu_attn_bf16 {
 
 // dst[r][c] = bf16(src[r * lds + c]) for c < cols, 0 for cols <= c < cols_p (dst row stride cols_p)
 void to_bf16_rows(const float * src, int64_t lds, int64_t rows, int64_t cols, int64_t cols_p, uint16_t * dst);
@@ -31,10 +38,13 @@ void pack_kv_pair(const float * const k[2], const float * const kb[2], const flo
 
 // S[rows x keys] (row stride lds floats) = Q[rows x dp] . K^T. Q: bf16, row-major (stride dp);
 // K: panels of 16 keys, [keys/16][dp/2][16][2] bf16. rows, keys, dp: multiples of 32.
-void scores(const uint16_t * q, int64_t rows, int64_t dp, const uint16_t * k, int64_t keys, float * s, int64_t lds);
+// `which`: amx or avx512_bf16, available() here.
+void scores(cpu_gemm_bf16::isa which, const uint16_t * q, int64_t rows, int64_t dp, const uint16_t * k, int64_t keys,
+            float * s, int64_t lds);
 
 // O[rows x dv] (row stride ldo floats) += P[rows x keys] . V. P: bf16, row-major (stride keys);
 // V: panels of 16 channels, [dv/16][keys/2][16][2] bf16. rows, keys, dv: multiples of 32.
-void update(const uint16_t * p, int64_t rows, int64_t keys, const uint16_t * v, int64_t dv, float * o, int64_t ldo);
+void update(cpu_gemm_bf16::isa which, const uint16_t * p, int64_t rows, int64_t keys, const uint16_t * v, int64_t dv,
+            float * o, int64_t ldo);
 
-} // namespace cpu_attn_amx
+} // namespace cpu_attn_bf16
