@@ -1,5 +1,5 @@
 // amx_tiles.h - the one AMX step every bf16 tile product here is made of (cpu_gemm_bf16.cpp's
-// GEMM, cpu_attention_amx.cpp's scores and update), with the tile configuration they share:
+// GEMM, cpu_attention_bf16.cpp's AMX scores and update), with the tile configuration they share:
 // tiles 0-3 hold a 32 x 32 block of f32 C as 2 x 2 blocks of 16 x 16, tiles 4-5 the block's two
 // 16-row halves of the left operand, tiles 6-7 its two 16-column panels of the right operand.
 // x86-64 only; the calling thread must hold that configuration (cpu_gemm_bf16::amx_tile_scope).
