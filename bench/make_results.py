@@ -198,21 +198,31 @@ def speedup_rows(rows: list[dict], stat: str) -> list[tuple[str, str, float, flo
     return pairs
 
 
+def _measurement(b: dict) -> tuple:
+    """What a benchmark measured: its test and the implementation and type it tags."""
+    e = b.get("extra_info") or {}
+    return b["fullname"], e.get("impl"), e.get("dtype")
+
+
 def join_runs(runs: list[dict]) -> dict:
-    """One report from several runs: benchmarks tagged with their run, machine of the first."""
+    """One report from several runs: benchmarks tagged with their run, machine of the first. A
+    later run's measurement replaces an earlier run's of the same test, implementation and type
+    (a suite rerun after a change; rerun its baselines with it, since ratios stay within a run)."""
     if len(runs) == 1:
         return runs[0]
     joined = dict(runs[0])
-    joined["benchmarks"] = []
     joined["gotocr_skipped"] = []
     joined["gotocr_idle_after_suite"] = []
+    latest: dict[tuple, dict] = {}
     for i, run in enumerate(runs):
         for b in run.get("benchmarks", []):
             b = dict(b)
             b["extra_info"] = dict(b.get("extra_info") or {}, _run=i)
-            joined["benchmarks"].append(b)
+            latest.pop(_measurement(b), None)
+            latest[_measurement(b)] = b
         joined["gotocr_skipped"] += run.get("gotocr_skipped") or []
         joined["gotocr_idle_after_suite"] += run.get("gotocr_idle_after_suite") or []
+    joined["benchmarks"] = list(latest.values())
     joined["gotocr_runs"] = runs
     return joined
 
