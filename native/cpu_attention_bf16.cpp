@@ -1,10 +1,11 @@
 // cpu_attention_bf16.cpp - see cpu_attention_bf16.h. On AMX both products block C as 32 x 32 and
 // run amx_tiles::step over K in steps of 32 (amx_tiles.h); with dot products they block C as
-// 8 x 32 in registers (dot_block).
+// 8 x 32 in registers (bf16_dot.h).
 
 #include "cpu_attention_bf16.h"
 
 #include "amx_tiles.h"
+#include "bf16_dot.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -111,37 +112,8 @@ CAA_TARGET void update_amx(const uint16_t * p, int64_t rows, int64_t keys, const
     }
 }
 
-// C[8 x 32] (row stride ldc floats) = (accumulate ? C : 0) + A[8 x 2*pairs] . B, with VDPBF16PS:
-// A rows of bf16 (row stride lda), B two panels of 16 columns, K pair i of a panel at i * 32 bf16.
-// Per K pair: two panel loads, one broadcast of each row's pair, 16 dot products into 16
-// accumulators (room left in the 32 registers for the operands)
+// the dot products' register block: 8 rows x 32 columns (a 32-row block of the caller is four)
 constexpr int DOT_ROWS = 8;
-CAB_TARGET inline void dot_block(const uint16_t * a, int64_t lda, const uint16_t * b0, const uint16_t * b1,
-                                 int64_t pairs, float * c, int64_t ldc, bool accumulate) {
-    __m512 acc[DOT_ROWS][2];
-#pragma GCC unroll 8
-    for (int i = 0; i < DOT_ROWS; i++) {
-        acc[i][0] = accumulate ? _mm512_loadu_ps(c + i * ldc) : _mm512_setzero_ps();
-        acc[i][1] = accumulate ? _mm512_loadu_ps(c + i * ldc + 16) : _mm512_setzero_ps();
-    }
-    for (int64_t kk = 0; kk < pairs; kk++) {
-        const __m512bh w0 = (__m512bh) _mm512_loadu_si512((const void *) (b0 + kk * 32));
-        const __m512bh w1 = (__m512bh) _mm512_loadu_si512((const void *) (b1 + kk * 32));
-#pragma GCC unroll 8
-        for (int i = 0; i < DOT_ROWS; i++) {
-            int32_t pair;
-            memcpy(&pair, a + i * lda + kk * 2, sizeof pair);
-            const __m512bh av = (__m512bh) _mm512_set1_epi32(pair);
-            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, w0);
-            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, w1);
-        }
-    }
-#pragma GCC unroll 8
-    for (int i = 0; i < DOT_ROWS; i++) {
-        _mm512_storeu_ps(c + i * ldc, acc[i][0]);
-        _mm512_storeu_ps(c + i * ldc + 16, acc[i][1]);
-    }
-}
 
 CAB_TARGET void scores_dot(const uint16_t * q, int64_t rows, int64_t dp, const uint16_t * k, int64_t keys, float * s,
                            int64_t lds) {
@@ -149,7 +121,7 @@ CAB_TARGET void scores_dot(const uint16_t * q, int64_t rows, int64_t dp, const u
     for (int64_t kb = 0; kb < keys; kb += 32) {
         const uint16_t * k0 = k + (size_t) (kb / 16) * panel, * k1 = k0 + panel;
         for (int64_t rb = 0; rb < rows; rb += DOT_ROWS) {
-            dot_block(q + rb * dp, dp, k0, k1, dp / 2, s + rb * lds + kb, lds, false);
+            bf16_dot::block<DOT_ROWS>(q + rb * dp, dp, k0, k1, dp / 2, s + rb * lds + kb, lds, false);
         }
     }
 }
@@ -161,7 +133,7 @@ CAB_TARGET void update_dot(const uint16_t * p, int64_t rows, int64_t keys, const
     for (int64_t cb = 0; cb < dv; cb += 32) {
         const uint16_t * v0 = v + (size_t) (cb / 16) * panel, * v1 = v0 + panel;
         for (int64_t rb = 0; rb < rows; rb += DOT_ROWS) {
-            dot_block(p + rb * keys, keys, v0, v1, keys / 2, o + rb * ldo + cb, ldo, true);
+            bf16_dot::block<DOT_ROWS>(p + rb * keys, keys, v0, v1, keys / 2, o + rb * ldo + cb, ldo, true);
         }
     }
 }

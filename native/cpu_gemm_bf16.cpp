@@ -12,6 +12,7 @@
 #include "cpu_gemm_bf16.h"
 
 #include "amx_tiles.h"
+#include "bf16_dot.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -183,32 +184,8 @@ CGB_TARGET void epilogue(const float * tile, int64_t mr, int64_t nr, const float
     }
 }
 
-// AVX512_BF16: 12 rows x 32 columns, 24 accumulators; per K pair one broadcast of each row's
-// (a[k], a[k+1]) and one VDPBF16PS per accumulator
+// AVX512_BF16: 12 rows x 32 columns of C per bf16_dot::block, 24 accumulators
 constexpr int64_t RB_AVX = 12;
-CGB_TARGET void kernel_avx512_bf16(const uint16_t * a, int64_t kp, const uint16_t * b0, const uint16_t * b1,
-                                   float * tile) {
-    __m512 acc[RB_AVX][2];
-#pragma GCC unroll 12
-    for (int i = 0; i < RB_AVX; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    for (int64_t kk = 0; kk < kp / 2; kk++) {
-        const __m512bh w0 = (__m512bh) _mm512_loadu_si512((const void *) (b0 + kk * 32));
-        const __m512bh w1 = (__m512bh) _mm512_loadu_si512((const void *) (b1 + kk * 32));
-#pragma GCC unroll 12
-        for (int i = 0; i < RB_AVX; i++) {
-            int32_t pair;
-            memcpy(&pair, a + i * kp + kk * 2, sizeof pair);
-            const __m512bh av = (__m512bh) _mm512_set1_epi32(pair);
-            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, w0);
-            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, w1);
-        }
-    }
-#pragma GCC unroll 12
-    for (int i = 0; i < RB_AVX; i++) {
-        _mm512_storeu_ps(tile + i * NB, acc[i][0]);
-        _mm512_storeu_ps(tile + i * NB + 16, acc[i][1]);
-    }
-}
 
 // AMX: a 32 x 32 block of C in tiles, one amx_tiles::step per K step of 32 (amx_tiles.h)
 constexpr int64_t RB_AMX = 32;
@@ -274,7 +251,7 @@ CGB_TARGET_AMX void gemm(const cpu_gemm::args & p, const packed_weights & w, int
             const float * bias = block_bias(p.bias, jc, nr, NB, bias_pad);
             for (int64_t ir = 0; ir < rows_p; ir += RB) {
                 if (K == isa::amx) kernel_amx(abuf + ir * kp, kp, b0, b1, tile);
-                else kernel_avx512_bf16(abuf + ir * kp, kp, b0, b1, tile);
+                else bf16_dot::block<RB_AVX>(abuf + ir * kp, kp, b0, b1, kp / 2, tile, NB, false);
                 const int64_t mr = std::min(RB, mc - ir);
                 if (mr > 0) epilogue(tile, mr, nr, bias, p.gelu, p.c + (ic + ir) * p.ldc + jc, p.ldc);
             }
