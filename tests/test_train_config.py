@@ -145,6 +145,33 @@ def test_box_fraction_sets_the_share_of_boxed_pages():
     assert sum(everything) >= 8  # the pages not single-line reviews of the easiest levels
 
 
+def test_box_pages_carry_their_boxed_rows_for_the_row_heads():
+    """The row heads' targets: a box page's row is a row of the token grid its box covers (the
+    renderer's box, squashed to the square view as GOT's preprocessing does); other pages -1."""
+    import numpy as np
+
+    pytest.importorskip("torch")
+    data = pytest.importorskip("train.data")
+    train = pytest.importorskip("train.train")
+    from gotocr_fast import tokens
+
+    used = np.load(CHECKPOINT / "used_ids.npy")
+    full_to_used = np.full(tokens.VOCAB_SIZE, -1, dtype=np.int64)
+    full_to_used[used] = np.arange(len(used))
+    pages = data.make_batch(3, 11, 12, 8000, 8000, 384, 6, 36, full_to_used, 24, box_fraction=0.5)
+    batch = train.collate(pages, full_to_used, int(used[0]))
+    rows, ends = batch["box_rows"].tolist(), batch["prompt_ends"].tolist()
+    assert any(p.page.box is not None for p in pages) and any(p.page.box is None for p in pages)
+    for example, row, end in zip(pages, rows, ends):
+        assert end == len(example.prompt_ids) - 1
+        if example.page.box is None:
+            assert row == -1
+            continue
+        h = example.page.image.size[1]
+        _, y1, _, y2 = example.page.box
+        assert int(y1 * 6 / h) <= row <= int(y2 * 6 / h), (example.page.box, h, row)
+
+
 def test_box_fraction_is_recorded_and_can_be_changed(tmp_path):
     import json
 

@@ -23,7 +23,12 @@ long before the language model would learn on its own to look at the image:
 - guided attention: one head of the language model is taught to attend, when predicting an answer
   token, to the image token where that token is printed (the token-cell map comes with the page).
   Without an alignment signal the model sat at the text prior for thousands of steps
-  (docs/DEMO_MODEL.md).
+  (docs/DEMO_MODEL.md);
+- row heads, for box mode: at the guided head's layer input, each image token must name its row of
+  the token grid, and the position that predicts a box page's first answer token must name the
+  row where the boxed line starts. The guided head can only pick the boxed line if its queries
+  know the box's row (from the coordinate digits of the prompt) and its keys know theirs; without
+  these heads its first look on box pages stayed at chance (``python -m train.probe --box``).
 """
 
 from __future__ import annotations
@@ -228,6 +233,14 @@ class DemoTrainer(nn.Module):
         self.guided_attention.record_guide = True
         self.patch_aux_head = nn.Linear(cfg.vision.hidden_size, PATCH_AUX_SLOTS * (len(CHARSET) + 1))
         self.token_slot_head = nn.Linear(cfg.text.hidden_size, TOKEN_SLOTS * (len(CHARSET) + 1))
+        self.token_grid = int(round(math.sqrt(cfg.tokens_per_view)))
+        self.key_row_head = nn.Linear(hidden, self.token_grid)
+        self.box_row_head = nn.Linear(hidden, self.token_grid)
+        for head in (self.key_row_head, self.box_row_head):
+            # from a uniform guess: the residual stream is large, and a random head's first
+            # gradients would take most of the clipped update from the trained network
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
 
     # -- pieces -----------------------------------------------------------------------------
 
@@ -264,33 +277,49 @@ class DemoTrainer(nn.Module):
         pooled = torch.full((*hidden.shape[:-1], 1), self.zero_rows_logit, dtype=used.dtype, device=used.device)
         return torch.cat([used, pooled], dim=-1)
 
-    def lm(self, inputs_embeds, attention_mask=None, cache=None):
+    def lm(self, inputs_embeds, attention_mask=None, cache=None, hidden_states=False):
         return self.hf.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                             past_key_values=cache, use_cache=cache is not None or not self.training,
-                                            return_dict=True)
+                                            output_hidden_states=hidden_states, return_dict=True)
 
     # -- training -----------------------------------------------------------------------------
 
     def forward(self, pixels, input_ids, attention_mask, image_mask, label_positions, labels, bag_targets,
-                patch_aux_targets, token_slot_targets, guide_keys):
+                patch_aux_targets, token_slot_targets, guide_keys, box_rows=None, prompt_ends=None):
         """Returns (answer loss, auxiliary loss, guide loss). ``labels`` are used-vocabulary indices;
-        ``guide_keys`` the sequence position of the image token holding each label, or -1."""
+        ``guide_keys`` the sequence position of the image token holding each label, or -1;
+        ``box_rows`` per page the token-grid row where the boxed line starts (-1: no box) and
+        ``prompt_ends`` the position of its last prompt token (both optional: no box-row loss)."""
         vit, feats = self.vision(pixels)  # [B, G, G, D], [B, T, E]
         embeds = self.embed_ids(input_ids)
         embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), feats.to(embeds.dtype))
-        out = self.lm(embeds, attention_mask=attention_mask)
+        out = self.lm(embeds, attention_mask=attention_mask, hidden_states=True)
         h = out.last_hidden_state[label_positions[:, 0], label_positions[:, 1]]
         loss = F.cross_entropy(self.logits(h).float(), labels)
         patch_logits = self.patch_aux_head(vit).view(vit.shape[0], -1, PATCH_AUX_SLOTS, len(CHARSET) + 1)
         slot_logits = self.token_slot_head(feats).view(feats.shape[0], -1, TOKEN_SLOTS, len(CHARSET) + 1)
         aux = (_bag_loss(feats, self.embed, self.bag_log_scale, bag_targets) + _slot_loss(patch_logits, patch_aux_targets)
-               + _slot_loss(slot_logits, token_slot_targets))
+               + _slot_loss(slot_logits, token_slot_targets)
+               + self._row_loss(out.hidden_states[GUIDE_LAYER], image_mask, box_rows, prompt_ends))
         guided = guide_keys >= 0
         guide = loss.new_zeros(())
         if guided.any():
             pos = label_positions[guided]
             guide = -self.guided_attention.guide_log_probs[pos[:, 0], pos[:, 1], guide_keys[guided]].mean()
         return loss, aux, guide
+
+    def _row_loss(self, guide_input, image_mask, box_rows, prompt_ends) -> torch.Tensor:
+        """The row heads' loss on the guided layer's input ``guide_input`` [B, L, E]: each image
+        token's row, and each box page's boxed row at its last prompt position."""
+        b, t = image_mask.shape[0], self.cfg.tokens_per_view
+        rows = (torch.arange(t, device=image_mask.device) // self.token_grid).repeat(b)
+        loss = F.cross_entropy(self.key_row_head(guide_input[image_mask]).float(), rows)
+        if box_rows is not None and prompt_ends is not None and (box_rows >= 0).any():
+            boxed = box_rows >= 0
+            pages = torch.arange(b, device=box_rows.device)[boxed]
+            query = guide_input[pages, prompt_ends[boxed]]
+            loss = loss + F.cross_entropy(self.box_row_head(query).float(), box_rows[boxed])
+        return loss
 
     # -- greedy decoding (validation) -----------------------------------------------------------
 

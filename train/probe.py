@@ -9,7 +9,11 @@
   what survives the neck and the projector's 4 x 4 merge into one image token;
 - ``guide``: how often the guided attention head's strongest key is the image token where the
   character being predicted is printed: whether the language model looks in the right place;
-- ``next``: next-character accuracy of the answer: what the language model makes of it.
+- ``next``: next-character accuracy of the answer: what the language model makes of it;
+- ``guide1``, ``first``: the guide and next-character accuracy of the answer's first token alone,
+  where the language model has to find where to start reading (in box mode: which line).
+
+``--box`` probes box-mode pages only (every page of two or more lines asks for one boxed line).
 
 A stage that is much worse than the one before it is where the text is lost. The auxiliary
 heads are linear read-outs, so ``slot`` is a lower bound on what a token carries.
@@ -44,6 +48,8 @@ class Probe:
     guide: float
     next_char: float
     loss: float
+    first_guide: float
+    first_char: float
 
 
 def load_state(path: Path) -> DemoTrainer:
@@ -61,16 +67,18 @@ def _head_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def probe(model: DemoTrainer, level: float, pages: int = 12) -> Probe:
+def probe(model: DemoTrainer, level: float, pages: int = 12, box: bool = False) -> Probe:
     cfg = model.cfg
     full_to_used = model.full_to_used.numpy()
     steps = 10_000
-    task = data.task_level(int(round(level * steps)), steps)
+    task = data.task_level(int(round(level * steps)), steps, box_fraction=1.0 if box else data.BOX_FRACTION)
     grid = int(round(math.sqrt(cfg.tokens_per_view)))  # image tokens per side
     examples = [data.make_example(np.random.default_rng([PROBE_SEED_TAG, int(round(level * 100)), i]), task,
                                   cfg.vision.image_size, grid, cfg.tokens_per_view, full_to_used, cfg.vision.grid)
                 for i in range(pages)]
     batch = collate(examples, full_to_used, int(model.used_ids[0]))
+    # each example's labels follow the previous example's: its first label is at this offset
+    first = torch.tensor(np.cumsum([0] + [len(e.answer_ids) for e in examples[:-1]]))
     model.train()  # the guided head records its attention in training mode only; nothing is updated
     try:
         vit, feats = model.vision(batch["pixels"])
@@ -80,16 +88,21 @@ def probe(model: DemoTrainer, level: float, pages: int = 12) -> Probe:
         loss, _, _ = model(**batch)
         log_probs = model.guided_attention.guide_log_probs
         keys = batch["guide_keys"]
-        pos = batch["label_positions"][keys >= 0]
-        guide = float((log_probs[pos[:, 0], pos[:, 1]].argmax(-1) == keys[keys >= 0]).float().mean())
+        looked = log_probs[batch["label_positions"][:, 0], batch["label_positions"][:, 1]].argmax(-1)
+        guide = float((looked[keys >= 0] == keys[keys >= 0]).float().mean())
+        first_keys = keys[first]
+        first_guide = float((looked[first][first_keys >= 0] == first_keys[first_keys >= 0]).float().mean())
         embeds = model.embed_ids(batch["input_ids"]).masked_scatter(batch["image_mask"].unsqueeze(-1), feats)
         hidden = model.lm(embeds, attention_mask=batch["attention_mask"]).last_hidden_state
         h = hidden[batch["label_positions"][:, 0], batch["label_positions"][:, 1]]
-        next_char = float((model.logits(h).argmax(-1) == batch["labels"]).float().mean())
+        hit = model.logits(h).argmax(-1) == batch["labels"]
+        next_char = float(hit.float().mean())
+        first_char = float(hit[first].float().mean())
     finally:
         model.eval()
     return Probe(level, _head_accuracy(patch, batch["patch_aux_targets"]),
-                 _head_accuracy(slot, batch["token_slot_targets"]), guide, next_char, float(loss))
+                 _head_accuracy(slot, batch["token_slot_targets"]), guide, next_char, float(loss), first_guide,
+                 first_char)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,17 +112,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levels", default="0,0.25,0.5,0.75,1", help="curriculum levels, 0 (huge type) to 1 (the task)")
     p.add_argument("--pages", type=int, default=12)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--box", action="store_true", help="box-mode pages only (levels from 0.25, where pages have 2 lines)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     use_guided_attention()
     model = load_state(args.state)
     use_fast_vision_attention(model)
-    print(f"{args.state}: view {model.cfg.vision.image_size} px, {args.pages} pages a level")
-    print("level  patch  slot   guide  next   loss")
+    print(f"{args.state}: view {model.cfg.vision.image_size} px, {args.pages} {'box-mode ' if args.box else ''}"
+          "pages a level")
+    print("level  patch  slot   guide  next   loss   guide1 first")
     for level in (float(x) for x in args.levels.split(",")):
-        r = probe(model, level, args.pages)
-        print(f"{r.level:5.2f}  {r.patch:.3f}  {r.slot:.3f}  {r.guide:.3f}  {r.next_char:.3f}  {r.loss:.3f}", flush=True)
+        r = probe(model, level, args.pages, args.box)
+        print(f"{r.level:5.2f}  {r.patch:.3f}  {r.slot:.3f}  {r.guide:.3f}  {r.next_char:.3f}  {r.loss:.3f}  "
+              f"{r.first_guide:.3f}  {r.first_char:.3f}", flush=True)
     return 0
 
 

@@ -40,11 +40,16 @@ def collate(examples: list[data.Example], full_to_used: np.ndarray, pad_id: int)
     ids = torch.full((b, length), pad_id, dtype=torch.long)
     attn = torch.zeros((b, length), dtype=torch.long)
     label_pos, labels, guide = [], [], []
+    box_rows, prompt_ends = [], []
     for i, (e, s) in enumerate(zip(examples, seqs)):
         ids[i, : len(s)] = torch.tensor(s)
         attn[i, : len(s)] = 1
         start = len(e.prompt_ids) - 1  # the last prompt position predicts the first answer token
         first_image = e.prompt_ids.index(tokens.IMG_PAD_ID)
+        grid = math.isqrt(e.prompt_ids.count(tokens.IMG_PAD_ID))  # image tokens a side
+        boxed = e.page.box is not None and len(e.cells) > 0 and e.cells[0] >= 0
+        box_rows.append(int(e.cells[0]) // grid if boxed else -1)
+        prompt_ends.append(start)
         for k, (tok, cell) in enumerate(zip(e.answer_ids, e.cells)):
             label_pos.append((i, start + k))
             labels.append(int(full_to_used[tok]))
@@ -55,7 +60,8 @@ def collate(examples: list[data.Example], full_to_used: np.ndarray, pad_id: int)
     token_slots = torch.from_numpy(np.stack([e.token_slots for e in examples]))
     return dict(pixels=pixels, input_ids=ids, attention_mask=attn, image_mask=ids == tokens.IMG_PAD_ID,
                 label_positions=torch.tensor(label_pos), labels=torch.tensor(labels), bag_targets=bag,
-                patch_aux_targets=patch_aux, token_slot_targets=token_slots, guide_keys=torch.tensor(guide))
+                patch_aux_targets=patch_aux, token_slot_targets=token_slots, guide_keys=torch.tensor(guide),
+                box_rows=torch.tensor(box_rows), prompt_ends=torch.tensor(prompt_ends))
 
 
 class StepBatches(torch.utils.data.Dataset):
