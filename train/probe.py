@@ -11,7 +11,9 @@
   character being predicted is printed: whether the language model looks in the right place;
 - ``next``: next-character accuracy of the answer: what the language model makes of it;
 - ``guide1``, ``first``: the guide and next-character accuracy of the answer's first token alone,
-  where the language model has to find where to start reading (in box mode: which line).
+  where the language model has to find where to start reading (in box mode: which line);
+- ``krow``, ``brow``: accuracy of the row heads at the guided layer's input: each image token's row
+  of the token grid, and (box pages) the boxed line's row at the last prompt position.
 
 ``--box`` probes box-mode pages only (every page of two or more lines asks for one boxed line).
 
@@ -33,7 +35,7 @@ import torch
 from . import compact, data
 from .config import run_config
 from .export import load_trainer
-from .model import DemoTrainer, use_fast_vision_attention, use_guided_attention
+from .model import GUIDE_LAYER, DemoTrainer, use_fast_vision_attention, use_guided_attention
 from .train import collate
 
 PROBE_SEED_TAG = 0x70726F62
@@ -50,6 +52,8 @@ class Probe:
     loss: float
     first_guide: float
     first_char: float
+    key_row: float
+    box_row: float
 
 
 def load_state(path: Path) -> DemoTrainer:
@@ -93,7 +97,9 @@ def probe(model: DemoTrainer, level: float, pages: int = 12, box: bool = False) 
         first_keys = keys[first]
         first_guide = float((looked[first][first_keys >= 0] == first_keys[first_keys >= 0]).float().mean())
         embeds = model.embed_ids(batch["input_ids"]).masked_scatter(batch["image_mask"].unsqueeze(-1), feats)
-        hidden = model.lm(embeds, attention_mask=batch["attention_mask"]).last_hidden_state
+        out = model.lm(embeds, attention_mask=batch["attention_mask"], hidden_states=True)
+        hidden = out.last_hidden_state
+        key_row, box_row = _row_accuracy(model, out.hidden_states[GUIDE_LAYER], batch)
         h = hidden[batch["label_positions"][:, 0], batch["label_positions"][:, 1]]
         hit = model.logits(h).argmax(-1) == batch["labels"]
         next_char = float(hit.float().mean())
@@ -102,7 +108,20 @@ def probe(model: DemoTrainer, level: float, pages: int = 12, box: bool = False) 
         model.eval()
     return Probe(level, _head_accuracy(patch, batch["patch_aux_targets"]),
                  _head_accuracy(slot, batch["token_slot_targets"]), guide, next_char, float(loss), first_guide,
-                 first_char)
+                 first_char, key_row, box_row)
+
+
+def _row_accuracy(model: DemoTrainer, guide_input: torch.Tensor, batch: dict) -> tuple[float, float]:
+    """(image tokens naming their row, box pages naming their boxed row) by the row heads."""
+    image_mask = batch["image_mask"]
+    rows = (torch.arange(model.cfg.tokens_per_view) // model.token_grid).repeat(image_mask.shape[0])
+    key_row = float((model.key_row_head(guide_input[image_mask]).argmax(-1) == rows).float().mean())
+    boxed = batch["box_rows"] >= 0
+    if not boxed.any():
+        return key_row, float("nan")
+    query = guide_input[torch.arange(image_mask.shape[0])[boxed], batch["prompt_ends"][boxed]]
+    box_row = float((model.box_row_head(query).argmax(-1) == batch["box_rows"][boxed]).float().mean())
+    return key_row, box_row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,11 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     use_fast_vision_attention(model)
     print(f"{args.state}: view {model.cfg.vision.image_size} px, {args.pages} {'box-mode ' if args.box else ''}"
           "pages a level")
-    print("level  patch  slot   guide  next   loss   guide1 first")
+    print("level  patch  slot   guide  next   loss   guide1 first  krow   brow")
     for level in (float(x) for x in args.levels.split(",")):
         r = probe(model, level, args.pages, args.box)
         print(f"{r.level:5.2f}  {r.patch:.3f}  {r.slot:.3f}  {r.guide:.3f}  {r.next_char:.3f}  {r.loss:.3f}  "
-              f"{r.first_guide:.3f}  {r.first_char:.3f}", flush=True)
+              f"{r.first_guide:.3f}  {r.first_char:.3f}  {r.key_row:.3f}  {r.box_row:.3f}", flush=True)
     return 0
 
 
