@@ -38,3 +38,22 @@ def test_probe_reads_the_committed_state_and_not_a_random_one():
     # mid-size type (0.97 measured at this level)
     assert untrained.patch < 0.2 and trained.patch > 0.8, (trained, untrained)
     assert trained.next_char > untrained.next_char + 0.3
+
+
+def test_checkpoints_older_than_the_row_heads_still_load_and_nothing_else_is_let_through():
+    import torch
+
+    from train.config import run_config
+    from train.model import DemoTrainer
+
+    used = torch.from_numpy(np.load(CHECKPOINT / "used_ids.npy"))
+    torch.manual_seed(1)
+    source = DemoTrainer(run_config(CHECKPOINT), used)
+    old = {k: v for k, v in source.state_dict().items() if not k.startswith(DemoTrainer.LATER_HEADS)}
+    model = DemoTrainer(run_config(CHECKPOINT), used)
+    assert sorted(model.load_weights(old)) == sorted(k for k in source.state_dict() if k.startswith(DemoTrainer.LATER_HEADS))
+    assert torch.equal(model.embed, source.embed)
+    with pytest.raises(ValueError, match="does not fit"):
+        model.load_weights({k: v for k, v in old.items() if k != "embed"})
+    with pytest.raises(ValueError, match="does not fit"):
+        model.load_weights(dict(old, stray_head=torch.zeros(1)))

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     used = torch.from_numpy(np.load(args.run_dir / "used_ids.npy"))
     model = DemoTrainer(run_config(args.run_dir), used)
     state = torch.load(args.run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
+    model.load_weights(state["model"])
     out = save_compact(model, state["step"], args.run_dir, args.out_dir, recipe=state.get("train_config"))
     print(f"{out}: step {state['step']}, {(out / WEIGHTS).stat().st_size / 2**20:.1f} MiB")
     return 0

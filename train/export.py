@@ -27,7 +27,7 @@ def load_trainer(run_dir: Path) -> DemoTrainer:
     used = torch.from_numpy(np.load(run_dir / "used_ids.npy"))
     model = DemoTrainer(run_config(run_dir), used)
     state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
+    model.load_weights(state["model"])
     model.eval()
     return model
 

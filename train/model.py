@@ -242,6 +242,19 @@ class DemoTrainer(nn.Module):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 
+    LATER_HEADS = ("key_row_head.", "box_row_head.")
+    """Auxiliary heads added to the recipe after checkpoints were written without them."""
+
+    def load_weights(self, state: dict) -> list[str]:
+        """Load a ``checkpoint.pt``'s model weights. Heads of ``LATER_HEADS`` that the checkpoint
+        predates keep their initialisation; their names are returned. Any other missing or
+        unknown tensor is an error."""
+        result = self.load_state_dict(state, strict=False)
+        bad = [k for k in result.missing_keys if not k.startswith(self.LATER_HEADS)] + list(result.unexpected_keys)
+        if bad:
+            raise ValueError(f"checkpoint does not fit the model: {bad[:5]}")
+        return list(result.missing_keys)
+
     # -- pieces -----------------------------------------------------------------------------
 
     @property

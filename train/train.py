@@ -294,7 +294,11 @@ def main(argv: list[str] | None = None) -> int:
                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.98))
     step = 0
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
+        if model.load_weights(resumed["model"]):
+            # the optimiser's state has no moments for the new heads: a new run from the compact
+            # state (fresh moments, re-warmed) is the way on
+            raise SystemExit(f"{ckpt_path} predates heads the recipe has now; continue with "
+                             f"python -m train.compact {args.out} STATE, then a new --out with --from-compact STATE")
         opt.load_state_dict(resumed["optimizer"])
         step = resumed["step"]
         del resumed  # the optimiser holds its own copy of the moments now
