@@ -282,6 +282,29 @@ void cpu_attn_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     run_share(selected_isa(), pr, ov, ith, nth);
 }
 
+namespace {
+
+// a test entry's isa name (not "best"): the kernel variant and the bf16 engine of its products;
+// false for an unknown name
+bool test_isa(const char * isa, isa_kind & k, cpu_gemm_bf16::isa & bf16) {
+    bf16 = cpu_gemm_bf16::isa::none;
+    if (strcmp(isa, "amx") == 0) bf16 = cpu_gemm_bf16::isa::amx;
+    else if (strcmp(isa, "avx512_bf16") == 0) bf16 = cpu_gemm_bf16::isa::avx512_bf16;
+    if (bf16 != cpu_gemm_bf16::isa::none) k = ISA_AVX512;
+    else if (strcmp(isa, "generic") == 0) k = ISA_GENERIC;
+    else if (strcmp(isa, "avx2") == 0) k = ISA_AVX2;
+    else if (strcmp(isa, "avx512") == 0) k = ISA_AVX512;
+    else return false;
+    return true;
+}
+
+// can the test entry run (k, bf16) here?
+bool test_isa_available(isa_kind k, cpu_gemm_bf16::isa bf16) {
+    return bf16 != cpu_gemm_bf16::isa::none ? cpu_attn_bf16_available(bf16) : isa_available(k);
+}
+
+} // namespace
+
 extern "C" int cpu_attn_test_run(const float * qkv, int64_t B, int64_t G, int64_t D, int64_t H, int64_t S,
                                  const float * bias, int qkv_has_bias, const float * tab_h, const float * tab_w,
                                  float scale, float * out, int n_threads, const char * isa) {
@@ -289,19 +312,10 @@ extern "C" int cpu_attn_test_run(const float * qkv, int64_t B, int64_t G, int64_
         H < 1 || D % H != 0 || S < 1 || S > G) {
         return -1;
     }
-    isa_kind k;
+    isa_kind k = selected_isa();
     cpu_gemm_bf16::isa bf16 = cpu_gemm_bf16::isa::none;
-    if (strcmp(isa, "amx") == 0) bf16 = cpu_gemm_bf16::isa::amx;
-    else if (strcmp(isa, "avx512_bf16") == 0) bf16 = cpu_gemm_bf16::isa::avx512_bf16;
-    if (bf16 != cpu_gemm_bf16::isa::none) {
-        if (!cpu_attn_bf16_available(bf16)) return -1;
-        k = ISA_AVX512;
-    } else if (strcmp(isa, "best") == 0) k = selected_isa();
-    else if (strcmp(isa, "generic") == 0) k = ISA_GENERIC;
-    else if (strcmp(isa, "avx2") == 0) k = ISA_AVX2;
-    else if (strcmp(isa, "avx512") == 0) k = ISA_AVX512;
-    else return -1;
-    if (!isa_available(k)) return -1;
+    if (strcmp(isa, "best") != 0 && !test_isa(isa, k, bf16)) return -1;
+    if (!test_isa_available(k, bf16)) return -1;
     cpu_attn_scratch scratch;
     cpu_attn_params pr;
     pr.D = D; pr.H = H; pr.hd = D / H; pr.S = S; pr.G = G; pr.scale = scale;
@@ -331,10 +345,7 @@ extern "C" const char * cpu_attn_test_best_isa(void) {
 }
 
 extern "C" int cpu_attn_test_available(const char * isa) {
-    if (!isa) return 0;
-    if (strcmp(isa, "amx") == 0) return cpu_attn_bf16_available(cpu_gemm_bf16::isa::amx) ? 1 : 0;
-    if (strcmp(isa, "avx512_bf16") == 0) return cpu_attn_bf16_available(cpu_gemm_bf16::isa::avx512_bf16) ? 1 : 0;
-    if (strcmp(isa, "avx512") == 0) return isa_available(ISA_AVX512) ? 1 : 0;
-    if (strcmp(isa, "avx2") == 0) return isa_available(ISA_AVX2) ? 1 : 0;
-    return strcmp(isa, "generic") == 0 ? 1 : 0;
+    isa_kind k;
+    cpu_gemm_bf16::isa bf16;
+    return isa && test_isa(isa, k, bf16) && test_isa_available(k, bf16) ? 1 : 0;
 }

@@ -1,6 +1,6 @@
-// cpu_attention_bf16.cpp - see cpu_attention_bf16.h. On AMX both products block C as 32 x 32 and
-// run amx_tiles::step over K in steps of 32 (amx_tiles.h); with dot products they block C as
-// 8 x 32 in registers (bf16_dot.h).
+// cpu_attention_bf16.cpp - see cpu_attention_bf16.h. Both products are one product (A . B into C,
+// accumulating or not): on AMX it blocks C as 32 x 32 and runs amx_tiles::step over K in steps of
+// 32 (amx_tiles.h); with dot products it blocks C as 8 x 32 in registers (bf16_dot.h).
 
 #include "cpu_attention_bf16.h"
 
@@ -77,37 +77,25 @@ CAB_TARGET void pack_kv_pair(const float * const k[2], const float * const kb[2]
 
 namespace {
 
-CAA_TARGET void scores_amx(const uint16_t * q, int64_t rows, int64_t dp, const uint16_t * k, int64_t keys, float * s,
-                       int64_t lds) {
-    const size_t qs = (size_t) dp * 2, panel = (size_t) (dp / 2) * 32;
-    for (int64_t rb = 0; rb < rows; rb += 32) {
-        const uint16_t * q0 = q + rb * dp, * q1 = q0 + 16 * dp;
-        for (int64_t kb = 0; kb < keys; kb += 32) {
-            const uint16_t * k0 = k + (size_t) (kb / 16) * panel, * k1 = k0 + panel;
-            amx_tiles::zero_c();
-            for (int64_t d = 0; d < dp; d += 32) {
-                // channel pair d/2 of a key panel starts at (d/2) * 32 bf16
-                amx_tiles::step(q0 + d, q1 + d, qs, k0 + d * 16, k1 + d * 16);
-            }
-            amx_tiles::store_c(s + rb * lds + kb, (size_t) lds);
-        }
-    }
-}
+// Both products are C[rows x cols] (row stride ldc floats) = (accumulate ? C : 0) + A . B with A
+// rows of bf16 (row stride `depth`) and B in panels of 16 columns, K pair i of a panel at i * 32
+// bf16: scores with A = Q, B = K (depth dp), the update with A = P, B = V (depth = keys).
 
-CAA_TARGET void update_amx(const uint16_t * p, int64_t rows, int64_t keys, const uint16_t * v, int64_t dv, float * o,
-                       int64_t ldo) {
-    const size_t ps = (size_t) keys * 2, panel = (size_t) (keys / 2) * 32;
+CAA_TARGET void product_amx(const uint16_t * a, int64_t rows, int64_t depth, const uint16_t * b, int64_t cols,
+                            float * c, int64_t ldc, bool accumulate) {
+    const size_t as = (size_t) depth * 2, panel = (size_t) (depth / 2) * 32;
     for (int64_t rb = 0; rb < rows; rb += 32) {
-        const uint16_t * p0 = p + rb * keys, * p1 = p0 + 16 * keys;
-        for (int64_t cb = 0; cb < dv; cb += 32) {
-            const uint16_t * v0 = v + (size_t) (cb / 16) * panel, * v1 = v0 + panel;
-            float * c = o + rb * ldo + cb;
-            amx_tiles::load_c(c, (size_t) ldo);
-            for (int64_t j = 0; j < keys; j += 32) {
-                // key pair j/2 of a value panel starts at (j/2) * 32 bf16
-                amx_tiles::step(p0 + j, p1 + j, ps, v0 + j * 16, v1 + j * 16);
+        const uint16_t * a0 = a + rb * depth, * a1 = a0 + 16 * depth;
+        for (int64_t cb = 0; cb < cols; cb += 32) {
+            const uint16_t * b0 = b + (size_t) (cb / 16) * panel, * b1 = b0 + panel;
+            float * cc = c + rb * ldc + cb;
+            if (accumulate) amx_tiles::load_c(cc, (size_t) ldc);
+            else amx_tiles::zero_c();
+            for (int64_t d = 0; d < depth; d += 32) {
+                // K pair d/2 of a panel starts at (d/2) * 32 bf16
+                amx_tiles::step(a0 + d, a1 + d, as, b0 + d * 16, b1 + d * 16);
             }
-            amx_tiles::store_c(c, (size_t) ldo);
+            amx_tiles::store_c(cc, (size_t) ldc);
         }
     }
 }
@@ -115,41 +103,34 @@ CAA_TARGET void update_amx(const uint16_t * p, int64_t rows, int64_t keys, const
 // the dot products' register block: 8 rows x 32 columns (a 32-row block of the caller is four)
 constexpr int DOT_ROWS = 8;
 
-CAB_TARGET void scores_dot(const uint16_t * q, int64_t rows, int64_t dp, const uint16_t * k, int64_t keys, float * s,
-                           int64_t lds) {
-    const size_t panel = (size_t) (dp / 2) * 32;
-    for (int64_t kb = 0; kb < keys; kb += 32) {
-        const uint16_t * k0 = k + (size_t) (kb / 16) * panel, * k1 = k0 + panel;
+CAB_TARGET void product_dot(const uint16_t * a, int64_t rows, int64_t depth, const uint16_t * b, int64_t cols,
+                            float * c, int64_t ldc, bool accumulate) {
+    // column blocks outside: a block's two panels (depth * 64 bytes) stay in L1 over the rows
+    const size_t panel = (size_t) (depth / 2) * 32;
+    for (int64_t cb = 0; cb < cols; cb += 32) {
+        const uint16_t * b0 = b + (size_t) (cb / 16) * panel, * b1 = b0 + panel;
         for (int64_t rb = 0; rb < rows; rb += DOT_ROWS) {
-            bf16_dot::block<DOT_ROWS>(q + rb * dp, dp, k0, k1, dp / 2, s + rb * lds + kb, lds, false);
+            bf16_dot::block<DOT_ROWS>(a + rb * depth, depth, b0, b1, depth / 2, c + rb * ldc + cb, ldc, accumulate);
         }
     }
 }
 
-CAB_TARGET void update_dot(const uint16_t * p, int64_t rows, int64_t keys, const uint16_t * v, int64_t dv, float * o,
-                           int64_t ldo) {
-    // column blocks outside: a block's two value panels (keys * 64 bytes) stay in L1 over the rows
-    const size_t panel = (size_t) (keys / 2) * 32;
-    for (int64_t cb = 0; cb < dv; cb += 32) {
-        const uint16_t * v0 = v + (size_t) (cb / 16) * panel, * v1 = v0 + panel;
-        for (int64_t rb = 0; rb < rows; rb += DOT_ROWS) {
-            bf16_dot::block<DOT_ROWS>(p + rb * keys, keys, v0, v1, keys / 2, o + rb * ldo + cb, ldo, true);
-        }
-    }
+void product(cpu_gemm_bf16::isa which, const uint16_t * a, int64_t rows, int64_t depth, const uint16_t * b,
+             int64_t cols, float * c, int64_t ldc, bool accumulate) {
+    if (which == cpu_gemm_bf16::isa::amx) product_amx(a, rows, depth, b, cols, c, ldc, accumulate);
+    else product_dot(a, rows, depth, b, cols, c, ldc, accumulate);
 }
 
 } // namespace
 
 void scores(cpu_gemm_bf16::isa which, const uint16_t * q, int64_t rows, int64_t dp, const uint16_t * k, int64_t keys,
             float * s, int64_t lds) {
-    if (which == cpu_gemm_bf16::isa::amx) scores_amx(q, rows, dp, k, keys, s, lds);
-    else scores_dot(q, rows, dp, k, keys, s, lds);
+    product(which, q, rows, dp, k, keys, s, lds, false);
 }
 
 void update(cpu_gemm_bf16::isa which, const uint16_t * p, int64_t rows, int64_t keys, const uint16_t * v, int64_t dv,
             float * o, int64_t ldo) {
-    if (which == cpu_gemm_bf16::isa::amx) update_amx(p, rows, keys, v, dv, o, ldo);
-    else update_dot(p, rows, keys, v, dv, o, ldo);
+    product(which, p, rows, keys, v, dv, o, ldo, true);
 }
 
 #else  // no bf16 products outside x86-64: never called (cpu_attention.cpp selects them only where they exist)
