@@ -233,9 +233,8 @@ class DemoTrainer(nn.Module):
         self.guided_attention.record_guide = True
         self.patch_aux_head = nn.Linear(cfg.vision.hidden_size, PATCH_AUX_SLOTS * (len(CHARSET) + 1))
         self.token_slot_head = nn.Linear(cfg.text.hidden_size, TOKEN_SLOTS * (len(CHARSET) + 1))
-        self.token_grid = int(round(math.sqrt(cfg.tokens_per_view)))
-        self.key_row_head = nn.Linear(hidden, self.token_grid)
-        self.box_row_head = nn.Linear(hidden, self.token_grid)
+        self.key_row_head = nn.Linear(hidden, cfg.token_grid)
+        self.box_row_head = nn.Linear(hidden, cfg.token_grid)
         for head in (self.key_row_head, self.box_row_head):
             # from a uniform guess: the residual stream is large, and a random head's first
             # gradients would take most of the clipped update from the trained network
@@ -325,7 +324,7 @@ class DemoTrainer(nn.Module):
         """The row heads' loss on the guided layer's input ``guide_input`` [B, L, E]: each image
         token's row, and each box page's boxed row at its last prompt position."""
         b, t = image_mask.shape[0], self.cfg.tokens_per_view
-        rows = (torch.arange(t, device=image_mask.device) // self.token_grid).repeat(b)
+        rows = (torch.arange(t, device=image_mask.device) // self.cfg.token_grid).repeat(b)
         loss = F.cross_entropy(self.key_row_head(guide_input[image_mask]).float(), rows)
         if box_rows is not None and prompt_ends is not None and (box_rows >= 0).any():
             boxed = box_rows >= 0

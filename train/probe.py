@@ -24,7 +24,6 @@ heads are linear read-outs, so ``slot`` is a lower bound on what a token carries
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +75,7 @@ def probe(model: DemoTrainer, level: float, pages: int = 12, box: bool = False) 
     full_to_used = model.full_to_used.numpy()
     steps = 10_000
     task = data.task_level(int(round(level * steps)), steps, box_fraction=1.0 if box else data.BOX_FRACTION)
-    grid = int(round(math.sqrt(cfg.tokens_per_view)))  # image tokens per side
+    grid = cfg.token_grid
     examples = [data.make_example(np.random.default_rng([PROBE_SEED_TAG, int(round(level * 100)), i]), task,
                                   cfg.vision.image_size, grid, cfg.tokens_per_view, full_to_used, cfg.vision.grid)
                 for i in range(pages)]
@@ -114,7 +113,7 @@ def probe(model: DemoTrainer, level: float, pages: int = 12, box: bool = False) 
 def _row_accuracy(model: DemoTrainer, guide_input: torch.Tensor, batch: dict) -> tuple[float, float]:
     """(image tokens naming their row, box pages naming their boxed row) by the row heads."""
     image_mask = batch["image_mask"]
-    rows = (torch.arange(model.cfg.tokens_per_view) // model.token_grid).repeat(image_mask.shape[0])
+    rows = (torch.arange(model.cfg.tokens_per_view) // model.cfg.token_grid).repeat(image_mask.shape[0])
     key_row = float((model.key_row_head(guide_input[image_mask]).argmax(-1) == rows).float().mean())
     boxed = batch["box_rows"] >= 0
     if not boxed.any():

@@ -76,7 +76,7 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         tc, cfg = self.tc, self.cfg
-        grid = int(round(math.sqrt(cfg.tokens_per_view)))
+        grid = cfg.token_grid
         pages = data.make_batch(tc.seed, step, tc.batch_size, step - tc.curriculum_start, tc.curriculum_steps,
                                 cfg.vision.image_size, grid,
                                 cfg.tokens_per_view, self.full_to_used, cfg.vision.grid, tc.box_fraction)

@@ -116,12 +116,17 @@ class GotConfig:
     text: TextConfig
 
     @property
-    def tokens_per_view(self) -> int:
-        """Image embeddings per view: the grid after two stride-2 convs, squared (= (S/P/4)^2)."""
+    def token_grid(self) -> int:
+        """Image embeddings per side of a view: the patch grid after two stride-2 convs (= S/P/4)."""
         side = self.vision.grid
         for _ in range(2):
             side = (side + 1) // 2  # conv k3 s2 p1: ceil(n / 2)
-        return side * side
+        return side
+
+    @property
+    def tokens_per_view(self) -> int:
+        """Image embeddings per view: ``token_grid`` squared."""
+        return self.token_grid * self.token_grid
 
     @property
     def output_width(self) -> int:
