@@ -4,7 +4,8 @@ The held-out set of the demo model's task (``gotocr_fast.reading.heldout_pages``
 1-4 line blocks and box mode) is read by our engine with the model converted to each weight type
 (f32, f16, q8_0, and llama.cpp's k-quant mixes; f32 and q4_k_m text also with the bf16 encoder,
 where the CPU has native bf16 arithmetic), greedy with the engine's defaults (GOT's
-no-repeat-20-gram rule for one view). ``RESULTS.md`` gets a table of character error rate per
+no-repeat-20-gram rule for one view; the KV cache the weights call for: f32 for f32 weights, so
+the f32 row is the reference's arithmetic all through, f16 for every other type). ``RESULTS.md`` gets a table of character error rate per
 kind, decode ms/token, how often the text equals the f32 text, and how often each finish reason
 ended a page (the loop guard's "repetition" must never fire on real reading).
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import struct
 from dataclasses import dataclass
 
-__all__ = ["GgufTensor", "read_tensor_table"]
+__all__ = ["GgufTensor", "layer_matrices", "read_tensor_table"]
 
 _MAGIC = b"GGUF"
 _STRING = 8
@@ -99,3 +100,12 @@ def read_tensor_table(path: str | os.PathLike) -> list[GgufTensor]:
                 c.skip(8)  # data offset
                 out.append(GgufTensor(name, ggml_type, ne))
             return out
+
+
+_LAYER_WEIGHT = re.compile(r"^blk\.\d+\.[a-z_]+\.weight$")
+
+
+def layer_matrices(table: list[GgufTensor]) -> list[GgufTensor]:
+    """The transformer layers' weight matrices (``blk.N.*.weight``, two dimensions): the tensors a
+    text model's weight type is about (embeddings, norms and biases keep their own types)."""
+    return [t for t in table if len(t.ne) == 2 and _LAYER_WEIGHT.match(t.name)]

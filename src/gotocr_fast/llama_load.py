@@ -50,7 +50,6 @@ _logged: set[tuple[bool, str]] = set()
 _REPACK_BUFT = "CPU_REPACK"
 _REPACK_TYPE = 12  # GGML_TYPE_Q4_K
 _REPACK_ROWS = 8  # the 8x8 layout interleaves 8 rows: llama.cpp repacks only row counts it divides
-_LAYER_WEIGHT = re.compile(r"^blk\.\d+\.[a-z_]+\.weight$")
 
 
 @dataclass(frozen=True)
@@ -107,15 +106,14 @@ def repacked_tensors(path: str | os.PathLike) -> list[str]:
     """Names of the text GGUF's layer weights that ``CPU_REPACK`` can hold: q4_K matrices whose
     row count is a multiple of 8. [] for a file that is not a readable GGUF (llama.cpp then reports
     the error when it loads it)."""
-    from .gguf_tensors import read_tensor_table
+    from .gguf_tensors import layer_matrices, read_tensor_table
 
     try:
         table = read_tensor_table(path)
     except (OSError, ValueError):  # not a readable GGUF: no overrides, llama.cpp says why
         return []
-    return [t.name for t in table
-            if t.ggml_type == _REPACK_TYPE and _LAYER_WEIGHT.match(t.name)
-            and len(t.ne) == 2 and t.ne[1] % _REPACK_ROWS == 0]
+    return [t.name for t in layer_matrices(table)
+            if t.ggml_type == _REPACK_TYPE and t.ne[1] % _REPACK_ROWS == 0]
 
 
 _buft_lock = threading.Lock()

@@ -47,15 +47,48 @@ def _kv_row_bytes(config: str, kv_type_bytes: int) -> int:
 def test_default_pool_is_one_requests_context_shared_by_the_slots(converted_model):
     from gotocr_fast.engine.model import TextModel
 
-    m = TextModel(_tiny_text_gguf(converted_model), n_threads=1)  # the defaults: 4 slots, 8192 tokens each
+    # the defaults: 4 slots, 8192 tokens each, the cache type the weights call for (f16 here)
+    m = TextModel(_tiny_text_gguf(converted_model, "f16"), n_threads=1)
     try:
         assert m.n_slots == 4 and m.n_ctx_slot == 8192
         n_ctx = int(m._ll.llama_n_ctx(m._ctx))
         assert n_ctx == m.kv_tokens == 8192  # one pool of one request's context, not 4 × 8192
         assert int(m._ll.llama_n_ctx_seq(m._ctx)) == 8192  # and one sequence may fill it
-        assert m.kv_bytes == 8192 * _kv_row_bytes("tiny", 2)
+        assert m.kv_type == "f16" and m.kv_bytes == 8192 * _kv_row_bytes("tiny", 2)
     finally:
         m.close()
+
+
+@pytest.mark.parametrize("outtype, expected", [("f32", "f32"), ("f16", "f16"), ("q8_0", "f16"), ("q4_k_m", "f16")])
+def test_the_cache_type_follows_the_text_weights(converted_model, outtype, expected):
+    # f32 weights are read with the reference's arithmetic all through (an f16 cache flipped
+    # near-tie tokens of the demo model); every other type keeps the half-size cache
+    from gotocr_fast.engine.model import TextModel, default_kv_type
+
+    path = _tiny_text_gguf(converted_model, outtype)
+    assert default_kv_type(path) == expected
+    m = TextModel(path, n_threads=1, n_ctx_slot=64)
+    try:
+        assert m.kv_type == expected
+        assert m.kv_bytes == m.kv_tokens * _kv_row_bytes("tiny", {"f32": 4, "f16": 2}[expected])
+    finally:
+        m.close()
+    asked = TextModel(path, n_threads=1, n_ctx_slot=64, kv_type="f16")  # an explicit type wins
+    try:
+        assert asked.kv_type == "f16"
+    finally:
+        asked.close()
+
+
+def test_an_unreadable_file_gets_the_f16_cache_and_llama_cpps_error(tmp_path):
+    from gotocr_fast.engine.errors import ModelError
+    from gotocr_fast.engine.model import TextModel, default_kv_type
+
+    bad = tmp_path / "got-text-f32.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 12)
+    assert default_kv_type(bad) == "f16"
+    with pytest.raises(ModelError, match="could not load"):
+        TextModel(bad, n_threads=1, n_ctx_slot=64)
 
 
 def test_default_pool_keeps_a_typical_page_per_slot(converted_model):

@@ -68,7 +68,9 @@ class EngineConfig:
     CPUs). ``vision_precision``: ``"bf16"`` runs the vision encoder's matmuls and attention in bf16
     where the CPU multiplies bf16 natively (AMX, AVX512_BF16; ~3.5x faster a view on an AMX Xeon,
     relative RMS error ~7e-3 against f32: docs/ARCHITECTURE.md); elsewhere it runs f32.
-    ``flash_attn``:
+    ``kv_type``: the KV cache's type, ``"f16"`` or ``"f32"`` (default: f32 for a text model
+    with f32 weights, whose arithmetic is then the reference's all through; f16 otherwise, half
+    the memory; ``engine/model.py``). ``flash_attn``:
     llama.cpp's flash attention (default: off on a CPU-only build, llama.cpp's "auto" with a GPU
     build).
 
@@ -88,7 +90,7 @@ class EngineConfig:
     max_tiles: int = 6
     max_pixels: int = DEFAULT_MAX_PIXELS
     n_batch: int = 2048
-    kv_type: str = "f16"
+    kv_type: str | None = None
     vision_precision: str = "f32"
     flash_attn: bool | None = None
     share_cpu: bool | None = None
