@@ -24,11 +24,14 @@ long before the language model would learn on its own to look at the image:
   token, to the image token where that token is printed (the token-cell map comes with the page).
   Without an alignment signal the model sat at the text prior for thousands of steps
   (docs/DEMO_MODEL.md);
-- row heads, for box mode: at the guided head's layer input, each image token must name its row of
-  the token grid, and the position that predicts a box page's first answer token must name the
-  row where the boxed line starts. The guided head can only pick the boxed line if its queries
-  know the box's row (from the coordinate digits of the prompt) and its keys know theirs; without
-  these heads its first look on box pages stayed at chance (``python -m train.probe --box``).
+- box mode's own guided head and row heads. On a box page the model must find the boxed line from
+  the coordinate digits of the prompt; a query can only know the box's row after one layer has
+  marked which digits are the top edge's (their order among the commas) and a second has read
+  them, so the look that picks the line belongs to the last layer, not to the guided head's (the
+  second: its first look on box pages stayed at chance, ``python -m train.probe --box``). One head
+  of the last layer is guided, on box pages, to the image tokens of the boxed line; at that
+  layer's input each image token must name its row of the token grid and the position that
+  predicts a box page's first answer token the row where the boxed line starts.
 """
 
 from __future__ import annotations
@@ -124,14 +127,18 @@ GUIDE_LAYER = 1
 GUIDE_HEAD = 0
 """The language-model attention head whose attention is guided to the image token that holds the
 answer token being predicted."""
+BOX_GUIDE_HEAD = 1
+"""The head of the last layer guided on box pages (another head than ``GUIDE_HEAD``, so that a
+two-layer model, whose last layer is the guided one, keeps the two apart)."""
 
 
 def use_guided_attention() -> None:
-    """Let the guided head record its attention log-probabilities while training.
+    """Let the guided heads record their attention log-probabilities while training.
 
     transformers looks the attention function up by name at every call, so wrapping the "sdpa"
-    entry adds the record to the one module flagged ``record_guide`` and changes nothing else:
-    the attention output is still the fused kernel's.
+    entry adds the record (``guide_log_probs``: head → [B, Lq, Lk]) to the modules that name
+    heads in ``guide_heads`` and changes nothing else: the attention output is still the fused
+    kernel's.
     """
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -141,14 +148,17 @@ def use_guided_attention() -> None:
 
     def attention(module, query, key, value, attention_mask, **kwargs):
         out = base(module, query, key, value, attention_mask, **kwargs)
-        if module.training and getattr(module, "record_guide", False):
+        heads = getattr(module, "guide_heads", ()) if module.training else ()
+        if heads:
             group = query.shape[1] // key.shape[1]
-            scores = (query[:, GUIDE_HEAD] @ key[:, GUIDE_HEAD // group].transpose(-1, -2)).float() * module.scaling
-            n_q, n_k = scores.shape[-2:]
+            n_q, n_k = query.shape[-2], key.shape[-2]
             # Right-padded batches: a real query position sees only real keys before it, so the
             # causal mask is the whole mask for the positions the loss reads.
-            future = torch.ones(n_q, n_k, dtype=torch.bool, device=scores.device).triu(n_k - n_q + 1)
-            module.guide_log_probs = scores.masked_fill(future, float("-inf")).log_softmax(-1)
+            future = torch.ones(n_q, n_k, dtype=torch.bool, device=query.device).triu(n_k - n_q + 1)
+            module.guide_log_probs = {
+                head: ((query[:, head] @ key[:, head // group].transpose(-1, -2)).float() * module.scaling)
+                .masked_fill(future, float("-inf")).log_softmax(-1)
+                for head in heads}
         return out
 
     attention.records_guide = True
@@ -200,6 +210,14 @@ def _bag_loss(feats: torch.Tensor, embed: torch.Tensor, scale: torch.Tensor, tar
     return per_cell[has_text].mean()
 
 
+def _look_loss(log_probs: torch.Tensor, label_positions: torch.Tensor, keys: torch.Tensor,
+               which: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-probability a guided head gives, at the answer positions ``which``
+    selects, to the image token where the predicted character is printed."""
+    pos = label_positions[which]
+    return -log_probs[pos[:, 0], pos[:, 1], keys[which]].mean()
+
+
 def _slot_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     flat, t = logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1)
     chars, none = t > 0, t == 0
@@ -230,7 +248,9 @@ class DemoTrainer(nn.Module):
         self.embed = nn.Parameter(torch.randn(len(used_ids), hidden) * 0.02)
         self.zero_rows_logit = math.log(tokens.VOCAB_SIZE - len(used_ids))
         self.bag_log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
-        self.guided_attention.record_guide = True
+        self.guided_attention.guide_heads = (GUIDE_HEAD,)
+        box_heads = getattr(self.box_guided_attention, "guide_heads", ())
+        self.box_guided_attention.guide_heads = (*box_heads, BOX_GUIDE_HEAD)
         self.patch_aux_head = nn.Linear(cfg.vision.hidden_size, PATCH_AUX_SLOTS * (len(CHARSET) + 1))
         self.token_slot_head = nn.Linear(cfg.text.hidden_size, TOKEN_SLOTS * (len(CHARSET) + 1))
         self.key_row_head = nn.Linear(hidden, cfg.token_grid)
@@ -259,6 +279,15 @@ class DemoTrainer(nn.Module):
     @property
     def guided_attention(self) -> nn.Module:
         return self.hf.model.language_model.layers[GUIDE_LAYER].self_attn
+
+    @property
+    def box_guide_layer(self) -> int:
+        """The layer whose ``BOX_GUIDE_HEAD`` picks the boxed line: the last one."""
+        return self.cfg.text.num_layers - 1
+
+    @property
+    def box_guided_attention(self) -> nn.Module:
+        return self.hf.model.language_model.layers[self.box_guide_layer].self_attn
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.vision(pixels)[1]
@@ -312,17 +341,21 @@ class DemoTrainer(nn.Module):
         slot_logits = self.token_slot_head(feats).view(feats.shape[0], -1, TOKEN_SLOTS, len(CHARSET) + 1)
         aux = (_bag_loss(feats, self.embed, self.bag_log_scale, bag_targets) + _slot_loss(patch_logits, patch_aux_targets)
                + _slot_loss(slot_logits, token_slot_targets)
-               + self._row_loss(out.hidden_states[GUIDE_LAYER], image_mask, box_rows, prompt_ends))
+               + self._row_loss(out.hidden_states[self.box_guide_layer], image_mask, box_rows, prompt_ends))
         guided = guide_keys >= 0
         guide = loss.new_zeros(())
         if guided.any():
-            pos = label_positions[guided]
-            guide = -self.guided_attention.guide_log_probs[pos[:, 0], pos[:, 1], guide_keys[guided]].mean()
+            guide = _look_loss(self.guided_attention.guide_log_probs[GUIDE_HEAD], label_positions, guide_keys, guided)
+        if box_rows is not None:
+            boxed = guided & (box_rows[label_positions[:, 0]] >= 0)
+            if boxed.any():
+                guide = guide + _look_loss(self.box_guided_attention.guide_log_probs[BOX_GUIDE_HEAD],
+                                           label_positions, guide_keys, boxed)
         return loss, aux, guide
 
     def _row_loss(self, guide_input, image_mask, box_rows, prompt_ends) -> torch.Tensor:
-        """The row heads' loss on the guided layer's input ``guide_input`` [B, L, E]: each image
-        token's row, and each box page's boxed row at its last prompt position."""
+        """The row heads' loss on the box-guided layer's input ``guide_input`` [B, L, E]: each
+        image token's row, and each box page's boxed row at its last prompt position."""
         b, t = image_mask.shape[0], self.cfg.tokens_per_view
         rows = (torch.arange(t, device=image_mask.device) // self.cfg.token_grid).repeat(b)
         loss = F.cross_entropy(self.key_row_head(guide_input[image_mask]).float(), rows)

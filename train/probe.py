@@ -12,8 +12,10 @@
 - ``next``: next-character accuracy of the answer: what the language model makes of it;
 - ``guide1``, ``first``: the guide and next-character accuracy of the answer's first token alone,
   where the language model has to find where to start reading (in box mode: which line);
-- ``krow``, ``brow``: accuracy of the row heads at the guided layer's input: each image token's row
-  of the token grid, and (box pages) the boxed line's row at the last prompt position.
+- ``bguide``, ``bguide1`` (box pages): the same for the last layer's box-guided head, over the
+  boxed line's characters and at its first;
+- ``krow``, ``brow``: accuracy of the row heads at the box-guided layer's input: each image token's
+  row of the token grid, and (box pages) the boxed line's row at the last prompt position.
 
 ``--box`` probes box-mode pages only (every page of two or more lines asks for one boxed line).
 
@@ -34,7 +36,7 @@ import torch
 from . import compact, data
 from .config import run_config
 from .export import load_trainer
-from .model import GUIDE_LAYER, DemoTrainer, use_fast_vision_attention, use_guided_attention
+from .model import BOX_GUIDE_HEAD, GUIDE_HEAD, DemoTrainer, use_fast_vision_attention, use_guided_attention
 from .train import collate
 
 PROBE_SEED_TAG = 0x70726F62
@@ -51,6 +53,8 @@ class Probe:
     loss: float
     first_guide: float
     first_char: float
+    box_guide: float
+    box_first_guide: float
     key_row: float
     box_row: float
 
@@ -89,16 +93,16 @@ def probe(model: DemoTrainer, level: float, pages: int = 12, box: bool = False) 
         patch = model.patch_aux_head(vit).view(vit.shape[0], -1, data.PATCH_AUX_SLOTS, n_classes)
         slot = model.token_slot_head(feats).view(feats.shape[0], -1, data.TOKEN_SLOTS, n_classes)
         loss, _, _ = model(**batch)
-        log_probs = model.guided_attention.guide_log_probs
         keys = batch["guide_keys"]
-        looked = log_probs[batch["label_positions"][:, 0], batch["label_positions"][:, 1]].argmax(-1)
-        guide = float((looked[keys >= 0] == keys[keys >= 0]).float().mean())
-        first_keys = keys[first]
-        first_guide = float((looked[first][first_keys >= 0] == first_keys[first_keys >= 0]).float().mean())
+        boxed = batch["box_rows"][batch["label_positions"][:, 0]] >= 0
+        guide, first_guide = _look_accuracy(model.guided_attention.guide_log_probs[GUIDE_HEAD], batch, first,
+                                            keys >= 0)
+        box_guide, box_first_guide = _look_accuracy(model.box_guided_attention.guide_log_probs[BOX_GUIDE_HEAD],
+                                                    batch, first, (keys >= 0) & boxed)
         embeds = model.embed_ids(batch["input_ids"]).masked_scatter(batch["image_mask"].unsqueeze(-1), feats)
         out = model.lm(embeds, attention_mask=batch["attention_mask"], hidden_states=True)
         hidden = out.last_hidden_state
-        key_row, box_row = _row_accuracy(model, out.hidden_states[GUIDE_LAYER], batch)
+        key_row, box_row = _row_accuracy(model, out.hidden_states[model.box_guide_layer], batch)
         h = hidden[batch["label_positions"][:, 0], batch["label_positions"][:, 1]]
         hit = model.logits(h).argmax(-1) == batch["labels"]
         next_char = float(hit.float().mean())
@@ -107,7 +111,22 @@ def probe(model: DemoTrainer, level: float, pages: int = 12, box: bool = False) 
         model.eval()
     return Probe(level, _head_accuracy(patch, batch["patch_aux_targets"]),
                  _head_accuracy(slot, batch["token_slot_targets"]), guide, next_char, float(loss), first_guide,
-                 first_char, key_row, box_row)
+                 first_char, box_guide, box_first_guide, key_row, box_row)
+
+
+def _look_accuracy(log_probs: torch.Tensor, batch: dict, first: torch.Tensor, which: torch.Tensor
+                   ) -> tuple[float, float]:
+    """(over the labels ``which`` selects, at the first label of each page among them) how often a
+    guided head's strongest key is the image token where the predicted character is printed."""
+    pos = batch["label_positions"]
+    hit = log_probs[pos[:, 0], pos[:, 1]].argmax(-1) == batch["guide_keys"]
+    first_only = torch.zeros_like(which)
+    first_only[first] = True
+    return _mean(hit[which]), _mean(hit[which & first_only])
+
+
+def _mean(hits: torch.Tensor) -> float:
+    return float(hits.float().mean()) if hits.numel() else float("nan")
 
 
 def _row_accuracy(model: DemoTrainer, guide_input: torch.Tensor, batch: dict) -> tuple[float, float]:
@@ -139,11 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     use_fast_vision_attention(model)
     print(f"{args.state}: view {model.cfg.vision.image_size} px, {args.pages} {'box-mode ' if args.box else ''}"
           "pages a level")
-    print("level  patch  slot   guide  next   loss   guide1 first  krow   brow")
+    print("level  patch  slot   guide  next   loss   guide1 first  bguide bguide1 krow   brow")
     for level in (float(x) for x in args.levels.split(",")):
         r = probe(model, level, args.pages, args.box)
         print(f"{r.level:5.2f}  {r.patch:.3f}  {r.slot:.3f}  {r.guide:.3f}  {r.next_char:.3f}  {r.loss:.3f}  "
-              f"{r.first_guide:.3f}  {r.first_char:.3f}  {r.key_row:.3f}  {r.box_row:.3f}", flush=True)
+              f"{r.first_guide:.3f}  {r.first_char:.3f}  {r.box_guide:.3f}  {r.box_first_guide:.3f}   "
+              f"{r.key_row:.3f}  {r.box_row:.3f}", flush=True)
     return 0
 
 
