@@ -22,7 +22,8 @@ WEIGHTS = "weights.safetensors"
 STATE = "state.json"
 
 
-RECIPE_FIELDS = ("steps", "batch_size", "lr", "seed", "curriculum_steps", "curriculum_start", "box_fraction")
+RECIPE_FIELDS = ("steps", "batch_size", "lr", "seed", "curriculum_steps", "curriculum_start", "box_fraction",
+                 "box_drills")
 """What a compact state records of the recipe it was trained under, so that a run started from it
 continues the same schedule and curriculum unless told otherwise."""
 

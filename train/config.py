@@ -8,7 +8,7 @@ from pathlib import Path
 from gotocr_fast import demo_model as bundle_format
 from gotocr_fast.synth import GotConfig, TextConfig, VisionConfig
 
-from .data import BOX_FRACTION
+from .data import BOX_DRILLS, BOX_FRACTION
 
 VIEW_SIZES = (384, 768)
 """View sizes a run can train (``--image-size``); a run keeps its own in ``config.json``."""
@@ -79,6 +79,8 @@ class TrainConfig:
     curriculum_start: int = 0
     box_fraction: float = BOX_FRACTION
     """Share of the multi-line pages in box mode once the curriculum has reached a quarter."""
+    box_drills: int = BOX_DRILLS
+    """Box prompts a step for the boxed-row read-out alone (``train.data.box_drills``)."""
     eval_every: int = 500
     eval_pages: int = 16
     checkpoint_every: int = 100

@@ -29,6 +29,7 @@ from PIL import Image
 from gotocr_fast import reading, tokens
 from gotocr_fast.convert.checkpoint import CLIP_MEAN, CLIP_STD
 from gotocr_fast.convert.vocab import QWEN_PATTERN, find_qwen_tiktoken
+from gotocr_fast.preprocess import box_to_prompt_coords
 from gotocr_fast.prompt import OcrMode, build_prompt, build_query
 
 CHARSET = [chr(c) for c in range(33, 127)]
@@ -314,4 +315,40 @@ def make_batch(seed: int, step: int, batch_size: int, curriculum_step: int, curr
         rng = np.random.default_rng([TRAIN_SEED_TAG, seed, step, i])
         level = page_level(rng, curriculum_step, curriculum_steps, box_fraction)
         out.append(make_example(rng, level, image_size, token_grid, tokens_per_view, full_to_used, patch_grid))
+    return out
+
+
+DRILL_SEED_TAG = 0x6472696C
+BOX_DRILLS = 8
+"""Box prompts per step that train the boxed-row read-out alone (no page is rendered for them)."""
+
+
+@dataclass(frozen=True)
+class BoxDrill:
+    prompt_ids: list[int]
+    row: int
+    """The token-grid row of the box's vertical centre: where its line's first character sits (the
+    rendered box pages' own first-character row agrees with it on ~90 % of them)."""
+
+
+def box_drills(seed: int, step: int, count: int, token_grid: int, tokens_per_view: int) -> list[BoxDrill]:
+    """``count`` box-mode prompts with random boxes shaped like the task's (a line's height plus
+    margins, left-aligned), for the read-out of the boxed row from the prompt's coordinate digits.
+
+    A rendered page gives one box prompt for a whole vision forward; the row read-out needs only
+    the language model, so it gets these many more, at a fraction of a step's cost (a box page is
+    about one in five, and two legs of them taught the read-out little). Coordinates are drawn in
+    GOT's 0-1000 space (on a 1000 x 1000 image, up to GOT's truncation)."""
+    rng = np.random.default_rng([DRILL_SEED_TAG, seed, step])
+    out = []
+    for _ in range(count):
+        height = int(rng.integers(45, 136))
+        top = int(rng.integers(0, 1000 - height))
+        left = int(rng.integers(0, 151))
+        right = int(rng.integers(max(left + 100, 200), 951))
+        box = (left, top, right, top + height)
+        query = build_query(OcrMode(boxes=(box,)), image_size=(1000, 1000))
+        _, y1, _, y2 = box_to_prompt_coords(box, 1000, 1000)  # as the prompt writes them
+        row = min(token_grid - 1, (y1 + y2) * token_grid // 2000)
+        out.append(BoxDrill(encode(build_prompt(query, tokens_per_view)), row))
     return out

@@ -326,11 +326,13 @@ class DemoTrainer(nn.Module):
     # -- training -----------------------------------------------------------------------------
 
     def forward(self, pixels, input_ids, attention_mask, image_mask, label_positions, labels, bag_targets,
-                patch_aux_targets, token_slot_targets, guide_keys, box_rows=None, prompt_ends=None):
+                patch_aux_targets, token_slot_targets, guide_keys, box_rows=None, prompt_ends=None,
+                drill_ids=None, drill_mask=None, drill_ends=None, drill_rows=None):
         """Returns (answer loss, auxiliary loss, guide loss). ``labels`` are used-vocabulary indices;
         ``guide_keys`` the sequence position of the image token holding each label, or -1;
         ``box_rows`` per page the token-grid row where the boxed line starts (-1: no box) and
-        ``prompt_ends`` the position of its last prompt token (both optional: no box-row loss)."""
+        ``prompt_ends`` the position of its last prompt token (both optional: no box-row loss);
+        ``drill_*`` the box drills (``train.train.collate_drills``; optional)."""
         vit, feats = self.vision(pixels)  # [B, G, G, D], [B, T, E]
         embeds = self.embed_ids(input_ids)
         embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), feats.to(embeds.dtype))
@@ -351,7 +353,20 @@ class DemoTrainer(nn.Module):
             if boxed.any():
                 guide = guide + _look_loss(self.box_guided_attention.guide_log_probs[BOX_GUIDE_HEAD],
                                            label_positions, guide_keys, boxed)
+        if drill_ids is not None and len(drill_ids):  # after the guide loss: this forward records anew
+            aux = aux + self._drill_loss(feats.detach(), drill_ids, drill_mask, drill_ends, drill_rows)
         return loss, aux, guide
+
+    def _drill_loss(self, feats, drill_ids, drill_mask, drill_ends, drill_rows) -> torch.Tensor:
+        """The boxed-row read-out on box drills: each prompt with a batch page's image tokens
+        (detached: the drills train the language model's reading of the digits, not the image)."""
+        d = drill_ids.shape[0]
+        embeds = self.embed_ids(drill_ids)
+        images = feats[torch.arange(d, device=feats.device) % feats.shape[0]]
+        embeds = embeds.masked_scatter((drill_ids == tokens.IMG_PAD_ID).unsqueeze(-1), images.to(embeds.dtype))
+        out = self.lm(embeds, attention_mask=drill_mask, hidden_states=True)
+        query = out.hidden_states[self.box_guide_layer][torch.arange(d, device=feats.device), drill_ends]
+        return F.cross_entropy(self.box_row_head(query).float(), drill_rows)
 
     def _row_loss(self, guide_input, image_mask, box_rows, prompt_ends) -> torch.Tensor:
         """The row heads' loss on the box-guided layer's input ``guide_input`` [B, L, E]: each

@@ -64,6 +64,18 @@ def collate(examples: list[data.Example], full_to_used: np.ndarray, pad_id: int)
                 box_rows=torch.tensor(box_rows), prompt_ends=torch.tensor(prompt_ends))
 
 
+def collate_drills(drills: list[data.BoxDrill], full_to_used: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+    """The box drills' tensors: right-padded prompts, their last positions and boxed rows."""
+    length = max(len(d.prompt_ids) for d in drills)
+    ids = torch.full((len(drills), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(drills), length), dtype=torch.long)
+    for i, d in enumerate(drills):
+        ids[i, : len(d.prompt_ids)] = torch.tensor(d.prompt_ids)
+        mask[i, : len(d.prompt_ids)] = 1
+    return dict(drill_ids=ids, drill_mask=mask, drill_ends=torch.tensor([len(d.prompt_ids) - 1 for d in drills]),
+                drill_rows=torch.tensor([d.row for d in drills]))
+
+
 class StepBatches(torch.utils.data.Dataset):
     """Item ``step`` is the collated batch of that step: pages depend on (seed, step) only, so
     any number of loader workers gives the same run."""
@@ -80,7 +92,11 @@ class StepBatches(torch.utils.data.Dataset):
         pages = data.make_batch(tc.seed, step, tc.batch_size, step - tc.curriculum_start, tc.curriculum_steps,
                                 cfg.vision.image_size, grid,
                                 cfg.tokens_per_view, self.full_to_used, cfg.vision.grid, tc.box_fraction)
-        return collate(pages, self.full_to_used, self.pad_id)
+        batch = collate(pages, self.full_to_used, self.pad_id)
+        if tc.box_drills:
+            drills = data.box_drills(tc.seed, step, tc.box_drills, grid, cfg.tokens_per_view)
+            batch.update(collate_drills(drills, self.full_to_used, self.pad_id))
+        return batch
 
 
 def batches(source: StepBatches, start: int, end: int, workers: int):
@@ -189,6 +205,9 @@ def _parser() -> argparse.ArgumentParser:
                         "--curriculum-start and --curriculum-steps")
     p.add_argument("--box-fraction", type=float, default=None,
                    help=f"share of the multi-line pages that ask for one boxed line (default {TrainConfig.box_fraction})")
+    p.add_argument("--box-drills", type=int, default=None,
+                   help="box prompts a step, without a page, for the read-out of the boxed row from the prompt's "
+                        f"digits (default {TrainConfig.box_drills}; 0: none)")
     p.add_argument("--warmup-start", type=int, default=None,
                    help="step at which the learning-rate warm-up starts")
     p.add_argument("--threads", type=int, default=None)
@@ -240,6 +259,8 @@ def plan_run(args: argparse.Namespace, resumed: dict | None) -> tuple[TrainConfi
             recipe["curriculum_start"], recipe["curriculum_steps"] = pinned_curriculum(args.level, start)
         except ValueError as e:
             raise SystemExit(f"--level: {e}") from None
+    if recipe["box_drills"] < 0:
+        raise SystemExit(f"--box-drills must be >= 0, got {recipe['box_drills']}")
     if not 0.0 <= recipe["box_fraction"] <= 1.0:
         raise SystemExit(f"--box-fraction must be between 0 and 1, got {recipe['box_fraction']}")
     tc = dataclasses.replace(TrainConfig(), **recipe, bf16=args.bf16, checkpoint_every=args.checkpoint_every,
