@@ -10,7 +10,7 @@ from the stock training forward, both for cost on a CPU:
   ``log(number of zero rows)``: a zero row's logit is exactly 0 under the tied head, so this
   softmax equals the full one.
 
-Five auxiliary losses (nothing of them is exported) give the image path a direct, local signal
+Auxiliary losses (nothing of them is exported) give the image path a direct, local signal
 long before the language model would learn on its own to look at the image:
 
 - a patch head names the characters under each ViT patch, in reading order;

@@ -93,6 +93,7 @@ def default_kv_type(text_gguf: str | os.PathLike) -> str:
         return "f16"
     return "f32" if matmuls and all(t.ggml_type == _F32 for t in matmuls) else "f16"
 
+
 _backend_lock = threading.Lock()
 _backend_ready = False
 
