@@ -712,7 +712,7 @@ def accuracy_section(rows: list[dict]) -> list[str]:
         e = r["extra_info"]
         diffs = e.get("differences") or []
         out.append(f"transformers' greedy text equals ours (f32) on {100 * e['agreement_with_ours_f32']:.1f} % of "
-                   f"the pages; {len(diffs)} differ:")
+                   "the pages" + (f"; {len(diffs)} differ:" if diffs else "."))
         out.append("")
         if diffs:
             out.append("| kind | page | first differing token | transformers' top-1/top-2 margin | ours | transformers |")
