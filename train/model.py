@@ -318,6 +318,12 @@ class DemoTrainer(nn.Module):
         pooled = torch.full((*hidden.shape[:-1], 1), self.zero_rows_logit, dtype=used.dtype, device=used.device)
         return torch.cat([used, pooled], dim=-1)
 
+    def embed_prompt(self, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """The language model's input for ``ids`` [B, L]: token embeddings, with the image-pad
+        positions of each row taking that row's image features ``feats`` [B, T, E] in order."""
+        embeds = self.embed_ids(ids)
+        return embeds.masked_scatter((ids == tokens.IMG_PAD_ID).unsqueeze(-1), feats.to(embeds.dtype))
+
     def lm(self, inputs_embeds, attention_mask=None, cache=None, hidden_states=False):
         return self.hf.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                             past_key_values=cache, use_cache=cache is not None or not self.training,
@@ -334,9 +340,7 @@ class DemoTrainer(nn.Module):
         ``prompt_ends`` the position of its last prompt token (both optional: no box-row loss);
         ``drill_*`` the box drills (``train.train.collate_drills``; optional)."""
         vit, feats = self.vision(pixels)  # [B, G, G, D], [B, T, E]
-        embeds = self.embed_ids(input_ids)
-        embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), feats.to(embeds.dtype))
-        out = self.lm(embeds, attention_mask=attention_mask, hidden_states=True)
+        out = self.lm(self.embed_prompt(input_ids, feats), attention_mask=attention_mask, hidden_states=True)
         h = out.last_hidden_state[label_positions[:, 0], label_positions[:, 1]]
         loss = F.cross_entropy(self.logits(h).float(), labels)
         patch_logits = self.patch_aux_head(vit).view(vit.shape[0], -1, PATCH_AUX_SLOTS, len(CHARSET) + 1)
@@ -361,24 +365,30 @@ class DemoTrainer(nn.Module):
         """The boxed-row read-out on box drills: each prompt with a batch page's image tokens
         (detached: the drills train the language model's reading of the digits, not the image)."""
         d = drill_ids.shape[0]
-        embeds = self.embed_ids(drill_ids)
         images = feats[torch.arange(d, device=feats.device) % feats.shape[0]]
-        embeds = embeds.masked_scatter((drill_ids == tokens.IMG_PAD_ID).unsqueeze(-1), images.to(embeds.dtype))
-        out = self.lm(embeds, attention_mask=drill_mask, hidden_states=True)
+        out = self.lm(self.embed_prompt(drill_ids, images), attention_mask=drill_mask, hidden_states=True)
         query = out.hidden_states[self.box_guide_layer][torch.arange(d, device=feats.device), drill_ends]
         return F.cross_entropy(self.box_row_head(query).float(), drill_rows)
 
-    def _row_loss(self, guide_input, image_mask, box_rows, prompt_ends) -> torch.Tensor:
-        """The row heads' loss on the box-guided layer's input ``guide_input`` [B, L, E]: each
-        image token's row, and each box page's boxed row at its last prompt position."""
+    def row_read_outs(self, guide_input, image_mask, box_rows=None, prompt_ends=None):
+        """The row heads on the box-guided layer's input ``guide_input`` [B, L, E], each as
+        (logits, targets): every image token's row, then (None without box pages) every box page's
+        boxed row at its last prompt position."""
         b, t = image_mask.shape[0], self.cfg.tokens_per_view
         rows = (torch.arange(t, device=image_mask.device) // self.cfg.token_grid).repeat(b)
-        loss = F.cross_entropy(self.key_row_head(guide_input[image_mask]).float(), rows)
-        if box_rows is not None and prompt_ends is not None and (box_rows >= 0).any():
-            boxed = box_rows >= 0
-            pages = torch.arange(b, device=box_rows.device)[boxed]
-            query = guide_input[pages, prompt_ends[boxed]]
-            loss = loss + F.cross_entropy(self.box_row_head(query).float(), box_rows[boxed])
+        keys = (self.key_row_head(guide_input[image_mask]), rows)
+        if box_rows is None or prompt_ends is None or not (box_rows >= 0).any():
+            return keys, None
+        boxed = box_rows >= 0
+        pages = torch.arange(b, device=box_rows.device)[boxed]
+        return keys, (self.box_row_head(guide_input[pages, prompt_ends[boxed]]), box_rows[boxed])
+
+    def _row_loss(self, guide_input, image_mask, box_rows, prompt_ends) -> torch.Tensor:
+        """The row heads' cross-entropy (:meth:`row_read_outs`)."""
+        keys, boxes = self.row_read_outs(guide_input, image_mask, box_rows, prompt_ends)
+        loss = F.cross_entropy(keys[0].float(), keys[1])
+        if boxes is not None:
+            loss = loss + F.cross_entropy(boxes[0].float(), boxes[1])
         return loss
 
     # -- greedy decoding (validation) -----------------------------------------------------------
@@ -390,11 +400,8 @@ class DemoTrainer(nn.Module):
 
         feats = self.image_features(pixels[None])
         ids = torch.tensor(prompt_ids, device=pixels.device)[None]
-        embeds = self.embed_ids(ids)
-        mask = ids == tokens.IMG_PAD_ID
-        embeds = embeds.masked_scatter(mask.unsqueeze(-1), feats.to(embeds.dtype))
         cache = DynamicCache()
-        out = self.lm(embeds, cache=cache)
+        out = self.lm(self.embed_prompt(ids, feats), cache=cache)
         answer: list[int] = []
         for _ in range(max_new):
             # Greedy compares single tokens: every zero row has logit exactly 0 (the pooled logit is

@@ -99,8 +99,8 @@ def probe(model: DemoTrainer, level: float, pages: int = 12, box: bool = False) 
                                             keys >= 0)
         box_guide, box_first_guide = _look_accuracy(model.box_guided_attention.guide_log_probs[BOX_GUIDE_HEAD],
                                                     batch, first, (keys >= 0) & boxed)
-        embeds = model.embed_ids(batch["input_ids"]).masked_scatter(batch["image_mask"].unsqueeze(-1), feats)
-        out = model.lm(embeds, attention_mask=batch["attention_mask"], hidden_states=True)
+        out = model.lm(model.embed_prompt(batch["input_ids"], feats), attention_mask=batch["attention_mask"],
+                       hidden_states=True)
         hidden = out.last_hidden_state
         key_row, box_row = _row_accuracy(model, out.hidden_states[model.box_guide_layer], batch)
         h = hidden[batch["label_positions"][:, 0], batch["label_positions"][:, 1]]
@@ -131,15 +131,8 @@ def _mean(hits: torch.Tensor) -> float:
 
 def _row_accuracy(model: DemoTrainer, guide_input: torch.Tensor, batch: dict) -> tuple[float, float]:
     """(image tokens naming their row, box pages naming their boxed row) by the row heads."""
-    image_mask = batch["image_mask"]
-    rows = (torch.arange(model.cfg.tokens_per_view) // model.cfg.token_grid).repeat(image_mask.shape[0])
-    key_row = float((model.key_row_head(guide_input[image_mask]).argmax(-1) == rows).float().mean())
-    boxed = batch["box_rows"] >= 0
-    if not boxed.any():
-        return key_row, float("nan")
-    query = guide_input[torch.arange(image_mask.shape[0])[boxed], batch["prompt_ends"][boxed]]
-    box_row = float((model.box_row_head(query).argmax(-1) == batch["box_rows"][boxed]).float().mean())
-    return key_row, box_row
+    keys, boxes = model.row_read_outs(guide_input, batch["image_mask"], batch["box_rows"], batch["prompt_ends"])
+    return tuple(float("nan") if r is None else _mean(r[0].argmax(-1) == r[1]) for r in (keys, boxes))
 
 
 def main(argv: list[str] | None = None) -> int:

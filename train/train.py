@@ -32,18 +32,22 @@ from .model import DemoTrainer, cpu_has_amx_bf16, use_fast_vision_attention, use
 LOG_FIELDS = ("step", "elapsed_s", "loss", "aux_loss", "guide_loss", "lr", "val_cer", "val_exact")
 
 
+def _right_padded(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [N, longest], attention mask): the sequences left-aligned, ``pad_id`` after them."""
+    ids = torch.full((len(seqs), max(len(s) for s in seqs)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
 def collate(examples: list[data.Example], full_to_used: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
     """Tensors of one batch (CPU); ``pad_id`` fills the right padding (any used token)."""
-    b = len(examples)
-    seqs = [e.prompt_ids + e.answer_ids[:-1] for e in examples]
-    length = max(len(s) for s in seqs)
-    ids = torch.full((b, length), pad_id, dtype=torch.long)
-    attn = torch.zeros((b, length), dtype=torch.long)
+    ids, attn = _right_padded([e.prompt_ids + e.answer_ids[:-1] for e in examples], pad_id)
     label_pos, labels, guide = [], [], []
     box_rows, prompt_ends = [], []
-    for i, (e, s) in enumerate(zip(examples, seqs)):
-        ids[i, : len(s)] = torch.tensor(s)
-        attn[i, : len(s)] = 1
+    for i, e in enumerate(examples):
         start = len(e.prompt_ids) - 1  # the last prompt position predicts the first answer token
         first_image = e.prompt_ids.index(tokens.IMG_PAD_ID)
         grid = math.isqrt(e.prompt_ids.count(tokens.IMG_PAD_ID))  # image tokens a side
@@ -66,12 +70,7 @@ def collate(examples: list[data.Example], full_to_used: np.ndarray, pad_id: int)
 
 def collate_drills(drills: list[data.BoxDrill], full_to_used: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
     """The box drills' tensors: right-padded prompts, their last positions and boxed rows."""
-    length = max(len(d.prompt_ids) for d in drills)
-    ids = torch.full((len(drills), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(drills), length), dtype=torch.long)
-    for i, d in enumerate(drills):
-        ids[i, : len(d.prompt_ids)] = torch.tensor(d.prompt_ids)
-        mask[i, : len(d.prompt_ids)] = 1
+    ids, mask = _right_padded([d.prompt_ids for d in drills], pad_id)
     return dict(drill_ids=ids, drill_mask=mask, drill_ends=torch.tensor([len(d.prompt_ids) - 1 for d in drills]),
                 drill_rows=torch.tensor([d.row for d in drills]))
 

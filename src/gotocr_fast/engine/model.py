@@ -72,9 +72,6 @@ def kv_bytes_per_token(*, n_layer: int, n_embd_kv: int, kv_type: str) -> int:
     return n_layer * 2 * n_embd_kv * _KV_TYPE_BYTES[kv_type]
 
 
-_F32 = 0  # enum ggml_type: GGML_TYPE_F32
-
-
 def default_kv_type(text_gguf: str | os.PathLike) -> str:
     """The KV cache type for a text model when none is asked for: ``"f32"`` when its layer
     matmuls are f32, else ``"f16"``.
@@ -91,7 +88,7 @@ def default_kv_type(text_gguf: str | os.PathLike) -> str:
         matmuls = layer_matrices(read_tensor_table(text_gguf))
     except (OSError, ValueError):
         return "f16"
-    return "f32" if matmuls and all(t.ggml_type == _F32 for t in matmuls) else "f16"
+    return "f32" if matmuls and all(t.ggml_type == _KV_TYPES["f32"] for t in matmuls) else "f16"
 
 
 _backend_lock = threading.Lock()
