@@ -88,15 +88,17 @@ def _vision_attention_sdpa(self, hidden_states: torch.Tensor, output_attentions=
     return self.proj(out), None
 
 
-def cpu_has_amx_bf16() -> bool:
-    """Does this CPU have AMX bf16 tiles (where a bf16 attention kernel measured twice as fast)?
-    Linux's CPU flags; False elsewhere."""
+def cpu_has_native_bf16() -> bool:
+    """Does this CPU compute bf16 products natively (AMX-BF16 tiles or AVX512_BF16 dot products)?
+    There the bf16 attention kernel pays: a training step measured twice as fast an attention with
+    AMX (Sapphire Rapids) and 10 % faster a whole step with AVX512_BF16 alone (Zen 4); without
+    either, bf16 is emulated and slower. Linux's CPU flags; False elsewhere."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
-                    return "amx_bf16" in flags
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
     except OSError:
         pass
     return False
