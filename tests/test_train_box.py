@@ -1,5 +1,5 @@
-"""Box mode in training: the last layer's box-guided head, and the box drills that teach the
-boxed-row read-out from the prompt's coordinate digits.
+"""Where a training step's gradients go: box mode's last-layer guided head and the box drills that
+teach the boxed-row read-out from the prompt's coordinate digits, and a run with a frozen ViT.
 
 Needs torch and transformers (the ``train`` extra); skipped without them.
 """
@@ -124,3 +124,38 @@ def test_box_drills_train_the_row_read_out_through_the_language_model_only():
     assert "hf.model.language_model.layers.0.self_attn.q_proj.weight" in changed
     # the image tokens are given, not trained, by the drills
     assert not [n for n in changed if ".vision_tower." in n or ".multi_modal_projector." in n], changed
+
+
+def test_a_frozen_vit_trains_everything_after_it_and_nothing_of_it():
+    # --freeze-vit: the ViT runs without a gradient (half a step's arithmetic); the neck, the
+    # projector, the language model and the heads still learn from every loss
+    import torch
+
+    from train import data
+    from train.config import demo_model
+    from train.model import DemoTrainer, use_guided_attention
+    from train.train import collate
+
+    use_guided_attention()
+    used, full_to_used = _full_to_used()
+    torch.manual_seed(0)
+    model = DemoTrainer(demo_model(384), torch.from_numpy(used))
+    pages = data.make_batch(3, 11, 2, 8000, 8000, 384, 6, 36, full_to_used, 24, box_fraction=0.0)
+    batch = collate(pages, full_to_used, int(used[0]))
+    model.train()
+
+    def trained(frozen: bool) -> set[str]:
+        model.vit_frozen = frozen
+        model.zero_grad(set_to_none=True)
+        loss, aux, guide = model(**batch)
+        (loss + aux + guide).backward()
+        return {n for n, p in model.named_parameters() if p.grad is not None and bool(p.grad.any())}
+
+    vit = {n for n, _ in model.named_parameters()
+           if ".vision_tower." in n and ".neck." not in n}
+    assert vit and vit <= trained(False)
+    frozen = trained(True)
+    assert not frozen & vit
+    for part in (".vision_tower.neck.", ".multi_modal_projector.", ".language_model.", "token_slot_head.", "embed"):
+        assert any(part in n or n.startswith(part) for n in frozen), part
+

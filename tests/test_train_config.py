@@ -191,3 +191,24 @@ def test_box_fraction_is_recorded_and_can_be_changed(tmp_path):
         planned("--box-fraction", "1.5")
     (tmp_path / compact.STATE).write_text(json.dumps({"step": 100, "recipe": {"steps": 900}}))
     assert planned().box_fraction == config.TrainConfig.box_fraction
+
+
+def test_freeze_vit_is_recorded_in_the_compact_recipe_and_can_be_changed(tmp_path):
+    import json
+
+    pytest.importorskip("torch")
+    train = pytest.importorskip("train.train")
+    compact = pytest.importorskip("train.compact")
+
+    assert "freeze_vit" in compact.RECIPE_FIELDS
+    (tmp_path / compact.STATE).write_text(json.dumps({"step": 100, "recipe": {"steps": 900, "freeze_vit": True}}))
+
+    def planned(*flags: str):
+        args = train._parser().parse_args(["--out", str(tmp_path / "run"), "--from-compact", str(tmp_path), *flags])
+        return train.plan_run(args, None)[0]
+
+    assert planned().freeze_vit is True
+    assert planned("--no-freeze-vit").freeze_vit is False
+    (tmp_path / compact.STATE).write_text(json.dumps({"step": 100, "recipe": {"steps": 900}}))
+    assert planned().freeze_vit is config.TrainConfig.freeze_vit is False
+    assert planned("--freeze-vit").freeze_vit is True

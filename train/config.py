@@ -81,6 +81,10 @@ class TrainConfig:
     """Share of the multi-line pages in box mode once the curriculum has reached a quarter."""
     box_drills: int = BOX_DRILLS
     """Box prompts a step for the boxed-row read-out alone (``train.data.box_drills``)."""
+    freeze_vit: bool = False
+    """Train everything after the ViT (neck, projector, language model, heads) and run the ViT
+    without a gradient: once it names the characters under its patches, its backward pass is most
+    of a step's arithmetic and buys little."""
     eval_every: int = 500
     eval_pages: int = 16
     checkpoint_every: int = 100

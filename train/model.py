@@ -36,6 +36,7 @@ long before the language model would learn on its own to look at the image:
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -235,6 +236,10 @@ class DemoTrainer(nn.Module):
     bf16 = False
     """Whether greedy reading (``train.train.evaluate``) runs under bf16 autocast; a training run
     sets it to its recipe's ``bf16``, a state loaded for evaluation reads in float32."""
+    vit_frozen = False
+    """Whether the ViT (patch embedding, positions, blocks) runs without a gradient; its weights
+    then get no gradient and the optimiser leaves them as they are (a run sets it to its recipe's
+    ``freeze_vit``)."""
 
     def __init__(self, cfg: GotConfig, used_ids: torch.Tensor):
         super().__init__()
@@ -301,11 +306,12 @@ class DemoTrainer(nn.Module):
         the patch-level auxiliary head reads.
         """
         vt = self.hf.model.vision_tower
-        h = vt.patch_embed(pixels)
-        if vt.pos_embed is not None:
-            h = h + vt.pos_embed
-        for layer in vt.layers:
-            h = layer(h)
+        with torch.no_grad() if self.vit_frozen else contextlib.nullcontext():
+            h = vt.patch_embed(pixels)
+            if vt.pos_embed is not None:
+                h = h + vt.pos_embed
+            for layer in vt.layers:
+                h = layer(h)
         return h, self.hf.model.multi_modal_projector(vt.neck(h))
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:

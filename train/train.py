@@ -207,6 +207,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--box-drills", type=int, default=None,
                    help="box prompts a step, without a page, for the read-out of the boxed row from the prompt's "
                         f"digits (default {TrainConfig.box_drills}; 0: none)")
+    p.add_argument("--freeze-vit", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the ViT without a gradient, training the neck, projector and language model "
+                        f"(default {TrainConfig.freeze_vit}; recorded in the compact state's recipe)")
     p.add_argument("--warmup-start", type=int, default=None,
                    help="step at which the learning-rate warm-up starts")
     p.add_argument("--threads", type=int, default=None)
@@ -307,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     model = DemoTrainer(cfg, torch.from_numpy(used))
     use_fast_vision_attention(model, bf16_kernel=bf16_attention)
     model.bf16 = tc.bf16
+    model.vit_frozen = tc.freeze_vit
+    print(f"ViT: {'frozen' if tc.freeze_vit else 'trained'}", flush=True)
     params = [q for q in model.parameters() if q.requires_grad]
     decay = [q for q in params if q.dim() >= 2]
     no_decay = [q for q in params if q.dim() < 2]
