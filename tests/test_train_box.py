@@ -158,4 +158,3 @@ def test_a_frozen_vit_trains_everything_after_it_and_nothing_of_it():
     assert not frozen & vit
     for part in (".vision_tower.neck.", ".multi_modal_projector.", ".language_model.", "token_slot_head.", "embed"):
         assert any(part in n or n.startswith(part) for n in frozen), part
-
