@@ -158,3 +158,39 @@ def test_a_frozen_vit_trains_everything_after_it_and_nothing_of_it():
     assert not frozen & vit
     for part in (".vision_tower.neck.", ".multi_modal_projector.", ".language_model.", "token_slot_head.", "embed"):
         assert any(part in n or n.startswith(part) for n in frozen), part
+
+
+def test_without_box_lessons_box_pages_train_like_plain_pages():
+    # --no-box-guide: no look of the last layer is guided, the row heads learn nothing and the
+    # drills add nothing, so a box page trains only the answer, the auxiliary heads and the
+    # second layer's guided head
+    import torch
+
+    from train import data
+    from train.config import demo_model
+    from train.model import DemoTrainer, use_guided_attention
+    from train.train import collate, collate_drills
+
+    use_guided_attention()
+    used, full_to_used = _full_to_used()
+    torch.manual_seed(0)
+    model = DemoTrainer(demo_model(384), torch.from_numpy(used))
+    torch.nn.init.normal_(model.box_row_head.weight, std=0.02)
+    torch.nn.init.normal_(model.key_row_head.weight, std=0.02)
+    pages = data.make_batch(3, 11, 12, 8000, 8000, 384, 6, 36, full_to_used, 24, box_fraction=0.5)
+    boxed = [p for p in pages if p.page.box is not None]
+    assert boxed
+    assert max(_guide_gradient_by_head(model, boxed, full_to_used)) > 0.0  # the lessons' default
+    model.box_guided = False
+    assert max(_guide_gradient_by_head(model, boxed, full_to_used)) == 0.0
+
+    batch = collate(boxed, full_to_used, int(used[0]))
+    drills = collate_drills(data.box_drills(0, 1, 5, 6, 36), full_to_used, int(used[0]))
+    model.zero_grad(set_to_none=True)
+    loss, aux, guide = model(**batch, **drills)
+    (loss + aux + guide).backward()
+    assert model.box_row_head.weight.grad is None and model.key_row_head.weight.grad is None
+    model.zero_grad(set_to_none=True)
+    _, aux_without_drills, _ = model(**batch)
+    assert torch.allclose(aux, aux_without_drills, rtol=1e-6)
+    assert guide > 0.0  # the second layer's guided head still learns on box pages

@@ -193,22 +193,26 @@ def test_box_fraction_is_recorded_and_can_be_changed(tmp_path):
     assert planned().box_fraction == config.TrainConfig.box_fraction
 
 
-def test_freeze_vit_is_recorded_in_the_compact_recipe_and_can_be_changed(tmp_path):
+@pytest.mark.parametrize("field", ["freeze_vit", "box_guide"])
+def test_a_switch_of_the_recipe_is_recorded_in_the_compact_state_and_can_be_changed(tmp_path, field):
     import json
 
     pytest.importorskip("torch")
     train = pytest.importorskip("train.train")
     compact = pytest.importorskip("train.compact")
 
-    assert "freeze_vit" in compact.RECIPE_FIELDS
-    (tmp_path / compact.STATE).write_text(json.dumps({"step": 100, "recipe": {"steps": 900, "freeze_vit": True}}))
+    flag = "--" + field.replace("_", "-")
+    default = getattr(config.TrainConfig, field)
+    assert field in compact.RECIPE_FIELDS
 
     def planned(*flags: str):
         args = train._parser().parse_args(["--out", str(tmp_path / "run"), "--from-compact", str(tmp_path), *flags])
-        return train.plan_run(args, None)[0]
+        return getattr(train.plan_run(args, None)[0], field)
 
-    assert planned().freeze_vit is True
-    assert planned("--no-freeze-vit").freeze_vit is False
+    for recorded in (True, False):
+        (tmp_path / compact.STATE).write_text(json.dumps({"step": 100, "recipe": {"steps": 900, field: recorded}}))
+        assert planned() is recorded
+        assert planned(flag) is True
+        assert planned("--no-" + flag[2:]) is False
     (tmp_path / compact.STATE).write_text(json.dumps({"step": 100, "recipe": {"steps": 900}}))
-    assert planned().freeze_vit is config.TrainConfig.freeze_vit is False
-    assert planned("--freeze-vit").freeze_vit is True
+    assert planned() is default

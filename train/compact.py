@@ -23,7 +23,7 @@ STATE = "state.json"
 
 
 RECIPE_FIELDS = ("steps", "batch_size", "lr", "seed", "curriculum_steps", "curriculum_start", "box_fraction",
-                 "box_drills", "freeze_vit")
+                 "box_drills", "box_guide", "freeze_vit")
 """What a compact state records of the recipe it was trained under, so that a run started from it
 continues the same schedule and curriculum unless told otherwise."""
 

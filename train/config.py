@@ -81,6 +81,10 @@ class TrainConfig:
     """Share of the multi-line pages in box mode once the curriculum has reached a quarter."""
     box_drills: int = BOX_DRILLS
     """Box prompts a step for the boxed-row read-out alone (``train.data.box_drills``)."""
+    box_guide: bool = True
+    """Box mode's own lessons: the last layer's box-guided head, the row heads at its input and the
+    box drills. Off, box pages train like any other page (the answer and the second layer's guided
+    head); every leg that turned them on lost plain reading (docs/DEMO_MODEL.md)."""
     freeze_vit: bool = False
     """Train everything after the ViT (neck, projector, language model, heads) and run the ViT
     without a gradient: once it names the characters under its patches, its backward pass is most

@@ -241,6 +241,10 @@ class DemoTrainer(nn.Module):
     then get no gradient and the optimiser leaves them as they are (a run sets it to its recipe's
     ``freeze_vit``)."""
 
+    box_guided = True
+    """Whether box pages also train the last layer's box-guided head and the row heads (a run sets
+    it to its recipe's ``box_guide``; without them those heads get no gradient)."""
+
     def __init__(self, cfg: GotConfig, used_ids: torch.Tensor):
         super().__init__()
         self.cfg = cfg
@@ -354,18 +358,19 @@ class DemoTrainer(nn.Module):
         patch_logits = self.patch_aux_head(vit).view(vit.shape[0], -1, PATCH_AUX_SLOTS, len(CHARSET) + 1)
         slot_logits = self.token_slot_head(feats).view(feats.shape[0], -1, TOKEN_SLOTS, len(CHARSET) + 1)
         aux = (_bag_loss(feats, self.embed, self.bag_log_scale, bag_targets) + _slot_loss(patch_logits, patch_aux_targets)
-               + _slot_loss(slot_logits, token_slot_targets)
-               + self._row_loss(out.hidden_states[self.box_guide_layer], image_mask, box_rows, prompt_ends))
+               + _slot_loss(slot_logits, token_slot_targets))
+        if self.box_guided:
+            aux = aux + self._row_loss(out.hidden_states[self.box_guide_layer], image_mask, box_rows, prompt_ends)
         guided = guide_keys >= 0
         guide = loss.new_zeros(())
         if guided.any():
             guide = _look_loss(self.guided_attention.guide_log_probs[GUIDE_HEAD], label_positions, guide_keys, guided)
-        if box_rows is not None:
+        if self.box_guided and box_rows is not None:
             boxed = guided & (box_rows[label_positions[:, 0]] >= 0)
             if boxed.any():
                 guide = guide + _look_loss(self.box_guided_attention.guide_log_probs[BOX_GUIDE_HEAD],
                                            label_positions, guide_keys, boxed)
-        if drill_ids is not None and len(drill_ids):  # after the guide loss: this forward records anew
+        if self.box_guided and drill_ids is not None and len(drill_ids):  # after the guide loss: this forward records anew
             aux = aux + self._drill_loss(feats.detach(), drill_ids, drill_mask, drill_ends, drill_rows)
         return loss, aux, guide
 

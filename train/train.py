@@ -92,7 +92,7 @@ class StepBatches(torch.utils.data.Dataset):
                                 cfg.vision.image_size, grid,
                                 cfg.tokens_per_view, self.full_to_used, cfg.vision.grid, tc.box_fraction)
         batch = collate(pages, self.full_to_used, self.pad_id)
-        if tc.box_drills:
+        if tc.box_guide and tc.box_drills:
             drills = data.box_drills(tc.seed, step, tc.box_drills, grid, cfg.tokens_per_view)
             batch.update(collate_drills(drills, self.full_to_used, self.pad_id))
         return batch
@@ -207,6 +207,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--box-drills", type=int, default=None,
                    help="box prompts a step, without a page, for the read-out of the boxed row from the prompt's "
                         f"digits (default {TrainConfig.box_drills}; 0: none)")
+    p.add_argument("--box-guide", action=argparse.BooleanOptionalAction, default=None,
+                   help="box mode's own lessons: the last layer's box-guided head, the row heads and the box "
+                        f"drills (default {TrainConfig.box_guide}; recorded in the compact state's recipe)")
     p.add_argument("--freeze-vit", action=argparse.BooleanOptionalAction, default=None,
                    help="run the ViT without a gradient, training the neck, projector and language model "
                         f"(default {TrainConfig.freeze_vit}; recorded in the compact state's recipe)")
@@ -311,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     use_fast_vision_attention(model, bf16_kernel=bf16_attention)
     model.bf16 = tc.bf16
     model.vit_frozen = tc.freeze_vit
-    print(f"ViT: {'frozen' if tc.freeze_vit else 'trained'}", flush=True)
+    model.box_guided = tc.box_guide
+    print(f"ViT: {'frozen' if tc.freeze_vit else 'trained'}; box-mode lessons: {'on' if tc.box_guide else 'off'}",
+          flush=True)
     params = [q for q in model.parameters() if q.requires_grad]
     decay = [q for q in params if q.dim() >= 2]
     no_decay = [q for q in params if q.dim() < 2]
