@@ -36,6 +36,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from gotocr_fast.cpus import cpu_info
+
 HERE = Path(__file__).resolve().parent
 
 # Order of stages in the report, with a short description of what one unit is.
@@ -57,20 +59,6 @@ DTYPE_ORDER = {"f32": 0, "f16": 1, "bf16": 2, "q8_0": 3}
 # --------------------------------------------------------------------------------------------
 # Machine facts and the peak-FLOP estimate
 # --------------------------------------------------------------------------------------------
-
-def _cpuinfo() -> dict[str, str]:
-    """First processor block of /proc/cpuinfo as a dict (empty off Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    info: dict[str, str] = {}
-    for line in text.split("\n\n", 1)[0].splitlines():
-        if ":" in line:
-            key, _, value = line.partition(":")
-            info[key.strip()] = value.strip()
-    return info
-
 
 def physical_cores() -> int:
     """Physical cores visible to us (distinct (physical id, core id) pairs), else os.cpu_count()."""
@@ -114,7 +102,7 @@ def fp32_flops_per_cycle(simd: str, has_fma: bool, vendor: str, family: int) -> 
 
 def machine_facts(threads: int) -> dict:
     """CPU model, SIMD class, clock, and the estimated fp32 peak for ``threads`` threads."""
-    info = _cpuinfo()
+    info = cpu_info()
     flags = set(info.get("flags", "").split())
     simd = simd_class(flags)
     has_fma = "fma" in flags

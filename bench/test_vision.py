@@ -14,6 +14,7 @@ import platform
 
 import pytest
 
+from gotocr_fast.cpus import cpu_info
 from harness import OUTTYPES, SETTINGS, construct, need_attr, run_rounds, tag, vision_flops
 
 # (weights, compute) of each case; its label in RESULTS.md is the weight type, plus " compute"
@@ -22,14 +23,7 @@ CASES = [(t, "f32") for t in OUTTYPES] + [("bf16", "bf16")]
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return cpu_info().get("model name") or platform.processor() or "unknown"
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: c[0] if c[1] == "f32" else f"{c[0]}-compute-{c[1]}")

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gotocr_fast import tokens
+from gotocr_fast.cpus import cpu_flags
 from gotocr_fast.synth import GotConfig, _hf_config
 
 from .data import CHARSET, PATCH_AUX_SLOTS, TOKEN_SLOTS
@@ -94,15 +95,7 @@ def cpu_has_native_bf16() -> bool:
     There the bf16 attention kernel pays: a training step measured twice as fast an attention with
     AMX (Sapphire Rapids) and 10 % faster a whole step with AVX512_BF16 alone (Zen 4); without
     either, bf16 is emulated and slower. Linux's CPU flags; False elsewhere."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16"})
-    except OSError:
-        pass
-    return False
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
 def use_fast_vision_attention(model: nn.Module, bf16_kernel: bool = False) -> int:
