@@ -1,8 +1,9 @@
 """Write the compact demo model (the package's ``data/demo_model``) from a training checkpoint.
 
-``python -m train.export RUN_DIR [BUNDLE_DIR]`` reads ``RUN_DIR/checkpoint.pt`` and writes the
-format :mod:`gotocr_fast.demo_model` reads: float16 tensors under transformers hub names, the
-embedding as its used rows only, and ``config.json``. ``--checkpoint DIR`` also writes the full
+``python -m train.export STATE [BUNDLE_DIR]`` reads a run folder (its ``checkpoint.pt``) or a
+compact state such as ``train/checkpoint`` and writes the format :mod:`gotocr_fast.demo_model`
+reads: float16 tensors under transformers hub names, the embedding as its used rows only, and
+``config.json``. ``--checkpoint DIR`` also writes the full
 transformers-layout checkpoint (for transformers or ``gotocr convert``).
 """
 
@@ -17,6 +18,7 @@ import torch
 
 from gotocr_fast import demo_model
 
+from . import compact
 from .config import run_config
 from .model import DemoTrainer
 
@@ -28,6 +30,16 @@ def load_trainer(run_dir: Path) -> DemoTrainer:
     model = DemoTrainer(run_config(run_dir), used)
     state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     model.load_weights(state["model"])
+    model.eval()
+    return model
+
+
+def load_state(path: Path) -> DemoTrainer:
+    """A run folder (``checkpoint.pt``) or a compact state (``train/checkpoint``), in eval mode."""
+    if (path / "checkpoint.pt").exists():
+        return load_trainer(path)
+    model = DemoTrainer(run_config(path), torch.from_numpy(np.load(path / "used_ids.npy")))
+    compact.load_compact(model, path)
     model.eval()
     return model
 
@@ -54,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("bundle", type=Path, nargs="?", default=DEFAULT_BUNDLE)
     p.add_argument("--checkpoint", type=Path, default=None, help="also write a transformers-layout checkpoint here")
     args = p.parse_args(argv)
-    bundle = export_bundle(load_trainer(args.run_dir), args.bundle)
+    bundle = export_bundle(load_state(args.run_dir), args.bundle)
     size = (bundle / "model.safetensors").stat().st_size
     print(f"{bundle}: {size / 2**20:.1f} MiB")
     if args.checkpoint:

@@ -22,7 +22,7 @@ import torch
 from gotocr_fast import reading
 
 from .model import use_fast_vision_attention
-from .probe import load_state
+from .export import load_state
 from .train import evaluate
 
 KINDS = ("line", "block", "box")

@@ -33,9 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import compact, data
-from .config import run_config
-from .export import load_trainer
+from . import data
+from .export import load_state
 from .model import BOX_GUIDE_HEAD, GUIDE_HEAD, DemoTrainer, use_fast_vision_attention, use_guided_attention
 from .train import collate
 
@@ -57,15 +56,6 @@ class Probe:
     box_first_guide: float
     key_row: float
     box_row: float
-
-
-def load_state(path: Path) -> DemoTrainer:
-    """A run folder (``checkpoint.pt``) or a compact state, in eval-ready float32."""
-    if (path / "checkpoint.pt").exists():
-        return load_trainer(path)
-    model = DemoTrainer(run_config(path), torch.from_numpy(np.load(path / "used_ids.npy")))
-    compact.load_compact(model, path)
-    return model
 
 
 def _head_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
