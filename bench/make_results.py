@@ -195,7 +195,8 @@ def _measurement(b: dict) -> tuple:
 def join_runs(runs: list[dict]) -> dict:
     """One report from several runs: benchmarks tagged with their run, machine of the first. A
     later run's measurement replaces an earlier run's of the same test, implementation and type
-    (a suite rerun after a change; rerun its baselines with it, since ratios stay within a run)."""
+    (a suite rerun after a change; rerun its baselines with it, since ratios stay within a run).
+    A test one run skipped and another measured counts as measured."""
     if len(runs) == 1:
         return runs[0]
     joined = dict(runs[0])
@@ -211,6 +212,8 @@ def join_runs(runs: list[dict]) -> dict:
         joined["gotocr_skipped"] += run.get("gotocr_skipped") or []
         joined["gotocr_idle_after_suite"] += run.get("gotocr_idle_after_suite") or []
     joined["benchmarks"] = list(latest.values())
+    measured = {b.get("fullname") for b in joined["benchmarks"]}
+    joined["gotocr_skipped"] = [s for s in joined["gotocr_skipped"] if s["nodeid"] not in measured]
     joined["gotocr_runs"] = runs
     return joined
 

@@ -36,3 +36,16 @@ def test_a_later_run_replaces_the_same_measurement_and_keeps_the_rest():
     assert got == {(view, "bf16 compute"): (2.9, 1), (page, "q8_0"): (13.8, 0),
                    (page, "q8_0+bf16-vision"): (10.9, 2)}
     assert len(joined["gotocr_runs"]) == 3
+
+
+def test_a_test_skipped_in_one_run_and_measured_in_another_is_not_listed_as_skipped():
+    join_runs = _make_results().join_runs
+    demo = "bench/test_demo_accuracy.py::test_demo_accuracy[f16]"
+    ray = "bench/test_ray.py::test_ray_serve"
+    full_run = {"benchmarks": [], "gotocr_skipped": [{"nodeid": demo, "reason": "not bundled"},
+                                                     {"nodeid": ray, "reason": "no ray"}]}
+    demo_rerun = {"benchmarks": [_bench(demo, "ours", "f16", 0.2)]}
+
+    joined = join_runs([full_run, demo_rerun])
+
+    assert joined["gotocr_skipped"] == [{"nodeid": ray, "reason": "no ray"}]
