@@ -162,3 +162,15 @@ def test_eval_command_scores_a_folder(tmp_path, cache, monkeypatch, capsys):
         assert f["cer"] == pytest.approx(f["char_edits"] / len(page.truth))
     assert doc["overall"]["skipped_without_truth"] == 1
     assert doc["overall"]["cer"] == pytest.approx(_cer([(f["truth"], f["text"]) for f in doc["files"]]))
+
+
+def test_demo_command_prints_each_read_beside_its_truth(cache, monkeypatch, capsys):
+    monkeypatch.setenv(demo_model.CACHE_ENV, str(cache))
+    assert demo.main([]) == 0
+    out, err = capsys.readouterr()
+    assert demo_model.NOTICE in err
+    assert out.count("truth: ") == 2 and out.count("read : ") == 2 and out.count("CER ") == 2
+    for line in demo.SAMPLE_LINES:
+        assert line in out
+    reads = [float(x.split("%")[0]) / 100 for x in out.split("CER ")[1:]]
+    assert reads[0] <= SAMPLE_CER_MAX, out

@@ -30,3 +30,12 @@ def test_totals_weight_by_length():
 def test_empty_truth():
     assert score("", "").cer == 0.0
     assert score("", "junk").cer == 1.0
+
+
+def test_nearest_line_is_the_line_a_read_is_closest_to():
+    from gotocr_fast.demo import nearest_line
+
+    lines = ["Invoice #4821", "Total: $1,249.00", "Thank you!"]
+    assert nearest_line(lines, "Total: $1,249.00") == 1
+    assert nearest_line(lines, "Thank - you") == 2
+    assert nearest_line(lines, "lnvoice #482l") == 0
