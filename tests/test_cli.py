@@ -187,13 +187,13 @@ def test_unknown_errors_keep_their_traceback(monkeypatch, fake_command):
 
 
 def test_commands_without_a_model_say_how_to_pass_one(tmp_path, monkeypatch, capsys):
-    """No --model, no GOTOCR_MODEL: the bundled demo model, or where none is bundled a clear error."""
+    """No --model, no GOTOCR_MODEL, and a build without the demo model: a clear error (with the
+    bundled model, tests/test_demo_model.py covers these commands)."""
     from gotocr_fast import demo_model
     from gotocr_fast.cli import main as gotocr
 
     monkeypatch.delenv("GOTOCR_MODEL", raising=False)
-    if demo_model.has_bundle():
-        pytest.skip("this build bundles the demo model: tests/test_demo_model.py covers it")
+    monkeypatch.setattr(demo_model, "has_bundle", lambda: False)
     image = tmp_path / "page.png"
     from PIL import Image
 
@@ -202,3 +202,13 @@ def test_commands_without_a_model_say_how_to_pass_one(tmp_path, monkeypatch, cap
     assert "pass --model" in capsys.readouterr().err
     assert gotocr(["serve"]) == 2
     assert "--model (or GOTOCR_MODEL) is required" in capsys.readouterr().err
+
+
+def test_demo_without_a_bundled_model_runs_random_weights_and_says_so(monkeypatch, capsys):
+    from gotocr_fast import demo, demo_model
+
+    monkeypatch.setattr(demo_model, "has_bundle", lambda: False)
+    assert demo.main(["--max-tokens", "4"]) == 0
+    out, err = capsys.readouterr()
+    assert "no bundled demo model" in err and "RANDOM weights" in err
+    assert "--- OCR output (random weights" in out and "--- end ---" in out

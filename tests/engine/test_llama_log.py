@@ -34,9 +34,14 @@ def test_llama_cpp_errors_stay_visible(tmp_path, capfd):
     assert "error loading model" in capfd.readouterr().err
 
 
-def test_demo_prints_no_library_lines(capfd, monkeypatch):
-    from gotocr_fast import demo, llama_log
+@pytest.mark.parametrize("args,marker", [(["--random", "tiny"], "--- OCR output"), ([], "--- whole page")],
+                         ids=["random", "bundled"])
+def test_demo_prints_no_library_lines(args, marker, capfd, monkeypatch, tmp_path):
+    from gotocr_fast import demo, demo_model, llama_log
 
+    if not args and not demo_model.has_bundle():
+        pytest.skip("this build bundles no demo model")
+    monkeypatch.setenv(demo_model.CACHE_ENV, str(tmp_path))
     sent: list[tuple[int, str]] = []  # every line llama.cpp / ggml handed to the log callback
     show = llama_log._show
 
@@ -45,9 +50,9 @@ def test_demo_prints_no_library_lines(capfd, monkeypatch):
         show(level, text)
 
     monkeypatch.setattr(llama_log, "_show", recording)
-    assert demo.main(["--max-tokens", "4"]) == 0
+    assert demo.main([*args, "--max-tokens", "4"]) == 0
     out, err = capfd.readouterr()
-    assert "--- OCR output" in out and "--- end ---" in out
+    assert marker in out
     assert any(LOAD_WARNING in text for _, text in sent)  # the library did talk
     printed = {line.strip() for line in (out + err).splitlines()}
     leaked = [text for level, text in sent if level != 4 and text in printed - {""}]
