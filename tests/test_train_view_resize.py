@@ -72,6 +72,10 @@ def test_only_view_dependent_tables_are_resized():
         view_resize.resize_for_view("hf.model.multi_modal_projector.linear.weight", np.zeros((4, 4)), (8, 8))
     with pytest.raises(ValueError, match="does not fit"):  # a table of another head size is another model
         view_resize.resize_for_view("hf.model.vision_tower.layers.1.attn.rel_pos_w", np.zeros((47, 32)), (95, 64))
+    # a head over the token grid's rows does not carry over to another grid
+    assert view_resize.resize_for_view("box_row_head.bias", np.zeros(12), (6,)) is None
+    kept = np.ones(12)
+    assert view_resize.resize_for_view("box_row_head.bias", kept, (12,)) is kept
 
 
 def test_the_rule_is_torch_interpolate_without_corner_alignment():
@@ -116,3 +120,6 @@ def test_a_committed_state_starts_a_run_at_another_view(tmp_path):
     np.testing.assert_array_equal(params[name].detach().numpy(), saved[name].astype(np.float32))
     name = "hf.model.language_model.layers.0.mlp.up_proj.weight"
     np.testing.assert_array_equal(params[name].detach().numpy(), saved[name].astype(np.float32))
+    # the token-row heads name rows of the new grid: they start from their (zero) initialisation
+    assert params["box_row_head.weight"].shape[0] == cfg.token_grid
+    assert not params["box_row_head.weight"].detach().numpy().any()

@@ -55,7 +55,8 @@ def load_compact(model, src: Path) -> int:
     Tensors of parts the model no longer has (an auxiliary head replaced since) are skipped and
     parts the state lacks keep their initialisation; both are printed. The network itself (vision
     tower, projector, language model) must be complete. A state of another view size has its
-    position tables resized to the model's (:mod:`train.view_resize`).
+    position tables resized to the model's and its token-row heads restarted
+    (:mod:`train.view_resize`).
     """
     import torch
     from safetensors.numpy import load_file
@@ -68,6 +69,8 @@ def load_compact(model, src: Path) -> int:
     for name, value in load_file(str(src / WEIGHTS)).items():
         if name in params and tuple(value.shape) != tuple(params[name].shape):
             value = resize_for_view(name, value, tuple(params[name].shape))
+            if value is None:  # a head of the old view's token grid: starts anew (listed as new below)
+                continue
             resized.append(name)
         tensors[name] = torch.tensor(value)  # a copy: the loaded arrays are read-only
     if resized:

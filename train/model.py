@@ -48,6 +48,7 @@ from gotocr_fast.cpus import cpu_flags
 from gotocr_fast.synth import GotConfig, _hf_config
 
 from .data import CHARSET, PATCH_AUX_SLOTS, TOKEN_SLOTS
+from .view_resize import TOKEN_ROW_HEADS
 
 
 def _vision_attention_sdpa(self, hidden_states: torch.Tensor, output_attentions=None,
@@ -265,7 +266,7 @@ class DemoTrainer(nn.Module):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 
-    LATER_HEADS = ("key_row_head.", "box_row_head.")
+    LATER_HEADS = TOKEN_ROW_HEADS
     """Auxiliary heads added to the recipe after checkpoints were written without them."""
 
     def load_weights(self, state: dict) -> list[str]:

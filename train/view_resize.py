@@ -6,7 +6,9 @@ channels. What depends on the patch grid is
 
 - the absolute position embedding ``[1, G, G, D]``: one vector per patch;
 - the relative-position tables ``[2G - 1, head_dim]`` of the global-attention blocks (windowed
-  blocks' tables depend on the window, not the view).
+  blocks' tables depend on the window, not the view);
+- the box-mode row heads, whose outputs are the rows of the image-token grid: at another view
+  row ``r`` is another part of the page, so they start again from their initialisation.
 
 A state trained at one view starts a run at another with both resized by linear interpolation
 (half-pixel centres, edges clamped: the rule of torch's ``F.interpolate`` with
@@ -28,6 +30,7 @@ import numpy as np
 
 POS_EMBED = "hf.model.vision_tower.pos_embed"
 _REL_POS = re.compile(r"^hf\.model\.vision_tower\.layers\.(\d+)\.attn\.rel_pos_[hw]$")
+TOKEN_ROW_HEADS = ("key_row_head.", "box_row_head.")
 
 
 def linear_weights(old: int, new: int) -> np.ndarray:
@@ -61,11 +64,14 @@ def resize_grid(pos: np.ndarray, grid: int) -> np.ndarray:
     return out[None].astype(pos.dtype)
 
 
-def resize_for_view(name: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def resize_for_view(name: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
     """``value`` (a saved tensor of parameter ``name``) made ``shape``, if it is a view-dependent
-    table; anything else of another shape is an error (the state is of another model)."""
+    table; None for a token-row head (it does not carry over); anything else of another shape is
+    an error (the state is of another model)."""
     if tuple(value.shape) == tuple(shape):
         return value
+    if name.startswith(TOKEN_ROW_HEADS):
+        return None
     if name == POS_EMBED and len(shape) == 4:
         return resize_grid(value, shape[1])
     if _REL_POS.match(name) and len(shape) == 2 and value.ndim == 2 and value.shape[1] == shape[1]:
