@@ -30,4 +30,3 @@ def test_first_processor_block_is_parsed(tmp_path):
 def test_missing_file_means_no_facts(tmp_path):
     assert cpu_info(tmp_path / "absent") == {}
     assert cpu_flags(tmp_path / "absent") == frozenset()
-
