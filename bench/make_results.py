@@ -673,7 +673,7 @@ def accuracy_section(rows: list[dict]) -> list[str]:
     if not ours and not theirs:
         return []
     order = {t: i for i, t in enumerate(("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m",
-                                         "f32+bf16-vision", "q4_k_m+bf16-vision"))}
+                                         "f32+bf16-vision", "q4_k_m+bf16-vision", "f16+q8_0-kcache"))}
     ours.sort(key=lambda r: order.get(r["extra_info"].get("dtype"), 99))
     n = (ours or theirs)[0]["extra_info"].get("pages_per_kind", 0)
     bundle = (ours or theirs)[0]["extra_info"].get("bundle") or "installed"
@@ -699,6 +699,12 @@ def accuracy_section(rows: list[dict]) -> list[str]:
         out.append(f"| transformers f32 | | {100 * e['cer_line']:.2f} % | {100 * e['cer_block']:.2f} % | "
                    f"{100 * e['cer_box']:.2f} % | {100 * e['wer_block']:.2f} % | | | |")
     out.append("")
+    for r in ours:
+        e = r["extra_info"]
+        if e["dtype"].endswith("+q8_0-kcache") and e.get("same_text_as_f16") is not None:
+            out.append(f"With a q8_0 K cache (V f16) the f16 model's text equals that of its f16 cache on "
+                       f"{100 * e['same_text_as_f16']:.1f} % of the pages.")
+            out.append("")
     for r in theirs:
         e = r["extra_info"]
         diffs = e.get("differences") or []

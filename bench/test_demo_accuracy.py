@@ -3,7 +3,7 @@
 The held-out set of the demo model's task (``gotocr_fast.reading.heldout_pages``: one-line pages,
 1-4 line blocks and box mode) is read by our engine with the model converted to each weight type
 (f32, f16, q8_0, and llama.cpp's k-quant mixes; f32 and q4_k_m text also with the bf16 encoder,
-where the CPU has native bf16 arithmetic), greedy with the engine's defaults (GOT's
+where the CPU has native bf16 arithmetic; f16 also with a q8_0 K cache), greedy with the engine's defaults (GOT's
 no-repeat-20-gram rule for one view; the KV cache the weights call for: f32 for f32 weights, so
 the f32 row is the reference's arithmetic all through, f16 for every other type). ``RESULTS.md`` gets a table of character error rate per
 kind, decode ms/token, how often the text equals the f32 text, and how often each finish reason
@@ -54,7 +54,9 @@ OUTTYPES = ("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")
 BF16_VISION = ("f32", "q4_k_m")
 """Text weight types also read with the bf16 encoder (``vision_precision="bf16"``): what the bf16
 compute costs in accuracy, alone and with the smallest text type."""
-CASES = OUTTYPES + tuple(f"{t}+bf16-vision" for t in BF16_VISION)
+Q8_0_K_CACHE = "f16+q8_0-kcache"
+"""f16 weights with a q8_0 K cache (``kv_type="q8_0"``): what that cache costs, beside the f16 row."""
+CASES = OUTTYPES + tuple(f"{t}+bf16-vision" for t in BF16_VISION) + (Q8_0_K_CACHE,)
 KINDS = ("line", "block", "box")
 PAGES_PER_KIND = int(os.environ.get("GOTOCR_BENCH_HELDOUT_PAGES", "100"))
 MAX_TOKENS = 160  # 4 lines of 32 characters are < 100 tokens; a longer answer is a failure anyway
@@ -108,12 +110,13 @@ def test_demo_accuracy(benchmark, case, heldout, demo_cache):
     from gotocr_fast import demo_model
     from gotocr_fast.engine import OcrEngine
 
-    outtype, _, vision = case.partition("+")
-    precision = "bf16" if vision else "f32"
+    outtype, *variants = case.split("+")
+    precision = "bf16" if "bf16-vision" in variants else "f32"
+    kv_type = "q8_0" if "q8_0-kcache" in variants else None
     model = demo_model.model_dir(outtype, cache_dir=demo_cache, bundle=BUNDLE)
     result = {}
     with OcrEngine(model, n_ctx=1024, max_slots=1, n_threads=SETTINGS.threads,
-                   vision_precision=precision) as engine:
+                   vision_precision=precision, kv_type=kv_type) as engine:
         if engine.vision.precision != precision:
             pytest.skip(f"this CPU has no native bf16 arithmetic: the encoder runs {engine.vision.precision}")
         engine.ocr(heldout["line"][0].image, max_tokens=4)  # first-use allocations out of the timing
@@ -133,9 +136,10 @@ def test_demo_accuracy(benchmark, case, heldout, demo_cache):
             reasons[reason] = reasons.get(reason, 0) + n
     _texts[case] = texts
     info = _scores(heldout, texts)
-    if "f32" in _texts:
-        same = sum(a == b for k in KINDS for a, b in zip(_texts["f32"][k], texts[k]))
-        info["same_text_as_f32"] = same / (len(KINDS) * PAGES_PER_KIND)
+    for reference in ("f32", "f16"):
+        if reference in _texts:
+            same = sum(a == b for k in KINDS for a, b in zip(_texts[reference][k], texts[k]))
+            info[f"same_text_as_{reference}"] = same / (len(KINDS) * PAGES_PER_KIND)
     tag(benchmark, "accuracy", "ours", dtype=case, units=len(KINDS) * PAGES_PER_KIND, unit="page",
         pages_per_kind=PAGES_PER_KIND, bundle=BUNDLE_NAME, decode_ms_per_token=decode_ms / max(1, tokens),
         text_gguf_mib=sum(f.stat().st_size for f in model.glob("got-text-*.gguf")) / 2**20,

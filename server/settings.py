@@ -76,6 +76,8 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     n_ctx: int = EngineConfig.n_ctx
     kv_tokens: int | None = None
     """KV cache cells the running requests share (unset: the engine's, ``n_ctx`` and at least 2048 a slot)."""
+    kv_type: str | None = None
+    """KV cache type (unset: the engine's, f16, or f32 for an f32 model)."""
     threads: int | None = None
     vision_precision: str = EngineConfig.vision_precision
     """Vision encoder arithmetic: ``bf16`` where the CPU multiplies bf16 natively (else f32)."""
@@ -118,6 +120,7 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
             vision_precision=self.vision_precision,
             n_ctx=self.n_ctx,
             kv_tokens=self.kv_tokens,
+            kv_type=self.kv_type,
             max_slots=self.slots,
             max_queue=self.queue,
             max_pixels=self.max_image_pixels,
@@ -163,6 +166,8 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("n_ctx", int, "context tokens per request"),
     ("kv_tokens", int, "KV cache cells shared by the running requests, >= --n-ctx (default: --n-ctx, at least "
                        "2048 a slot; about 96 KiB each for the full-size model; docs/MEMORY.md)"),
+    ("kv_type", str, "KV cache type: f16 (default; f32 for an f32 model), f32, or q8_0 (K in q8_0, V in f16: "
+                     "3/4 of f16's memory, for models whose heads are a multiple of 32 wide; docs/MEMORY.md)"),
     ("threads", int, "CPU threads for the engine"),
     ("vision_precision", str, "vision encoder arithmetic: f32 (default, the reference's numerics) or bf16 "
                               "(AMX / AVX512_BF16 CPUs, ~3.5x faster a view on AMX; f32 elsewhere)"),

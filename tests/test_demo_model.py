@@ -146,6 +146,30 @@ def test_quantized_round_trip(cache, outtype, qtype):
     assert _cer([(page.truth, text)]) <= SAMPLE_CER_MAX, text
 
 
+def test_q8_0_k_cache_stores_k_quantized_and_reads(cache):
+    # the demo model's heads are 64 wide (two q8_0 blocks), so its K rows can be q8_0
+    from gotocr_fast.engine import OcrEngine
+    from gotocr_fast.engine.model import TextModel
+
+    model = demo_model.model_dir("f16", cache_dir=cache)
+    state_bytes = {}
+    for kv_type in ("f16", "q8_0"):
+        m = TextModel(model / "got-text-f16.gguf", n_threads=1, n_slots=1, n_ctx_slot=256, kv_type=kv_type)
+        try:
+            ids = np.asarray(m.tokenize("Invoice #48210, Total: $1,249.00 " * 4), dtype=np.int32)
+            n = len(ids)
+            m.decode_tokens(ids, np.arange(n, dtype=np.int32), np.zeros(n, np.int32), np.zeros(n, np.int8))
+            state_bytes[kv_type] = m._ll.llama_state_seq_get_size(m._ctx, 0)
+        finally:
+            m.close()
+    # K at 34 bytes per 32 values instead of 64, V unchanged: 3.06 / 4 of the f16 cells' bytes
+    assert state_bytes["q8_0"] < 0.8 * state_bytes["f16"], state_bytes
+    page = demo.sample_page()
+    with OcrEngine(model, n_ctx=1024, max_slots=1, kv_type="q8_0") as eng:
+        text = eng.ocr(page.image, max_tokens=160).text
+    assert _cer([(page.truth, text)]) <= SAMPLE_CER_MAX, text
+
+
 def test_eval_command_scores_a_folder(tmp_path, cache, monkeypatch, capsys):
     from gotocr_fast.engine.eval_cli import eval_main
 

@@ -91,7 +91,7 @@ def test_config_resolves_its_request_defaults_and_limit():
 
 @pytest.mark.parametrize("fields", [{"n_ctx": 10}, {"max_slots": 0}, {"max_queue": -1}, {"n_threads": 0},
                                     {"max_pixels": 0}, {"max_slots": True}, {"vision_precision": "fp8"},
-                                    {"default_max_tokens": 9, "max_tokens_limit": 8}])
+                                    {"kv_type": "q4_0"}, {"default_max_tokens": 9, "max_tokens_limit": 8}])
 def test_bad_config_is_refused(fields):
     with pytest.raises(ValueError):
         EngineConfig(model="m", **fields)

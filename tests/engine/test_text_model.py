@@ -30,7 +30,6 @@ def test_gpu_build_leaves_flash_attention_to_llama_cpp():
     assert _default_flash_attn(_llama(True), "f16") is None
 
 
-
 # --- the shared KV pool (a converted tiny model) -------------------------------------------------
 def _tiny_text_gguf(converted_model, outtype="f32"):
     return next(converted_model("tiny", "hf", outtype).glob("got-text-*.gguf"))
@@ -78,6 +77,21 @@ def test_the_cache_type_follows_the_text_weights(converted_model, outtype, expec
         assert asked.kv_type == "f16"
     finally:
         asked.close()
+
+
+def test_q8_0_k_cache_refuses_heads_narrower_than_a_block(converted_model):
+    # the tiny model's heads are 16 wide, half a q8_0 block: its K rows would mix two heads
+    from gotocr_fast.engine.model import ModelError, TextModel
+
+    with pytest.raises(ModelError, match="head dimension that is a multiple of 32; this model's is 16"):
+        TextModel(_tiny_text_gguf(converted_model, "f16"), n_threads=1, n_ctx_slot=64, kv_type="q8_0")
+
+
+def test_unknown_kv_type_is_refused(converted_model):
+    from gotocr_fast.engine.model import TextModel
+
+    with pytest.raises(ValueError, match="kv_type must be one of f32, f16, q8_0; got 'q4_0'"):
+        TextModel(_tiny_text_gguf(converted_model, "f16"), n_threads=1, n_ctx_slot=64, kv_type="q4_0")
 
 
 def test_an_unreadable_file_gets_the_f16_cache_and_llama_cpps_error(tmp_path):

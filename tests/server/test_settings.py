@@ -35,6 +35,7 @@ def test_cli_over_env_over_default():
         (["--model", "m"], {"GOTOCR_ALLOW_URLS": "maybe"}),
         (["--model", "m", "--default-max-tokens", "100", "--max-tokens-limit", "50"], {}),
         (["--model", "m", "--api-key", ""], {}),
+        (["--model", "m", "--kv-type", "q4_0"], {}),
     ],
 )
 def test_invalid_settings(argv, env):
@@ -69,9 +70,10 @@ def test_chat_text_to_mode(text, mode):
 def test_settings_give_the_engine_config():
     s = settings_from_args(["--model", "m", "--slots", "2", "--n-ctx", "1024", "--max-image-pixels", "1000",
                             "--default-max-tokens", "40", "--max-tokens-limit", "50", "--loop-guard", "0",
-                            "--vision-precision", "bf16"], env={})
+                            "--vision-precision", "bf16", "--kv-type", "q8_0"], env={})
     c = s.engine_config()
     assert (c.model, c.max_slots, c.n_ctx, c.max_pixels, c.vision_precision) == ("m", 2, 1024, 1000, "bf16")
+    assert c.kv_type == "q8_0"
     assert (c.default_max_tokens, c.max_tokens_limit, c.loop_guard) == (40, 50, 0)
 
 

@@ -26,7 +26,7 @@ from .errors import ModelError
 
 __all__ = [
     "ModelPaths", "resolve_model_paths", "TextModel", "KvCacheFull", "PAGE_KV_TOKENS", "default_kv_tokens",
-    "kv_bytes_per_token", "load_llama_cpp",
+    "KV_TYPES", "kv_bytes_per_token", "load_llama_cpp",
 ]
 
 
@@ -63,13 +63,25 @@ def resolve_model_paths(model: str | os.PathLike, vision: str | os.PathLike | No
     return ModelPaths(p, v)
 
 
-_KV_TYPES = {"f32": 0, "f16": 1}  # enum ggml_type: GGML_TYPE_F32, GGML_TYPE_F16
-_KV_TYPE_BYTES = {"f32": 4, "f16": 2}
+_GGML_F32, _GGML_F16, _GGML_Q8_0 = 0, 1, 8  # enum ggml_type
+_Q8_0_BLOCK = 32  # elements of one q8_0 block: 32 int8 + one f16 scale = 34 bytes
+# (K type, V type) of each KV cache type. "q8_0" quantizes K only: llama.cpp takes a quantized V
+# cache only with flash attention, which is slower per decoded token on CPUs (see
+# _default_flash_attn), so V stays f16.
+_KV_TYPES = {"f32": (_GGML_F32, _GGML_F32), "f16": (_GGML_F16, _GGML_F16), "q8_0": (_GGML_Q8_0, _GGML_F16)}
+KV_TYPES = tuple(_KV_TYPES)
+
+
+def _row_bytes(ggml_type: int, n: int) -> int:
+    if ggml_type == _GGML_Q8_0:
+        return n // _Q8_0_BLOCK * 34
+    return n * (4 if ggml_type == _GGML_F32 else 2)
 
 
 def kv_bytes_per_token(*, n_layer: int, n_embd_kv: int, kv_type: str) -> int:
     """KV cache bytes one token takes: a K and a V row of ``n_embd_kv`` elements in every layer."""
-    return n_layer * 2 * n_embd_kv * _KV_TYPE_BYTES[kv_type]
+    type_k, type_v = _KV_TYPES[kv_type]
+    return n_layer * (_row_bytes(type_k, n_embd_kv) + _row_bytes(type_v, n_embd_kv))
 
 
 def default_kv_type(text_gguf: str | os.PathLike) -> str:
@@ -88,7 +100,7 @@ def default_kv_type(text_gguf: str | os.PathLike) -> str:
         matmuls = layer_matrices(read_tensor_table(text_gguf))
     except (OSError, ValueError):
         return "f16"
-    return "f32" if matmuls and all(t.ggml_type == _KV_TYPES["f32"] for t in matmuls) else "f16"
+    return "f32" if matmuls and all(t.ggml_type == _GGML_F32 for t in matmuls) else "f16"
 
 
 _backend_lock = threading.Lock()
@@ -206,6 +218,12 @@ class TextModel:
             self.vocab = ll.llama_model_get_vocab(self._model)
             self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
             self.n_embd = int(ll.llama_model_n_embd(self._model))
+            n_head = int(ll.llama_model_n_head(self._model))
+            head_dim = self.n_embd // n_head
+            if kv_type == "q8_0" and head_dim % _Q8_0_BLOCK:
+                # each head's K slice must be whole q8_0 blocks, or attention reads across heads
+                raise ModelError(f"kv_type 'q8_0' needs a head dimension that is a multiple of "
+                                 f"{_Q8_0_BLOCK}; this model's is {head_dim}: use f16")
             cparams = ll.llama_context_default_params()
             cparams.n_ctx = kv_tokens
             cparams.n_seq_max = n_slots
@@ -217,8 +235,9 @@ class TextModel:
             # n_slots × n_ctx; a batch runs as one pass whatever its seq ids (docs/MEMORY.md)
             cparams.kv_unified = True
             cparams.no_perf = True
-            # f16 KV halves cache memory; f32 keeps logits within 1e-3 of an f32 reference
-            cparams.type_k = cparams.type_v = _KV_TYPES[kv_type]
+            # f16 KV halves cache memory; f32 keeps logits within 1e-3 of an f32 reference;
+            # a q8_0 K row takes 17/32 of an f16 one (docs/MEMORY.md: what it costs in accuracy)
+            cparams.type_k, cparams.type_v = _KV_TYPES[kv_type]
             if flash_attn is None:
                 flash_attn = _default_flash_attn(ll, kv_type)
             cparams.flash_attn_type = -1 if flash_attn is None else int(bool(flash_attn))
@@ -232,8 +251,7 @@ class TextModel:
             self.kv_type = kv_type
             self.kv_bytes = self.kv_tokens * kv_bytes_per_token(
                 n_layer=int(ll.llama_model_n_layer(self._model)),
-                n_embd_kv=int(ll.llama_model_n_embd(self._model)) * int(ll.llama_model_n_head_kv(self._model))
-                // int(ll.llama_model_n_head(self._model)),
+                n_embd_kv=head_dim * int(ll.llama_model_n_head_kv(self._model)),
                 kv_type=kv_type,
             )
             self.n_batch = int(ll.llama_n_batch(self._ctx))

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from ..prompt import COLORS, TYPES, InvalidPrompt, OcrMode
 from ..preprocess import DEFAULT_MAX_PIXELS
 from ..vision import PRECISIONS as VISION_PRECISIONS
+from .model import KV_TYPES
 from .defaults import LOOP_GUARD, REFERENCE_MAX_NEW_TOKENS, REFERENCE_NO_REPEAT_NGRAM_SIZE
 from .repetition import LoopGuardParams
 from .errors import InvalidRequest
@@ -68,9 +69,10 @@ class EngineConfig:
     CPUs). ``vision_precision``: ``"bf16"`` runs the vision encoder's matmuls and attention in bf16
     where the CPU multiplies bf16 natively (AMX, AVX512_BF16; ~3.5x faster a view on an AMX Xeon,
     relative RMS error ~7e-3 against f32: docs/ARCHITECTURE.md); elsewhere it runs f32.
-    ``kv_type``: the KV cache's type, ``"f16"`` or ``"f32"`` (default: f32 for a text model
-    with f32 weights, whose arithmetic is then the reference's all through; f16 otherwise, half
-    the memory; ``engine/model.py``). ``flash_attn``:
+    ``kv_type``: the KV cache's type, ``"f16"``, ``"f32"`` or ``"q8_0"`` (K in q8_0, V in f16:
+    three quarters of f16's memory; a head dimension that is a multiple of 32) (default: f32 for a
+    text model with f32 weights, whose arithmetic is then the reference's all through; f16
+    otherwise, half the memory; ``engine/model.py``). ``flash_attn``:
     llama.cpp's flash attention (default: off on a CPU-only build, llama.cpp's "auto" with a GPU
     build).
 
@@ -113,6 +115,8 @@ class EngineConfig:
                 _int(name, getattr(self, name), lo)
         if self.vision_precision not in VISION_PRECISIONS:
             raise ValueError(f"vision_precision must be one of {', '.join(VISION_PRECISIONS)}; got {self.vision_precision!r}")
+        if self.kv_type is not None and self.kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}; got {self.kv_type!r}")
         if (self.default_max_tokens is not None and self.max_tokens_limit is not None
                 and self.default_max_tokens > self.max_tokens_limit):
             raise ValueError("default_max_tokens must be <= max_tokens_limit")
